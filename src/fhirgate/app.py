@@ -1,0 +1,110 @@
+"""``create_app(settings)``: the ASGI application, with everything built in its lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.exceptions import HTTPException
+from starlette.routing import Route
+
+from fhirgate import __version__
+from fhirgate.config import Settings
+from fhirgate.dialects.redox import REDOX
+from fhirgate.services import Services
+from fhirgate.web import discovery
+from fhirgate.web.failures import (
+    STORAGE_ERRORS,
+    BodyLimitMiddleware,
+    BodyTooLarge,
+    body_too_large,
+    http_error,
+    storage_unavailable,
+    unexpected_error,
+)
+from fhirgate.web.guard import BearerError, CurrentPrincipal, bearer_error_response
+from fhirgate.web.token import STANDARD, token_route
+
+__all__ = ["create_app", "create_app_from_env"]
+
+log = logging.getLogger("fhirgate")
+
+KEY_RELOAD_SECONDS = 10.0
+PURGE_SECONDS = 60.0
+
+
+async def _every(seconds: float, job: Callable[[], Awaitable[Any]]) -> None:
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            await job()
+        except Exception:  # a maintenance job must never stop the server
+            log.exception("background job failed")
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    services = Services.build(settings)
+    app.state.services = services
+    await services.keyring.ensure()
+    jobs = [
+        asyncio.create_task(_every(KEY_RELOAD_SECONDS, services.keyring.reload)),
+        asyncio.create_task(_every(PURGE_SECONDS, services.used_jti.purge)),
+        asyncio.create_task(_every(PURGE_SECONDS, services.revoked.purge)),
+    ]
+    try:
+        yield
+    finally:
+        for job in jobs:
+            job.cancel()
+        await services.aclose()
+
+
+def _whoami_routes(app: FastAPI) -> None:
+    @app.get("/whoami", tags=["resource"])
+    async def whoami(principal: CurrentPrincipal) -> dict[str, Any]:
+        """The caller as its access token describes it."""
+        return {
+            "client_id": principal.client_id,
+            "sub": principal.subject,
+            "scope": str(principal.scopes),
+            "exp": principal.expires_at,
+            "iat": principal.issued_at,
+            "organization": principal.organization_id,
+            "environment": principal.environment,
+        }
+
+    @app.get("/healthz", tags=["operations"])
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the fhirgate ASGI app. Storage and keys are opened in the lifespan."""
+    settings = settings or Settings()
+    app = FastAPI(title="fhirgate", version=__version__, lifespan=_lifespan)
+    app.state.settings = settings
+    for path, dialect in (("/oauth2/token", STANDARD), ("/v2/auth/token", REDOX)):
+        app.router.routes.append(
+            Route(path, token_route(dialect, settings), methods=["POST"], name=dialect.name)
+        )
+    app.include_router(discovery.router)
+    _whoami_routes(app)
+    app.add_exception_handler(BearerError, lambda _r, e: bearer_error_response(e))
+    app.add_exception_handler(BodyTooLarge, body_too_large)
+    app.add_exception_handler(HTTPException, http_error)
+    for exc_type in STORAGE_ERRORS:
+        app.add_exception_handler(exc_type, storage_unavailable)
+    app.add_exception_handler(Exception, unexpected_error)
+    app.add_middleware(BodyLimitMiddleware, limit=settings.request_body_limit)
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """Factory for ``uvicorn --factory`` (used by ``fhirgate serve --workers N``)."""
+    return create_app(Settings())

@@ -1,0 +1,68 @@
+"""What every command shares: settings, a database opened on demand, output helpers, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
+
+import click
+from pydantic import ValidationError
+from sqlalchemy.exc import DBAPIError
+
+from fhirgate.config import Settings
+from fhirgate.storage.db import create_engine, upgrade
+from fhirgate.storage.repos import ClientRepo, Conflict, NotFound, OrganizationRepo
+
+__all__ = ["Storage", "emit", "load_settings", "run_storage"]
+
+_T = TypeVar("_T")
+
+
+class Storage:
+    """Repositories over a freshly migrated database, for one command."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.engine = create_engine(settings.database_url)
+        self.organizations = OrganizationRepo(self.engine)
+        self.clients = ClientRepo(self.engine)
+
+
+def load_settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise click.ClickException(f"invalid FHIRGATE_* configuration:\n{exc}") from exc
+
+
+def run_storage(job: Callable[[Storage], Awaitable[_T]]) -> _T:
+    """Migrate the database, run ``job`` against it, and turn domain errors into exit code 1."""
+    settings = load_settings()
+
+    async def main() -> _T:
+        storage = Storage(settings)
+        try:
+            return await job(storage)
+        finally:
+            await storage.engine.dispose()
+
+    try:
+        upgrade(settings.database_url)
+        return _run(main())
+    except (NotFound, Conflict, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    except (DBAPIError, OSError) as exc:
+        raise click.ClickException(
+            f"the database is unreachable: {exc.__class__.__name__}"
+        ) from exc
+
+
+def _run(coro: Coroutine[Any, Any, _T]) -> _T:
+    return asyncio.run(coro)
+
+
+def emit(data: dict[str, Any] | list[dict[str, Any]], as_json: bool, text: str) -> None:
+    """Print ``data`` as JSON for scripts, or ``text`` for people."""
+    click.echo(json.dumps(data, indent=2, default=str) if as_json else text)

@@ -1,0 +1,173 @@
+"""The SDK's errors, and the token exchange's I/O edge: sending a token request (httpx or
+requests) and reading the answer into a token or one of these errors.
+
+Nothing here ever puts a client assertion or an access token into a message, a ``repr`` or an
+error's ``body`` (token members are removed from it).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import httpx
+
+__all__ = [
+    "OAuthError",
+    "TokenResponse",
+    "TokenUnavailable",
+    "asend",
+    "parse_token_response",
+    "post_with_requests",
+    "send",
+    "unavailable",
+]
+
+TIMEOUT = 10.0  # for token requests sent by a client created here
+_MAX_DESCRIPTION = 500
+_SECRET_MEMBERS = frozenset({"access_token", "refresh_token", "id_token"})
+
+
+class OAuthError(Exception):
+    """The token endpoint refused: RFC 6749 §5.2 ``error`` and ``error_description``.
+
+    ``body`` is the decoded JSON answer, for extras such as the Redox dialect's ``error_uri``.
+    """
+
+    error: str
+    description: str
+    status_code: int
+    body: dict[str, object]
+
+    def __init__(
+        self,
+        error: str,
+        description: str = "",
+        *,
+        status_code: int = 0,
+        body: Mapping[str, object] | None = None,
+    ) -> None:
+        super().__init__(error, description)
+        self.error = error
+        self.description = description
+        self.status_code = status_code
+        self.body = {k: v for k, v in (body or {}).items() if k not in _SECRET_MEMBERS}
+
+    def __str__(self) -> str:
+        text = f"{self.error}: {self.description}" if self.description else self.error
+        return f"{text} (HTTP {self.status_code})" if self.status_code else text
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(error={self.error!r}, description={self.description!r}, "
+            f"status_code={self.status_code})"
+        )
+
+    def __reduce__(self) -> tuple[type[OAuthError], tuple[str, str], dict[str, object]]:
+        state = {"status_code": self.status_code, "body": self.body}
+        return type(self), (self.error, self.description), state
+
+
+class TokenUnavailable(OAuthError):
+    """No token for now: a 5xx, a non-JSON or unusable answer, or an unreachable endpoint.
+
+    ``error`` is ``server_error`` or ``temporarily_unavailable``; retrying later may succeed.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class TokenResponse:
+    """A successful RFC 6749 §5.1 answer; the token stays out of the ``repr``."""
+
+    access_token: str = field(repr=False)
+    expires_in: int
+    scope: str | None
+
+
+def unavailable(exc: BaseException) -> TokenUnavailable:
+    """The error for a transport failure (its type only: messages may carry request data)."""
+    reason = f"the token endpoint could not be reached ({type(exc).__name__})"
+    return TokenUnavailable("temporarily_unavailable", reason)
+
+
+def _json_object(content: bytes) -> dict[str, object] | None:
+    try:
+        value = json.loads(content)
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _error(cls: type[OAuthError], status: int, body: Mapping[str, object]) -> OAuthError:
+    fallback = "temporarily_unavailable" if status in (502, 503, 504) else "server_error"
+    error, description = body.get("error"), body.get("error_description")
+    return cls(
+        error if isinstance(error, str) and error else fallback,
+        description[:_MAX_DESCRIPTION] if isinstance(description, str) else "",
+        status_code=status,
+        body=body,
+    )
+
+
+def _expires_in(value: object) -> int:
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def parse_token_response(status: int, content: bytes) -> TokenResponse:
+    """The token of a 200 answer, else raise :class:`OAuthError` / :class:`TokenUnavailable`."""
+    body = _json_object(content)
+    if body is None:
+        fallback = "temporarily_unavailable" if status in (502, 503, 504) else "server_error"
+        reason = "the token endpoint's answer is not a JSON object"
+        raise TokenUnavailable(fallback, reason, status_code=status)
+    if status >= 500:
+        raise _error(TokenUnavailable, status, body)
+    if status != 200 or "error" in body:
+        raise _error(OAuthError, status, body)
+    token, token_type = body.get("access_token"), body.get("token_type")
+    if not isinstance(token, str) or not token:
+        raise TokenUnavailable("server_error", "the answer has no access_token", status_code=status)
+    if not isinstance(token_type, str) or token_type.lower() != "bearer":
+        reason = "the answer's token_type is not Bearer"
+        raise TokenUnavailable("server_error", reason, status_code=status, body=body)
+    scope = body.get("scope")
+    granted = scope if isinstance(scope, str) else None
+    return TokenResponse(token, _expires_in(body.get("expires_in")), granted)
+
+
+def send(client: httpx.Client | None, request: httpx.Request) -> httpx.Response:
+    """Send with ``client`` (its auth disabled) or a short-lived client."""
+    try:
+        if client is not None:
+            return client.send(request, auth=None)
+        with httpx.Client(timeout=TIMEOUT) as own:
+            return own.send(request)
+    except httpx.TransportError as exc:
+        raise unavailable(exc) from exc
+
+
+async def asend(client: httpx.AsyncClient | None, request: httpx.Request) -> httpx.Response:
+    """Async ``send``."""
+    try:
+        if client is not None:
+            return await client.send(request, auth=None)
+        async with httpx.AsyncClient(timeout=TIMEOUT) as own:
+            return await own.send(request)
+    except httpx.TransportError as exc:
+        raise unavailable(exc) from exc
+
+
+def post_with_requests(request: httpx.Request) -> httpx.Response:
+    """Send with ``requests.post`` (for the requests integration), answer as httpx's."""
+    import requests  # optional dependency
+
+    headers = {"Content-Type": request.headers["Content-Type"], "Accept": "application/json"}
+    try:
+        answer = requests.post(str(request.url), data=request.content, headers=headers,
+                               timeout=TIMEOUT)  # fmt: skip
+    except requests.RequestException as exc:
+        raise unavailable(exc) from exc
+    return httpx.Response(answer.status_code, content=answer.content)

@@ -1,0 +1,76 @@
+"""Settings, read once from ``FHIRGATE_*`` environment variables and passed down explicitly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["ASSERTION_ALGORITHMS", "Settings"]
+
+#: Client-assertion algorithms fhirgate can verify. ``none`` and HMAC are never among them
+#: (RFC 8725 §3.1-3.2); only the subset in ``Settings.assertion_algorithms`` is accepted.
+ASSERTION_ALGORITHMS = frozenset({"RS256", "RS384", "PS384", "ES256", "ES384"})
+
+
+class Settings(BaseSettings):
+    """Server configuration. Every field maps to ``FHIRGATE_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="FHIRGATE_", frozen=True, extra="ignore")
+
+    database_url: str = "sqlite+aiosqlite:///./var/fhirgate.db"
+    redis_url: str | None = None
+    public_url: str = "http://127.0.0.1:8000"
+    var_dir: Path = Path("./var")
+    secret_key: str | None = Field(default=None, repr=False)
+
+    assertion_algorithms: frozenset[str] = frozenset({"RS384", "ES384"})
+    assertion_leeway: int = Field(default=60, ge=0, le=60)
+    assertion_max_chars: int = 16_384
+    access_token_ttl: int = Field(default=300, ge=1, le=300)
+    request_body_limit: int = 65_536
+    client_cache_ttl: float = Field(default=5.0, ge=0, le=5)
+
+    allow_insecure_jwks: bool = False
+    jwks_timeout: float = 2.0
+    jwks_max_bytes: int = 262_144
+    jwks_default_ttl: int = 300
+    jwks_max_ttl: int = 3600
+    jwks_refetch_interval: int = 60
+
+    @field_validator("public_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("public_url must be an absolute http(s) URL")
+        return value.rstrip("/")
+
+    @field_validator("assertion_algorithms", mode="before")
+    @classmethod
+    def _parse_algs(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = {part.strip() for part in value.replace(",", " ").split() if part.strip()}
+        return value
+
+    @field_validator("assertion_algorithms")
+    @classmethod
+    def _known_algs(cls, value: frozenset[str]) -> frozenset[str]:
+        unknown = value - ASSERTION_ALGORITHMS
+        if unknown or not value:
+            allowed = ", ".join(sorted(ASSERTION_ALGORITHMS))
+            raise ValueError(f"assertion_algorithms must be a non-empty subset of {allowed}")
+        return value
+
+    @property
+    def issuer(self) -> str:
+        """The issuer identifier (RFC 8414 §2): the configured public URL, never the Host header."""
+        return self.public_url
+
+    def url(self, path: str) -> str:
+        """An absolute URL under the public base URL."""
+        return f"{self.public_url}{path}"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")

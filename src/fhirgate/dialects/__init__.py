@@ -1,0 +1,1 @@
+"""Vendor dialects: thin adapters that expose the core at a vendor's paths and shapes."""

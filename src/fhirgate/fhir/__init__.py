@@ -1,0 +1,1 @@
+"""FHIR definitions shared by the authorization server and the FHIR API."""

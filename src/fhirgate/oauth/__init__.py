@@ -1,0 +1,1 @@
+"""The authorization server core. It imports no web framework: surfaces adapt it."""

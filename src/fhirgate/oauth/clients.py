@@ -1,0 +1,60 @@
+"""The per-process client cache that keeps storage off the token endpoint's hot path.
+
+A record is reused for at most ``client_cache_ttl`` seconds (≤ 5 s), so a change made on any
+replica or from the CLI (revocation, new keys) is seen everywhere within that time. Unknown ids
+are cached too, in a bounded map, so a flood of random ids cannot turn into a flood of queries.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from fhirgate.oauth.keyset import ClientKey, JWKSetError, validate_jwks
+from fhirgate.storage.repos import Client, ClientRepo
+
+__all__ = ["ClientDirectory", "RegisteredClient"]
+
+_MAX_ENTRIES = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class RegisteredClient:
+    """A client together with its parsed inline keys."""
+
+    client: Client
+    inline_keys: tuple[ClientKey, ...]
+
+
+def _registered(client: Client) -> RegisteredClient:
+    try:
+        keys = validate_jwks(client.jwks) if client.jwks else ()
+    except JWKSetError:
+        keys = ()  # registration validates; a corrupted row simply has no usable keys
+    return RegisteredClient(client, keys)
+
+
+class ClientDirectory:
+    """Looks clients up by id through a short-lived cache."""
+
+    def __init__(self, repo: ClientRepo, ttl: float) -> None:
+        self._repo = repo
+        self._ttl = ttl
+        self._entries: OrderedDict[str, tuple[float, RegisteredClient | None]] = OrderedDict()
+
+    async def get(self, client_id: str) -> RegisteredClient | None:
+        now = time.monotonic()
+        entry = self._entries.get(client_id)
+        if entry is not None and entry[0] > now:
+            return entry[1]
+        client = await self._repo.get(client_id)
+        value = _registered(client) if client is not None else None
+        self._entries[client_id] = (now + self._ttl, value)
+        self._entries.move_to_end(client_id)
+        if len(self._entries) > _MAX_ENTRIES:
+            self._entries.popitem(last=False)
+        return value
+
+    def forget(self, client_id: str) -> None:
+        self._entries.pop(client_id, None)

@@ -1,0 +1,96 @@
+"""The token pipeline (RFC 6749 §4.4 with RFC 7523 client authentication).
+
+Steps, in order: check the content type → parse the form (no repeated parameters) → check
+``grant_type`` → read the requested scope → detect and verify the client's authentication →
+grant a scope within the client's allowed scope → issue the access token. Each step raises a
+typed :class:`~fhirgate.oauth.errors.OAuthError`; the HTTP surface renders it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import parse_qsl
+
+from fhirgate.oauth.assertions import AssertionRules
+from fhirgate.oauth.client_auth import PrivateKeyJWTAuthenticator, detect_assertion
+from fhirgate.oauth.errors import InvalidRequest, InvalidScope, UnsupportedGrantType
+from fhirgate.oauth.scopes import ScopeError, narrow, parse_scopes
+from fhirgate.oauth.tokens import AccessTokenService, IssuedToken
+
+__all__ = ["FORM_CONTENT_TYPE", "TokenEndpoint", "TokenPolicy", "parse_form"]
+
+FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
+_MAX_FIELDS = 64
+
+
+@dataclass(frozen=True, slots=True)
+class TokenPolicy:
+    """What one token URL accepts: assertion rules and whether ``scope`` is required."""
+
+    rules: AssertionRules
+    scope_required: bool
+
+
+def parse_form(body: bytes, content_type: str | None) -> dict[str, str]:
+    """A form body as a dict (RFC 6749 §3.2: no repeated parameters; empty means omitted)."""
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    if media_type != FORM_CONTENT_TYPE:
+        raise InvalidRequest(f"Content-Type must be {FORM_CONTENT_TYPE}", check="content_type")
+    try:
+        pairs = parse_qsl(
+            body.decode("utf-8"),
+            keep_blank_values=True,
+            strict_parsing=bool(body),
+            max_num_fields=_MAX_FIELDS,
+            errors="strict",
+        )
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InvalidRequest(
+            "the request body is not a valid form", check="form_malformed", detail=str(exc)
+        ) from exc
+    form: dict[str, str] = {}
+    for name, value in pairs:
+        if name in form:
+            raise InvalidRequest(f"parameter {name!r} is repeated", check="duplicate_parameter")
+        form[name] = value
+    return {name: value for name, value in form.items() if value != ""}
+
+
+def _grant_type(form: Mapping[str, str]) -> None:
+    grant_type = form.get("grant_type")
+    if grant_type is None:
+        raise InvalidRequest("grant_type is required", check="grant_type_missing")
+    if grant_type != "client_credentials":
+        raise UnsupportedGrantType(
+            check="grant_type_unsupported", detail=f"grant_type {grant_type[:64]!r}"
+        )
+
+
+class TokenEndpoint:
+    """``client_credentials`` with ``private_key_jwt`` (SMART Backend Services §step-3)."""
+
+    def __init__(self, authenticator: PrivateKeyJWTAuthenticator, tokens: AccessTokenService):
+        self._authenticator = authenticator
+        self._tokens = tokens
+
+    async def handle(
+        self, form: Mapping[str, str], authorization: str | None, policy: TokenPolicy
+    ) -> IssuedToken:
+        _grant_type(form)
+        requested = form.get("scope")
+        if requested is None and policy.scope_required:
+            raise InvalidRequest("scope is required", check="scope_missing")
+        try:  # syntax first: a malformed request burns no jti
+            wanted = None if requested is None else parse_scopes(requested)
+        except ScopeError as exc:
+            raise InvalidScope(str(exc), check="scope_invalid") from exc
+        assertion = detect_assertion(form, authorization)
+        client = await self._authenticator.authenticate(
+            assertion, form.get("client_id"), policy.rules
+        )
+        try:
+            granted = narrow(wanted, parse_scopes(client.scope))
+        except ScopeError as exc:
+            raise InvalidScope(str(exc), check="scope_not_allowed") from exc
+        return self._tokens.issue(client, str(granted))

@@ -1,0 +1,128 @@
+"""Access tokens: JWTs per RFC 9068, issued here and verified by the resource guard.
+
+A token is ``{"typ": "at+jwt", "alg": "ES256", "kid"}`` over the claims ``iss``, ``sub``,
+``aud``, ``exp``, ``iat``, ``jti``, ``client_id``, ``scope`` (RFC 9068 §2.2) and fhirgate's
+``organization`` and ``environment``. Verification checks type, algorithm, key, signature,
+issuer, audience, expiry and the ``jti`` deny-list (RFC 9068 §4).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+
+from fhirgate.oauth.errors import InvalidToken
+from fhirgate.oauth.jose import JWSError, parse_compact, sign_compact, verify_signature
+from fhirgate.oauth.keys import ACCESS_TOKEN_ALG, Keyring
+from fhirgate.oauth.scopes import ScopeError, ScopeSet, parse_scopes
+from fhirgate.storage.repos import Client
+from fhirgate.storage.ttl_sets import TTLSet
+
+__all__ = ["AccessTokenService", "IssuedToken", "Principal"]
+
+TOKEN_TYPE = "at+jwt"  # noqa: S105 (a media type)
+_MAX_TOKEN_CHARS = 8192
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedToken:
+    access_token: str
+    expires_in: int
+    scope: str
+    jti: str
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who a verified access token speaks for, and what it grants."""
+
+    client_id: str
+    subject: str
+    scopes: ScopeSet
+    expires_at: int
+    issued_at: int
+    jti: str
+    organization_id: str
+    environment: str
+
+
+class AccessTokenService:
+    """Issues and verifies fhirgate access tokens."""
+
+    def __init__(
+        self, keyring: Keyring, revoked: TTLSet, *, issuer: str, audience: str, ttl: int
+    ) -> None:
+        self._keyring = keyring
+        self._revoked = revoked
+        self._issuer = issuer
+        self._audience = audience
+        self.ttl = ttl
+
+    def issue(self, client: Client, scope: str) -> IssuedToken:
+        """Sign an access token for ``client`` (RFC 9068 §2)."""
+        signer = self._keyring.signer
+        issued_at = int(time.time())
+        jti = secrets.token_urlsafe(16)
+        claims = {
+            "iss": self._issuer,
+            "sub": client.client_id,
+            "aud": self._audience,
+            "exp": issued_at + self.ttl,
+            "iat": issued_at,
+            "jti": jti,
+            "client_id": client.client_id,
+            "scope": scope,
+            "organization": client.environment.organization_id,
+            "environment": client.environment.kind,
+        }
+        header = {"alg": ACCESS_TOKEN_ALG, "typ": TOKEN_TYPE, "kid": signer.kid}
+        return IssuedToken(sign_compact(header, claims, signer.private_key), self.ttl, scope, jti)
+
+    async def revoke(self, principal: Principal) -> None:
+        """Deny-list a token's ``jti`` until it would have expired anyway."""
+        await self._revoked.add(principal.jti, principal.expires_at)
+
+    async def verify(self, token: str) -> Principal:
+        """Validate a bearer token (RFC 9068 §4); any failure is ``invalid_token``."""
+        if len(token) > _MAX_TOKEN_CHARS:
+            raise InvalidToken(check="size", detail="token too long")
+        try:
+            jws = parse_compact(token)
+        except JWSError as exc:
+            raise InvalidToken(check="malformed", detail=str(exc)) from exc
+        header, claims = jws.header, jws.claims
+        if header.get("typ") != TOKEN_TYPE or header.get("alg") != ACCESS_TOKEN_ALG:
+            raise InvalidToken(check="header", detail="not an fhirgate access token")
+        kid = header.get("kid")
+        key = await self._keyring.public_key(kid) if isinstance(kid, str) else None
+        if key is None or not verify_signature(
+            ACCESS_TOKEN_ALG, key, jws.signing_input, jws.signature
+        ):
+            raise InvalidToken(check="signature", detail="unknown key or bad signature")
+        principal = self._principal(claims)
+        if await self._revoked.contains(principal.jti):
+            raise InvalidToken(check="revoked", detail="token has been revoked")
+        return principal
+
+    def _principal(self, claims: dict[str, object]) -> Principal:
+        now = int(time.time())
+        exp, iat = claims.get("exp"), claims.get("iat")
+        if claims.get("iss") != self._issuer or claims.get("aud") != self._audience:
+            raise InvalidToken(check="iss_aud", detail="wrong issuer or audience")
+        if not isinstance(exp, int) or exp <= now or not isinstance(iat, int):
+            raise InvalidToken(check="expired", detail="token has expired")
+        try:
+            scopes = parse_scopes(str(claims.get("scope", "")))
+        except ScopeError as exc:
+            raise InvalidToken(check="scope", detail=str(exc)) from exc
+        return Principal(
+            client_id=str(claims["client_id"]),
+            subject=str(claims["sub"]),
+            scopes=scopes,
+            expires_at=exp,
+            issued_at=iat,
+            jti=str(claims["jti"]),
+            organization_id=str(claims["organization"]),
+            environment=str(claims["environment"]),
+        )

@@ -1,0 +1,82 @@
+"""Wiring: every long-lived component of a fhirgate process, built once from ``Settings``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from fhirgate.config import Settings
+from fhirgate.oauth.client_auth import PrivateKeyJWTAuthenticator
+from fhirgate.oauth.clients import ClientDirectory
+from fhirgate.oauth.jwks import JWKSFetcher
+from fhirgate.oauth.keys import Keyring, load_cipher
+from fhirgate.oauth.server import TokenEndpoint
+from fhirgate.oauth.tokens import AccessTokenService
+from fhirgate.storage.db import create_engine
+from fhirgate.storage.repos import ClientRepo, OrganizationRepo
+from fhirgate.storage.ttl_sets import RedisTTLSet, SqlTTLSet, TTLSet
+
+__all__ = ["Services"]
+
+
+@dataclass
+class Services:
+    settings: Settings
+    engine: AsyncEngine
+    redis: Redis | None
+    organizations: OrganizationRepo
+    clients: ClientRepo
+    directory: ClientDirectory
+    jwks: JWKSFetcher
+    used_jti: TTLSet
+    revoked: TTLSet
+    keyring: Keyring
+    tokens: AccessTokenService
+    token_endpoint: TokenEndpoint
+
+    @classmethod
+    def build(cls, settings: Settings) -> Services:
+        engine = create_engine(settings.database_url)
+        redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
+        used_jti: TTLSet
+        revoked: TTLSet
+        if redis is not None:
+            used_jti = RedisTTLSet(redis, "fhirgate:jti:")
+            revoked = RedisTTLSet(redis, "fhirgate:revoked:")
+        else:
+            used_jti = SqlTTLSet.used_jti(engine)
+            revoked = SqlTTLSet.revoked_tokens(engine)
+        keyring = Keyring(engine, load_cipher(settings), publish_for=settings.access_token_ttl + 60)
+        clients = ClientRepo(engine)
+        directory = ClientDirectory(clients, settings.client_cache_ttl)
+        jwks = JWKSFetcher(settings)
+        tokens = AccessTokenService(
+            keyring,
+            revoked,
+            issuer=settings.issuer,
+            audience=settings.issuer,
+            ttl=settings.access_token_ttl,
+        )
+        authenticator = PrivateKeyJWTAuthenticator(directory, jwks, used_jti)
+        return cls(
+            settings,
+            engine,
+            redis,
+            OrganizationRepo(engine),
+            clients,
+            directory,
+            jwks,
+            used_jti,
+            revoked,
+            keyring,
+            tokens,
+            TokenEndpoint(authenticator, tokens),
+        )
+
+    async def aclose(self) -> None:
+        await self.jwks.aclose()
+        if self.redis is not None:
+            await self.redis.aclose()
+        await self.engine.dispose()

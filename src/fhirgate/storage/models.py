@@ -1,0 +1,121 @@
+"""SQLAlchemy tables: organization → environment → client, plus server keys and replay state."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+__all__ = [
+    "AuthMethod",
+    "Base",
+    "ClientRow",
+    "ClientStatus",
+    "EnvironmentKind",
+    "EnvironmentRow",
+    "OrganizationRow",
+    "RevokedTokenRow",
+    "ServerKeyRow",
+    "UsedJtiRow",
+]
+
+
+class EnvironmentKind(StrEnum):
+    DEVELOPMENT = "development"
+    STAGING = "staging"
+    PRODUCTION = "production"
+
+
+class ClientStatus(StrEnum):
+    ACTIVE = "active"
+    REVOKED = "revoked"
+
+
+class AuthMethod(StrEnum):
+    """``token_endpoint_auth_method`` values (RFC 7591 §2)."""
+
+    PRIVATE_KEY_JWT = "private_key_jwt"
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: DateTime(timezone=True)}
+
+
+class OrganizationRow(Base):
+    __tablename__ = "organizations"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    slug: Mapped[str] = mapped_column(String(63), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime]
+
+
+class EnvironmentRow(Base):
+    __tablename__ = "environments"
+    __table_args__ = (UniqueConstraint("organization_id", "kind"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    organization_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime]
+
+
+class ClientRow(Base):
+    """A client (API key) of one environment."""
+
+    __tablename__ = "clients"
+
+    client_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    environment_id: Mapped[str] = mapped_column(
+        ForeignKey("environments.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16))
+    auth_method: Mapped[str] = mapped_column(String(32))
+    jwks: Mapped[dict[str, object] | None] = mapped_column(JSON, nullable=True)
+    jwks_url: Mapped[str | None] = mapped_column(String(2048), nullable=True)
+    scope: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class ServerKeyRow(Base):
+    """A server signing key; the private part is AES-GCM encrypted (see ``oauth.keys``)."""
+
+    __tablename__ = "server_keys"
+
+    kid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    alg: Mapped[str] = mapped_column(String(16))
+    public_jwk: Mapped[dict[str, object]] = mapped_column(JSON)
+    private_key: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime]
+    retired_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class UsedJtiRow(Base):
+    """Single-use assertion ids (SMART: ``jti`` not reused per ``iss``); the key is a digest."""
+
+    __tablename__ = "used_jti"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[int] = mapped_column(Integer, index=True)
+
+
+class RevokedTokenRow(Base):
+    """Deny-list of access-token ``jti`` values, kept until the token would have expired."""
+
+    __tablename__ = "revoked_tokens"
+
+    jti: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[int] = mapped_column(Integer, index=True)

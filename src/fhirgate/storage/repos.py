@@ -1,0 +1,272 @@
+"""Async repositories over SQLAlchemy Core: organizations, environments and clients."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import secrets
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Row, delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from fhirgate.storage.models import (
+    ClientRow,
+    ClientStatus,
+    EnvironmentKind,
+    EnvironmentRow,
+    OrganizationRow,
+)
+
+__all__ = [
+    "DEFAULT_ORG_SLUG",
+    "Client",
+    "ClientRepo",
+    "Conflict",
+    "Environment",
+    "NotFound",
+    "OrganizationRepo",
+    "new_client_id",
+]
+
+DEFAULT_ORG_SLUG = "default"
+_SLUG = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+
+
+class NotFound(LookupError):
+    """The named organization, environment or client does not exist."""
+
+
+class Conflict(ValueError):
+    """The write would break a uniqueness rule (a taken slug, for example)."""
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_client_id() -> str:
+    """A client id: 192 random bits, URL-safe (RFC 6749 §2.2, §10.10)."""
+    return secrets.token_urlsafe(24)
+
+
+@dataclass(frozen=True, slots=True)
+class Environment:
+    id: str
+    kind: str
+    organization_id: str
+    organization_slug: str
+
+
+@dataclass(frozen=True, slots=True)
+class Client:
+    """A registered client (API key) with the environment it belongs to."""
+
+    client_id: str
+    name: str
+    status: str
+    auth_method: str
+    jwks: dict[str, Any] | None
+    jwks_url: str | None
+    scope: str
+    environment: Environment
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def active(self) -> bool:
+        return self.status == ClientStatus.ACTIVE
+
+
+_CLIENT_COLUMNS = (
+    ClientRow.client_id,
+    ClientRow.name,
+    ClientRow.status,
+    ClientRow.auth_method,
+    ClientRow.jwks,
+    ClientRow.jwks_url,
+    ClientRow.scope,
+    ClientRow.created_at,
+    ClientRow.updated_at,
+    EnvironmentRow.id,
+    EnvironmentRow.kind,
+    OrganizationRow.id,
+    OrganizationRow.slug,
+)
+
+
+def _as_utc(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _client(row: Row[Any]) -> Client:
+    values: tuple[Any, ...] = tuple(row)
+    (client_id, name, status, method, jwks, jwks_url, scope, created, updated) = values[:9]
+    env = Environment(*values[9:13])
+    return Client(
+        client_id,
+        name,
+        status,
+        method,
+        jwks,
+        jwks_url,
+        scope,
+        env,
+        _as_utc(created),
+        _as_utc(updated),
+    )
+
+
+class OrganizationRepo:
+    """Organizations and their three environments (development, staging, production)."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def create(self, slug: str, name: str) -> str:
+        """Create an organization with its environments; returns its id."""
+        if not _SLUG.fullmatch(slug):
+            raise ValueError("slug must be 1-63 lowercase letters, digits or hyphens")
+        org_id, created = str(uuid.uuid4()), now()
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(
+                    insert(OrganizationRow).values(
+                        id=org_id, slug=slug, name=name, created_at=created
+                    )
+                )
+                await conn.execute(
+                    insert(EnvironmentRow),
+                    [
+                        {
+                            "id": str(uuid.uuid4()),
+                            "organization_id": org_id,
+                            "kind": kind.value,
+                            "created_at": created,
+                        }
+                        for kind in EnvironmentKind
+                    ],
+                )
+        except IntegrityError as exc:
+            raise Conflict(f"an organization with slug {slug!r} already exists") from exc
+        return org_id
+
+    async def environment(self, slug: str, kind: str) -> Environment:
+        """The environment ``kind`` of the organization ``slug``."""
+        if kind not in {k.value for k in EnvironmentKind}:
+            raise NotFound(f"unknown environment {kind!r} (development, staging or production)")
+        stmt = (
+            select(EnvironmentRow.id, EnvironmentRow.kind, OrganizationRow.id, OrganizationRow.slug)
+            .join(OrganizationRow, OrganizationRow.id == EnvironmentRow.organization_id)
+            .where(OrganizationRow.slug == slug, EnvironmentRow.kind == kind)
+        )
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(stmt)).first()
+        if row is None:
+            raise NotFound(f"no organization with slug {slug!r}")
+        return Environment(*row)
+
+    async def default_environment(self, kind: str = EnvironmentKind.DEVELOPMENT) -> Environment:
+        """The default organization's environment, creating the organization on first use."""
+        try:
+            return await self.environment(DEFAULT_ORG_SLUG, kind)
+        except NotFound:
+            with contextlib.suppress(Conflict):  # created concurrently
+                await self.create(DEFAULT_ORG_SLUG, "Default organization")
+            return await self.environment(DEFAULT_ORG_SLUG, kind)
+
+
+class ClientRepo:
+    """Registered clients."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    @staticmethod
+    def _select() -> Any:
+        return (
+            select(*_CLIENT_COLUMNS)
+            .join(EnvironmentRow, EnvironmentRow.id == ClientRow.environment_id)
+            .join(OrganizationRow, OrganizationRow.id == EnvironmentRow.organization_id)
+        )
+
+    async def create(
+        self,
+        *,
+        environment: Environment,
+        name: str,
+        auth_method: str,
+        scope: str,
+        jwks: dict[str, Any] | None = None,
+        jwks_url: str | None = None,
+    ) -> Client:
+        client_id, created = new_client_id(), now()
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                insert(ClientRow).values(
+                    client_id=client_id,
+                    environment_id=environment.id,
+                    name=name,
+                    status=ClientStatus.ACTIVE.value,
+                    auth_method=auth_method,
+                    jwks=jwks,
+                    jwks_url=jwks_url,
+                    scope=scope,
+                    created_at=created,
+                    updated_at=created,
+                )
+            )
+        return Client(
+            client_id,
+            name,
+            ClientStatus.ACTIVE.value,
+            auth_method,
+            jwks,
+            jwks_url,
+            scope,
+            environment,
+            created,
+            created,
+        )
+
+    async def get(self, client_id: str) -> Client | None:
+        async with self._engine.connect() as conn:
+            row = (
+                await conn.execute(self._select().where(ClientRow.client_id == client_id))
+            ).first()
+        return None if row is None else _client(row)
+
+    async def list(self, organization_slug: str | None = None) -> Sequence[Client]:
+        stmt = self._select().order_by(ClientRow.created_at, ClientRow.client_id)
+        if organization_slug is not None:
+            stmt = stmt.where(OrganizationRow.slug == organization_slug)
+        async with self._engine.connect() as conn:
+            return [_client(row) for row in await conn.execute(stmt)]
+
+    async def _update(self, conn: AsyncConnection, client_id: str, **values: Any) -> None:
+        result = await conn.execute(
+            update(ClientRow)
+            .where(ClientRow.client_id == client_id)
+            .values(updated_at=now(), **values)
+        )
+        if result.rowcount == 0:
+            raise NotFound(f"no client {client_id!r}")
+
+    async def rename(self, client_id: str, name: str) -> None:
+        async with self._engine.begin() as conn:
+            await self._update(conn, client_id, name=name)
+
+    async def revoke(self, client_id: str) -> None:
+        async with self._engine.begin() as conn:
+            await self._update(conn, client_id, status=ClientStatus.REVOKED.value)
+
+    async def delete(self, client_id: str) -> None:
+        async with self._engine.begin() as conn:
+            result = await conn.execute(delete(ClientRow).where(ClientRow.client_id == client_id))
+            if result.rowcount == 0:
+                raise NotFound(f"no client {client_id!r}")

@@ -1,0 +1,1 @@
+"""HTTP surfaces of the authorization server: routes, error rendering, the resource guard."""

@@ -1,0 +1,69 @@
+"""Discovery documents and the server's JWK Set.
+
+``/.well-known/smart-configuration`` (SMART App Launch §conformance) and
+``/.well-known/oauth-authorization-server`` (RFC 8414 §2) carry absolute URLs built from the
+configured public URL, never from the ``Host`` header. SMART requires discovery to allow any
+origin (§app-launch CORS), so these documents carry ``Access-Control-Allow-Origin: *``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.responses import JSONResponse
+
+from fhirgate.config import Settings
+from fhirgate.services import Services
+
+__all__ = ["router", "smart_configuration"]
+
+router = APIRouter(tags=["discovery"])
+
+_CORS = {"Access-Control-Allow-Origin": "*"}
+SCOPES_SUPPORTED = ["system/*.rs", "system/*.cruds", "system/*.read", "system/*.write"]
+
+
+def _common(settings: Settings) -> dict[str, Any]:
+    return {
+        "token_endpoint": settings.url("/oauth2/token"),
+        "jwks_uri": settings.url("/.well-known/jwks.json"),
+        "grant_types_supported": ["client_credentials"],
+        "token_endpoint_auth_methods_supported": ["private_key_jwt"],
+        "token_endpoint_auth_signing_alg_values_supported": sorted(settings.assertion_algorithms),
+        "scopes_supported": SCOPES_SUPPORTED,
+        "code_challenge_methods_supported": ["S256"],
+    }
+
+
+def smart_configuration(settings: Settings) -> dict[str, Any]:
+    """SMART configuration; ``issuer`` is omitted without ``sso-openid-connect``."""
+    return {
+        **_common(settings),
+        "capabilities": ["client-confidential-asymmetric", "permission-v1", "permission-v2"],
+    }
+
+
+def _services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+@router.get("/.well-known/smart-configuration")
+async def smart_config(request: Request) -> JSONResponse:
+    return JSONResponse(smart_configuration(_services(request).settings), headers=_CORS)
+
+
+@router.get("/.well-known/oauth-authorization-server")
+async def oauth_metadata(request: Request) -> JSONResponse:
+    """RFC 8414 §2 metadata; ``issuer`` is identical to the tokens' ``iss`` (§3.3)."""
+    settings = _services(request).settings
+    body = {"issuer": settings.issuer, **_common(settings), "response_types_supported": []}
+    return JSONResponse(body, headers=_CORS)
+
+
+@router.get("/.well-known/jwks.json")
+async def jwks(request: Request) -> JSONResponse:
+    """The public keys that verify fhirgate access tokens (RFC 7517 §5)."""
+    headers = {**_CORS, "Cache-Control": "public, max-age=60"}
+    return JSONResponse(_services(request).keyring.jwks, headers=headers)

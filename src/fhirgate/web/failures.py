@@ -1,0 +1,105 @@
+"""Faults that are not the client's: oversized bodies, storage outages, unexpected errors.
+
+Fail closed: when the database or Redis cannot answer, the answer is 503 with a generic body —
+never a token, never a misleading ``invalid_client`` (DESIGN.md). Internals are logged with a
+request id and never echoed.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+
+from redis.exceptions import RedisError
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from fhirgate.oauth.errors import ServiceUnavailable
+
+__all__ = [
+    "STORAGE_ERRORS",
+    "BodyLimitMiddleware",
+    "BodyTooLarge",
+    "http_error",
+    "storage_unavailable",
+    "unexpected_error",
+]
+
+log = logging.getLogger("fhirgate.errors")
+
+STORAGE_ERRORS: tuple[type[Exception], ...] = (
+    DBAPIError,
+    PoolTimeout,
+    RedisError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+class BodyTooLarge(Exception):
+    """The request body exceeds ``request_body_limit``."""
+
+
+def _too_large() -> Response:
+    body = {"error": "invalid_request", "error_description": "request body too large"}
+    return JSONResponse(body, status_code=413, headers={"Connection": "close"})
+
+
+class BodyLimitMiddleware:
+    """Refuse bodies over ``limit`` bytes (413) by ``Content-Length`` or while streaming."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length" and (not value.isdigit() or int(value) > self.limit):
+                await _too_large()(scope, receive, send)
+                return
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise BodyTooLarge
+            return message
+
+        await self.app(scope, limited, send)
+
+
+async def body_too_large(_request: Request, _exc: Exception) -> Response:
+    return _too_large()
+
+
+async def storage_unavailable(request: Request, exc: Exception) -> Response:
+    ref = secrets.token_hex(6)
+    log.error("storage unavailable [%s] %s %s: %r", ref, request.method, request.url.path, exc)
+    error = ServiceUnavailable()
+    body = {**error.body(), "request_id": ref}
+    return JSONResponse(
+        body, status_code=503, headers={"Retry-After": "5", "Cache-Control": "no-store"}
+    )
+
+
+async def unexpected_error(request: Request, exc: Exception) -> Response:
+    ref = secrets.token_hex(6)
+    log.error("unexpected error [%s] %s %s", ref, request.method, request.url.path, exc_info=exc)
+    body = {"error": "server_error", "error_description": "internal error", "request_id": ref}
+    return JSONResponse(body, status_code=500)
+
+
+async def http_error(_request: Request, exc: Exception) -> Response:
+    """404/405 and friends as OAuth-style JSON (405 keeps its ``Allow`` header)."""
+    assert isinstance(exc, HTTPException)
+    body = {"error": "invalid_request", "error_description": str(exc.detail).lower()}
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)

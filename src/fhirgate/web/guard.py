@@ -1,0 +1,93 @@
+"""The resource guard: one dependency that turns a bearer token into a :class:`Principal`.
+
+RFC 6750: the token comes only from the ``Authorization`` header (§2.1; never the query string,
+§2.3 is not supported). A request without credentials gets 401 with a bare ``Bearer`` challenge;
+a bad, expired or revoked token, or one whose client is no longer active, gets 401
+``invalid_token``; a token whose scope does not cover the request gets 403
+``insufficient_scope`` (§3.1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Annotated
+
+from fastapi import Depends, Request
+from starlette.responses import JSONResponse, Response
+
+from fhirgate.oauth.errors import InsufficientScope, InvalidToken, OAuthError
+from fhirgate.oauth.tokens import Principal
+from fhirgate.services import Services
+
+__all__ = ["BearerError", "CurrentPrincipal", "bearer_error_response", "require_scope"]
+
+REALM = "fhirgate"
+
+
+class BearerError(Exception):
+    """Raised by the guard; rendered with an RFC 6750 ``WWW-Authenticate`` challenge."""
+
+    def __init__(self, error: OAuthError | None, scope: str = "") -> None:
+        self.error = error
+        self.scope = scope
+
+
+def _challenge(error: OAuthError | None, scope: str) -> str:
+    if error is None:
+        return f'Bearer realm="{REALM}"'
+    parts = [f'realm="{REALM}"', f'error="{error.error}"']
+    if error.description:
+        parts.append(f'error_description="{error.description}"')
+    if scope:
+        parts.append(f'scope="{scope}"')
+    return "Bearer " + ", ".join(parts)
+
+
+def bearer_error_response(exc: BearerError) -> Response:
+    error = exc.error or InvalidToken("an access token is required", check="missing")
+    headers = {"WWW-Authenticate": _challenge(exc.error, exc.scope), "Cache-Control": "no-store"}
+    return JSONResponse(error.body(), status_code=error.status_code, headers=headers)
+
+
+def _bearer_token(request: Request) -> str:
+    header = request.headers.get("authorization")
+    if header is None:
+        raise BearerError(None)
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token or " " in token:
+        raise BearerError(
+            InvalidToken("use the Authorization: Bearer <token> scheme", check="scheme")
+        )
+    return token
+
+
+async def authenticate(request: Request) -> Principal:
+    """Validate the request's bearer token (RFC 6750 §2.1, RFC 9068 §4)."""
+    services: Services = request.app.state.services
+    token = _bearer_token(request)
+    try:
+        principal = await services.tokens.verify(token)
+        registered = await services.directory.get(principal.client_id)
+        if registered is None or not registered.client.active:
+            raise InvalidToken(check="client_inactive", detail="client revoked or deleted")
+    except InvalidToken as error:
+        raise BearerError(error) from error
+    return principal
+
+
+CurrentPrincipal = Annotated[Principal, Depends(authenticate)]
+
+
+def require_scope(
+    context: str, resource_type: str, permission: str
+) -> Callable[[Principal], Awaitable[Principal]]:
+    """A dependency that demands a scope allowing ``permission`` on ``resource_type``."""
+    needed = f"{context}/{resource_type}.{permission}"
+
+    async def dependency(principal: CurrentPrincipal) -> Principal:
+        if not principal.scopes.allows(context, resource_type, permission):
+            raise BearerError(InsufficientScope(check="scope"), scope=needed)
+        return principal
+
+    return dependency

@@ -1,0 +1,116 @@
+"""Shared fixtures: real storage (SQLite per test; PostgreSQL + Redis when configured), the real
+app through httpx's ASGI transport, and factories for clients and their assertions.
+
+Backends: ``FHIRGATE_TEST_DATABASE_URL`` (a PostgreSQL URL) and ``FHIRGATE_TEST_REDIS_URL`` turn
+on the PostgreSQL/Redis variants. With ``FHIRGATE_TEST_REQUIRE_SERVICES=1`` (set by ``.ci/run``)
+a missing or unreachable service fails those tests instead of skipping them.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from tests.support import (
+    BASE,
+    PG_URL,
+    REDIS_URL,
+    MakeClient,
+    Running,
+    SigningClient,
+    flush_redis,
+    fresh_postgres_database,
+    private_key,
+    require_service,
+    start,
+)
+
+from fhirgate.config import Settings
+from fhirgate.oauth.jose import jwk_from_public_key
+
+
+@pytest.fixture
+def sqlite_settings(tmp_path: Path) -> Settings:
+    return Settings(
+        database_url=f"sqlite+aiosqlite:///{tmp_path}/fhirgate.db",
+        var_dir=tmp_path / "var",
+        public_url=BASE,
+        allow_insecure_jwks=True,
+    )
+
+
+@pytest.fixture(params=["sqlite", "postgres+redis"])
+async def backend_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    """Settings for each backend: embedded SQLite, and PostgreSQL + Redis."""
+    if request.param == "sqlite":
+        return Settings(
+            database_url=f"sqlite+aiosqlite:///{tmp_path}/fhirgate.db",
+            var_dir=tmp_path / "var",
+            public_url=BASE,
+            allow_insecure_jwks=True,
+        )
+    pg = require_service(PG_URL, "PostgreSQL")
+    redis = require_service(REDIS_URL, "Redis")
+    await flush_redis(redis)
+    return Settings(
+        database_url=await fresh_postgres_database(pg),
+        redis_url=redis,
+        var_dir=tmp_path / "var",
+        public_url=BASE,
+        secret_key="test-secret-" + secrets.token_hex(8),
+        allow_insecure_jwks=True,
+    )
+
+
+@pytest.fixture
+def settings(sqlite_settings: Settings) -> Settings:
+    """The default settings of a test: SQLite. Override in a module to change them."""
+    return sqlite_settings
+
+
+@pytest.fixture
+async def running(settings: Settings) -> AsyncIterator[Running]:
+    server, stack = await start(settings)
+    try:
+        yield server
+    finally:
+        await stack.aclose()
+
+
+@pytest.fixture
+def http(running: Running) -> httpx.AsyncClient:
+    return running.http
+
+
+@pytest.fixture
+def make_client(running: Running) -> MakeClient:
+    """Register a private_key_jwt client in the default development environment."""
+
+    async def factory(
+        alg: str = "RS384",
+        *,
+        scope: str = "system/*.rs",
+        kid: str | None = None,
+        jwks_url: str | None = None,
+        inline: bool = True,
+        slot: int = 0,
+        environment: str = "development",
+    ) -> SigningClient:
+        key = private_key(alg, slot)
+        kid = kid or f"{alg.lower()}-{slot}"
+        jwks = {"keys": [jwk_from_public_key(key.public_key(), kid, alg)]} if inline else None
+        env = await running.services.organizations.default_environment(environment)
+        client = await running.services.clients.create(
+            environment=env,
+            name="test client",
+            auth_method="private_key_jwt",
+            scope=scope,
+            jwks=jwks,
+            jwks_url=jwks_url,
+        )
+        return SigningClient(client.client_id, key, kid, alg)
+
+    return factory

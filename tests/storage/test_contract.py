@@ -1,0 +1,169 @@
+"""One storage contract, run on every backend: SQLite, and PostgreSQL (+ Redis for TTL sets)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from fhirgate.config import Settings
+from fhirgate.oauth.keys import Keyring, load_cipher
+from fhirgate.services import Services
+from fhirgate.storage.db import upgrade_async
+from fhirgate.storage.repos import Conflict, NotFound
+from fhirgate.storage.ttl_sets import SqlTTLSet, digest
+
+
+@pytest.fixture
+async def services(backend_settings: Settings) -> AsyncIterator[Services]:
+    await upgrade_async(backend_settings.database_url)
+    built = Services.build(backend_settings)
+    try:
+        yield built
+    finally:
+        await built.aclose()
+
+
+async def test_migrations_are_idempotent(backend_settings: Settings) -> None:
+    await upgrade_async(backend_settings.database_url)
+    await upgrade_async(backend_settings.database_url)
+
+
+async def test_organization_has_three_environments(services: Services) -> None:
+    await services.organizations.create("acme", "Acme Health")
+    kinds = [
+        (await services.organizations.environment("acme", k)).kind
+        for k in ("development", "staging", "production")
+    ]
+    assert kinds == ["development", "staging", "production"]
+    with pytest.raises(NotFound):
+        await services.organizations.environment("acme", "qa")
+    with pytest.raises(NotFound):
+        await services.organizations.environment("nobody", "development")
+
+
+async def test_organization_slug_is_unique_and_validated(services: Services) -> None:
+    await services.organizations.create("acme", "Acme")
+    with pytest.raises(Conflict):
+        await services.organizations.create("acme", "Acme again")
+    for bad in ("Acme", "-acme", "acme_health", "", "a" * 64):
+        with pytest.raises(ValueError, match="slug"):
+            await services.organizations.create(bad, "x")
+
+
+async def test_default_environment_is_created_once_under_concurrency(services: Services) -> None:
+    envs = await asyncio.gather(*(services.organizations.default_environment() for _ in range(5)))
+    assert len({env.id for env in envs}) == 1
+
+
+async def test_client_lifecycle(services: Services) -> None:
+    env = await services.organizations.default_environment("staging")
+    jwks = {"keys": [{"kty": "EC", "kid": "k"}]}
+    created = await services.clients.create(
+        environment=env,
+        name="lab feed",
+        auth_method="private_key_jwt",
+        scope="system/*.rs",
+        jwks=jwks,
+        jwks_url="https://keys.example/jwks.json",
+    )
+    assert len(created.client_id) >= 22  # ≥ 128 bits, URL-safe
+    assert created.client_id.replace("-", "").replace("_", "").isalnum()
+    loaded = await services.clients.get(created.client_id)
+    assert loaded == created
+    assert loaded.environment.kind == "staging"
+    await services.clients.rename(created.client_id, "lab feed v2")
+    await services.clients.revoke(created.client_id)
+    loaded = await services.clients.get(created.client_id)
+    assert loaded is not None
+    assert (loaded.name, loaded.status, loaded.active) == ("lab feed v2", "revoked", False)
+    assert loaded.updated_at >= created.updated_at
+    assert [c.client_id for c in await services.clients.list()] == [created.client_id]
+    assert await services.clients.list("other-org") == []
+    await services.clients.delete(created.client_id)
+    assert await services.clients.get(created.client_id) is None
+    with pytest.raises(NotFound):
+        await services.clients.delete(created.client_id)
+    with pytest.raises(NotFound):
+        await services.clients.rename(created.client_id, "x")
+
+
+async def test_client_ids_are_unique(services: Services) -> None:
+    env = await services.organizations.default_environment()
+    ids = {
+        (
+            await services.clients.create(
+                environment=env, name="c", auth_method="private_key_jwt", scope="system/*.rs"
+            )
+        ).client_id
+        for _ in range(20)
+    }
+    assert len(ids) == 20
+
+
+async def test_ttl_set_first_add_wins_under_concurrency(services: Services) -> None:
+    key = digest("client", "jti-1")
+    results = await asyncio.gather(
+        *(services.used_jti.add(key, int(time.time()) + 60) for _ in range(25))
+    )
+    assert results.count(True) == 1
+    assert await services.used_jti.contains(key)
+    assert not await services.used_jti.contains(digest("client", "jti-2"))
+
+
+async def test_ttl_set_entries_expire(services: Services) -> None:
+    await services.revoked.add("gone", int(time.time()) + 1)
+    await services.revoked.add("kept", int(time.time()) + 600)
+    await asyncio.sleep(2.1)
+    assert not await services.revoked.contains("gone")
+    assert await services.revoked.contains("kept")
+
+
+async def test_sql_ttl_set_purges_expired_rows(services: Services) -> None:
+    table = SqlTTLSet.used_jti(services.engine)
+    await table.add("old", int(time.time()) - 5)
+    await table.add("new", int(time.time()) + 600)
+    assert await table.purge() == 1
+    assert not await table.add("new", int(time.time()) + 600)
+    assert await table.add("old", int(time.time()) + 600)
+
+
+async def test_digest_separates_parts() -> None:
+    assert digest("ab", "c") != digest("a", "bc")
+
+
+async def test_server_keys_are_encrypted_at_rest_and_rotate(
+    services: Services, backend_settings: Settings
+) -> None:
+    keyring = services.keyring
+    await keyring.ensure()
+    first = keyring.signer.kid
+    from sqlalchemy import select
+
+    from fhirgate.storage.models import ServerKeyRow
+
+    async with services.engine.connect() as conn:
+        blob = (await conn.execute(select(ServerKeyRow.private_key))).scalar_one()
+    assert b"PRIVATE" not in blob and len(blob) > 100
+    second = await keyring.add(retire_others=True)
+    assert keyring.signer.kid == second != first
+    published = {k["kid"] for k in keyring.jwks["keys"]}
+    assert published == {first, second}  # the retired key stays until its tokens expire
+    other = Keyring(services.engine, load_cipher(backend_settings), publish_for=0)
+    await other.reload()
+    assert {k["kid"] for k in other.jwks["keys"]} == {second}  # past its publication window
+
+
+async def test_keyring_refuses_a_wrong_secret(
+    services: Services, backend_settings: Settings
+) -> None:
+    await services.keyring.ensure()
+    from cryptography.exceptions import InvalidTag
+
+    from fhirgate.oauth.keys import KeyCipher
+
+    wrong = Keyring(services.engine, KeyCipher(b"not the secret"), publish_for=360)
+    with pytest.raises(InvalidTag):
+        await wrong.reload()

@@ -1,0 +1,143 @@
+"""The README's quickstart, end to end, against a started ``fhirgate serve``:
+key pair → client → token (CLI) → protected call; and the same server's discovery."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+FHIRGATE = str(Path(sys.executable).with_name("fhirgate"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = dict(
+        os.environ,
+        FHIRGATE_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path}/q.db",
+        FHIRGATE_VAR_DIR=str(tmp_path / "var"),
+        FHIRGATE_PUBLIC_URL=base,
+    )
+    env.pop("FHIRGATE_REDIS_URL", None)
+    server = subprocess.Popen(
+        [FHIRGATE, "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        for _ in range(100):
+            try:
+                if httpx.get(f"{base}/healthz", timeout=0.5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        else:
+            server.kill()
+            pytest.fail(f"server did not start: {server.communicate()[0].decode()[-2000:]}")
+        yield base, env
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def run(env: dict[str, str], *args: str) -> str:
+    done = subprocess.run([FHIRGATE, *args], env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_quickstart_keygen_client_token_call(
+    served: tuple[str, dict[str, str]], tmp_path: Path
+) -> None:
+    base, env = served
+    key, jwks = tmp_path / "my-key.pem", tmp_path / "my-jwks.json"
+    run(
+        env,
+        "keys",
+        "generate",
+        "--alg",
+        "RS384",
+        "--kid",
+        "my-key",
+        "--private-key-out",
+        str(key),
+        "--jwks-out",
+        str(jwks),
+    )
+    created = json.loads(
+        run(
+            env,
+            "clients",
+            "create",
+            "--auth",
+            "private_key_jwt",
+            "--name",
+            "My backend",
+            "--jwks-file",
+            str(jwks),
+            "--scope",
+            "system/*.rs",
+            "--json",
+        )
+    )
+    token = run(
+        env,
+        "token",
+        "--client-id",
+        created["client_id"],
+        "--private-key",
+        str(key),
+        "--kid",
+        "my-key",
+        "--scope",
+        "system/Patient.rs",
+    ).strip()
+    who = httpx.get(f"{base}/whoami", headers={"Authorization": f"Bearer {token}"})
+    assert who.status_code == 200, who.text
+    assert who.json()["client_id"] == created["client_id"]
+    assert who.json()["scope"] == "system/Patient.rs"
+    smart = httpx.get(f"{base}/.well-known/smart-configuration").json()
+    assert smart["token_endpoint"] == f"{base}/oauth2/token"
+
+
+def test_token_command_reports_oauth_errors(
+    served: tuple[str, dict[str, str]], tmp_path: Path
+) -> None:
+    _, env = served
+    key, jwks = tmp_path / "k.pem", tmp_path / "k.json"
+    run(
+        env,
+        "keys",
+        "generate",
+        "--kid",
+        "k",
+        "--private-key-out",
+        str(key),
+        "--jwks-out",
+        str(jwks),
+    )
+    done = subprocess.run(
+        [FHIRGATE, "token", "--client-id", "nobody", "--private-key", str(key), "--kid", "k"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 1
+    assert "invalid_client" in done.stderr

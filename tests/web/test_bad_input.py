@@ -1,0 +1,179 @@
+"""Bad input and faults: always a 4xx in the surface's format, never a 5xx, never a token."""
+
+from __future__ import annotations
+
+import logging
+
+import httpx
+import pytest
+from tests.support import MakeClient, Running, SigningClient, private_key, start
+
+from fhirgate.config import Settings
+from fhirgate.oauth.client_auth import JWT_BEARER
+from fhirgate.oauth.jose import b64url_encode, jwk_from_public_key
+
+FORM = {"content-type": "application/x-www-form-urlencoded"}
+
+
+def assertion_form(assertion: str) -> dict[str, str]:
+    return {
+        "grant_type": "client_credentials",
+        "client_assertion_type": JWT_BEARER,
+        "client_assertion": assertion,
+        "scope": "system/*.rs",
+    }
+
+
+def b64(text: str) -> str:
+    return b64url_encode(text.encode())
+
+
+HEADER = b64('{"alg":"RS384"}')
+EMPTY = b64("{}")
+
+
+@pytest.mark.parametrize(
+    "assertion",
+    [
+        "only.two",
+        "a.b.c.d",
+        "a.b.c.d.e",
+        HEADER + ".!!!.sig",
+        HEADER + "." + EMPTY + ".c2ln=",
+        b64("not json") + "." + EMPTY + ".AA",
+        b64("[1,2]") + "." + EMPTY + ".AA",
+        b64('{"alg":"RS384","alg":"none"}') + "." + EMPTY + ".AA",
+        b64('{"alg":"RS384","kid":"k"}') + "." + b64('{"iss":1,"iss":2}') + ".AA",
+        HEADER + "." + EMPTY + ".A",
+        "",
+    ],
+    ids=[
+        "2-segments",
+        "4-segments",
+        "5-segments",
+        "bad-base64",
+        "padded-base64",
+        "header-not-json",
+        "header-not-object",
+        "duplicate-header-member",
+        "duplicate-claim",
+        "impossible-base64-length",
+        "empty",
+    ],
+)
+async def test_malformed_assertion_is_a_clean_4xx(http: httpx.AsyncClient, assertion: str) -> None:
+    response = await http.post("/oauth2/token", data=assertion_form(assertion))
+    assert 400 <= response.status_code < 500, response.text
+    assert response.json()["error"] in {"invalid_client", "invalid_request"}
+
+
+async def test_one_megabyte_assertion_is_a_clean_4xx(http: httpx.AsyncClient) -> None:
+    big = "a" * (1024 * 1024) + ".b.c"
+    response = await http.post("/oauth2/token", data=assertion_form(big))
+    assert response.status_code == 413
+    assert response.json()["error"] == "invalid_request"
+
+
+async def test_assertion_over_the_size_cap_is_invalid_client(http: httpx.AsyncClient) -> None:
+    response = await http.post("/oauth2/token", data=assertion_form("a" * 20_000 + ".b.c"))
+    assert response.status_code == 401
+    assert response.json()["error"] == "invalid_client"
+
+
+async def test_body_over_64_kib_is_413(http: httpx.AsyncClient) -> None:
+    response = await http.post("/oauth2/token", content=b"x=" + b"a" * 70_000, headers=FORM)
+    assert response.status_code == 413
+
+
+async def test_streamed_body_over_64_kib_without_length_is_413(http: httpx.AsyncClient) -> None:
+    async def chunks():  # type: ignore[no-untyped-def]
+        for _ in range(20):
+            yield b"a" * 8192
+
+    response = await http.post("/oauth2/token", content=chunks(), headers=FORM)
+    assert response.status_code == 413
+
+
+@pytest.mark.parametrize(
+    "content_type", ["application/json", "text/plain", "multipart/form-data; boundary=x", None]
+)
+async def test_wrong_content_type_is_invalid_request(
+    http: httpx.AsyncClient, make_client: MakeClient, content_type: str | None
+) -> None:
+    client = await make_client()
+    body = str(httpx.QueryParams(client.form()))
+    headers = {"content-type": content_type} if content_type else {}
+    response = await http.post("/oauth2/token", content=body, headers=headers)
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid_request"
+
+
+async def test_form_with_invalid_utf8_is_invalid_request(http: httpx.AsyncClient) -> None:
+    response = await http.post("/oauth2/token", content=b"grant_type=%ff%fe", headers=FORM)
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid_request"
+
+
+@pytest.mark.parametrize("path", ["/oauth2/token", "/v2/auth/token"])
+async def test_get_on_token_endpoint_is_405(http: httpx.AsyncClient, path: str) -> None:
+    response = await http.get(path)
+    assert response.status_code == 405
+    assert response.headers["allow"] == "POST"
+    assert response.json()["error"] == "invalid_request"
+
+
+async def test_rejection_reason_is_logged_but_not_sent(
+    http: httpx.AsyncClient, make_client: MakeClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = await make_client()
+    form = client.form(aud="https://wrong.example/token")
+    with caplog.at_level(logging.INFO, logger="fhirgate.token"):
+        response = await http.post("/v2/auth/token", data=form)
+    assert response.json()["error_description"] == ""
+    record = next(r for r in caplog.records if r.getMessage() == "token request rejected")
+    assert record.check == "aud_mismatch"  # type: ignore[attr-defined]
+    assert "wrong.example" in record.detail  # type: ignore[attr-defined]
+    assert form["client_assertion"] not in caplog.text
+
+
+async def test_database_unreachable_is_503_never_a_token(
+    running: Running, http: httpx.AsyncClient, make_client: MakeClient
+) -> None:
+    """Storage answers nothing (connection refused): 503, not invalid_client, not a token."""
+    from fhirgate.storage.db import create_engine
+
+    client = await make_client()
+    running.services.directory.forget(client.client_id)
+    refused = create_engine("postgresql+asyncpg://nobody@127.0.0.1:1/none")
+    running.services.clients._engine = refused  # the fault: the database goes away
+    try:
+        response = await http.post("/oauth2/token", data=client.form())
+    finally:
+        await refused.dispose()
+    assert response.status_code == 503, response.text
+    assert response.headers["retry-after"]
+    body = response.json()
+    assert body["error"] == "server_error"
+    assert "access_token" not in body
+
+
+async def test_redis_unreachable_is_503_never_a_token(sqlite_settings: Settings) -> None:
+    """Redis configured but down (nothing listens on the port): the jti cannot be recorded."""
+    settings = sqlite_settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})
+    other, stack = await start(settings)
+    try:
+        env = await other.services.organizations.default_environment()
+        key = private_key("RS384")
+        created = await other.services.clients.create(
+            environment=env,
+            name="c",
+            auth_method="private_key_jwt",
+            scope="system/*.rs",
+            jwks={"keys": [jwk_from_public_key(key.public_key(), "k", "RS384")]},
+        )
+        client = SigningClient(created.client_id, key, "k", "RS384")
+        response = await other.http.post("/oauth2/token", data=client.form())
+        assert response.status_code == 503, response.text
+        assert "access_token" not in response.json()
+    finally:
+        await stack.aclose()

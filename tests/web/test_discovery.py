@@ -1,0 +1,47 @@
+"""Discovery documents (SMART conformance, RFC 8414) and the server JWK Set."""
+
+from __future__ import annotations
+
+import httpx
+from tests.support import BASE
+
+
+async def test_smart_configuration(http: httpx.AsyncClient) -> None:
+    response = await http.get("/.well-known/smart-configuration")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("application/json")
+    assert response.headers["access-control-allow-origin"] == "*"
+    doc = response.json()
+    assert "issuer" not in doc  # omitted without sso-openid-connect
+    assert doc["token_endpoint"] == f"{BASE}/oauth2/token"
+    assert doc["jwks_uri"] == f"{BASE}/.well-known/jwks.json"
+    assert doc["grant_types_supported"] == ["client_credentials"]
+    assert doc["token_endpoint_auth_methods_supported"] == ["private_key_jwt"]
+    assert doc["token_endpoint_auth_signing_alg_values_supported"] == ["ES384", "RS384"]
+    assert "client-confidential-asymmetric" in doc["capabilities"]
+    assert doc["code_challenge_methods_supported"] == ["S256"]
+    assert "system/*.rs" in doc["scopes_supported"]
+
+
+async def test_oauth_authorization_server_metadata(http: httpx.AsyncClient) -> None:
+    doc = (await http.get("/.well-known/oauth-authorization-server")).json()
+    assert doc["issuer"] == BASE
+    assert doc["token_endpoint"] == f"{BASE}/oauth2/token"
+    assert doc["code_challenge_methods_supported"] == ["S256"]
+    assert "plain" not in doc["code_challenge_methods_supported"]
+
+
+async def test_urls_come_from_configuration_not_the_host_header(http: httpx.AsyncClient) -> None:
+    doc = (
+        await http.get("/.well-known/smart-configuration", headers={"Host": "evil.example"})
+    ).json()
+    assert doc["token_endpoint"] == f"{BASE}/oauth2/token"
+
+
+async def test_jwks_publishes_public_keys_only(http: httpx.AsyncClient) -> None:
+    response = await http.get("/.well-known/jwks.json")
+    keys = response.json()["keys"]
+    assert len(keys) == 1
+    assert keys[0]["kty"] == "EC"
+    assert keys[0]["alg"] == "ES256"
+    assert "d" not in keys[0]
