@@ -1,0 +1,262 @@
+"""Token-endpoint benchmark: grants per second of server CPU, p50/p99 latency, errors.
+
+It starts ``fhirgate serve`` on a fresh database, registers a client, signs every assertion
+*before* the timed window (signing is the client's cost, not the server's), then drives
+``POST /oauth2/token`` over keep-alive connections at a fixed concurrency. Throughput is
+requests ÷ CPU seconds used by the server processes (robust on a shared, noisy machine).
+
+    python -m bench.token_endpoint --alg RS384 --concurrency 32 --requests 30000
+    python -m bench.token_endpoint --alg ES384 --database-url postgresql+asyncpg://… \
+        --redis-url redis://127.0.0.1:6379/0
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from urllib.parse import urlencode
+
+import httpx
+import psutil
+
+from fhirgate.client import build_client_assertion, load_private_key
+
+JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+
+
+@dataclass
+class Result:
+    alg: str
+    backend: str
+    workers: int
+    concurrency: int
+    requests: int
+    errors: int
+    wall_seconds: float
+    server_cpu_seconds: float
+    grants_per_cpu_second: float
+    grants_per_wall_second: float
+    p50_ms: float
+    p99_ms: float
+    max_rss_mb_per_worker: float
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def fhirgate(env: dict[str, str], *args: str) -> str:
+    exe = Path(sys.executable).with_name("fhirgate")
+    done = subprocess.run([str(exe), *args], env=env, check=True, capture_output=True, text=True)
+    return done.stdout
+
+
+def _sign_batch(args: tuple[str, str, str, str, str, int]) -> list[str]:
+    pem, client_id, token_url, kid, alg, count = args
+    key = load_private_key(pem)
+    return [
+        build_client_assertion(
+            client_id=client_id, token_url=token_url, private_key=key, kid=kid, alg=alg
+        )
+        for _ in range(count)
+    ]
+
+
+def presign(pem: str, client_id: str, token_url: str, kid: str, alg: str, n: int) -> list[str]:
+    """Sign ``n`` assertions on every core, outside the timed window."""
+    cores = os.cpu_count() or 1
+    share = -(-n // cores)
+    jobs = [(pem, client_id, token_url, kid, alg, share) for _ in range(cores)]
+    with ProcessPoolExecutor(cores) as pool:
+        return [a for batch in pool.map(_sign_batch, jobs) for a in batch][:n]
+
+
+def request_bytes(host: str, assertion: str, scope: str) -> bytes:
+    body = urlencode(
+        {
+            "grant_type": "client_credentials",
+            "client_assertion_type": JWT_BEARER,
+            "client_assertion": assertion,
+            "scope": scope,
+        }
+    ).encode()
+    head = (
+        f"POST /oauth2/token HTTP/1.1\r\nHost: {host}\r\n"
+        "Content-Type: application/x-www-form-urlencoded\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+async def read_response(reader: asyncio.StreamReader) -> int:
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    await reader.readexactly(length)
+    return status
+
+
+async def drive(port: int, payloads: list[bytes], concurrency: int) -> tuple[list[float], int]:
+    """Send every payload over ``concurrency`` keep-alive connections; latencies and errors."""
+    queue = iter(payloads)
+    latencies: list[float] = []
+    errors = 0
+
+    async def connection() -> None:
+        nonlocal errors
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for payload in queue:
+            started = time.perf_counter()
+            writer.write(payload)
+            status = await read_response(reader)
+            latencies.append(time.perf_counter() - started)
+            errors += status != 200
+        writer.close()
+
+    await asyncio.gather(*(connection() for _ in range(concurrency)))
+    return latencies, errors
+
+
+def server_processes(root: psutil.Process) -> list[psutil.Process]:
+    return [root, *root.children(recursive=True)]
+
+
+def cpu_seconds(procs: list[psutil.Process]) -> float:
+    total = 0.0
+    for proc in procs:
+        with_times = proc.cpu_times()
+        total += with_times.user + with_times.system
+    return total
+
+
+def wait_until_up(port: int, proc: subprocess.Popen[bytes]) -> None:
+    for _ in range(200):
+        if proc.poll() is not None:
+            raise SystemExit("the server exited during start-up")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=0.5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise SystemExit("the server did not come up")
+
+
+def run(args: argparse.Namespace) -> Result:
+    with tempfile.TemporaryDirectory(prefix="fhirgate-bench-") as tmp:
+        port = free_port()
+        env = dict(
+            os.environ,
+            FHIRGATE_PUBLIC_URL=f"http://127.0.0.1:{port}",
+            FHIRGATE_VAR_DIR=f"{tmp}/var",
+            FHIRGATE_SECRET_KEY=secrets.token_hex(16),
+            FHIRGATE_DATABASE_URL=args.database_url or f"sqlite+aiosqlite:///{tmp}/b.db",
+        )
+        if args.redis_url:
+            env["FHIRGATE_REDIS_URL"] = args.redis_url
+        key_file, jwks_file = f"{tmp}/key.pem", f"{tmp}/jwks.json"
+        fhirgate(
+            env,
+            "keys",
+            "generate",
+            "--alg",
+            args.alg,
+            "--kid",
+            "bench",
+            "--private-key-out",
+            key_file,
+            "--jwks-out",
+            jwks_file,
+        )
+        created = json.loads(
+            fhirgate(
+                env, "clients", "create", "--name", "bench", "--jwks-file", jwks_file, "--json"
+            )
+        )
+        token_url = f"http://127.0.0.1:{port}/oauth2/token"
+        total = args.requests + args.warmup
+        print(f"signing {total} {args.alg} assertions…", file=sys.stderr)
+        assertions = presign(
+            Path(key_file).read_text(), created["client_id"], token_url, "bench", args.alg, total
+        )
+        payloads = [request_bytes(f"127.0.0.1:{port}", a, "system/*.rs") for a in assertions]
+        server = subprocess.Popen(
+            [
+                str(Path(sys.executable).with_name("fhirgate")),
+                "serve",
+                "--port",
+                str(port),
+                "--workers",
+                str(args.workers),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_until_up(port, server)
+            procs = server_processes(psutil.Process(server.pid))
+            print(
+                f"warm-up {args.warmup}, then {args.requests} requests at "
+                f"concurrency {args.concurrency}…",
+                file=sys.stderr,
+            )
+            asyncio.run(drive(port, payloads[: args.warmup], args.concurrency))
+            cpu_before, wall_before = cpu_seconds(procs), time.perf_counter()
+            latencies, errors = asyncio.run(drive(port, payloads[args.warmup :], args.concurrency))
+            wall = time.perf_counter() - wall_before
+            cpu = cpu_seconds(procs) - cpu_before
+            workers = procs[1:] if args.workers > 1 else procs
+            rss = max(p.memory_info().rss for p in workers) / 2**20
+        finally:
+            server.terminate()
+            server.wait(10)
+    latencies.sort()
+    return Result(
+        alg=args.alg,
+        backend="postgresql+redis" if args.database_url else "sqlite",
+        workers=args.workers,
+        concurrency=args.concurrency,
+        requests=len(latencies),
+        errors=errors,
+        wall_seconds=round(wall, 2),
+        server_cpu_seconds=round(cpu, 2),
+        grants_per_cpu_second=round(len(latencies) / cpu, 1),
+        grants_per_wall_second=round(len(latencies) / wall, 1),
+        p50_ms=round(statistics.median(latencies) * 1000, 2),
+        p99_ms=round(latencies[int(len(latencies) * 0.99) - 1] * 1000, 2),
+        max_rss_mb_per_worker=round(rss, 1),
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--alg", default="RS384", choices=["RS384", "ES384"])
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--requests", type=int, default=20_000)
+    parser.add_argument("--warmup", type=int, default=1_000)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--database-url", help="default: a fresh SQLite file")
+    parser.add_argument("--redis-url")
+    result = run(parser.parse_args())
+    print(json.dumps(asdict(result), indent=2))
+
+
+if __name__ == "__main__":
+    main()
