@@ -14,9 +14,9 @@ from fhirgate.oauth.jwks import JWKSFetcher
 from fhirgate.oauth.keys import Keyring, load_cipher
 from fhirgate.oauth.server import TokenEndpoint
 from fhirgate.oauth.tokens import AccessTokenService
-from fhirgate.storage.db import create_engine
+from fhirgate.storage.db import create_engine, sqlite_path
 from fhirgate.storage.repos import ClientRepo, OrganizationRepo
-from fhirgate.storage.ttl_sets import RedisTTLSet, SqlTTLSet, TTLSet
+from fhirgate.storage.ttl_sets import RedisTTLSet, SqliteTTLSet, SqlTTLSet, TTLSet
 
 __all__ = ["Services"]
 
@@ -45,6 +45,10 @@ class Services:
         if redis is not None:
             used_jti = RedisTTLSet(redis, "fhirgate:jti:")
             revoked = RedisTTLSet(redis, "fhirgate:revoked:")
+        elif settings.is_sqlite:
+            path = sqlite_path(settings.database_url)
+            used_jti = SqliteTTLSet.used_jti(path)
+            revoked = SqliteTTLSet.revoked_tokens(path)
         else:
             used_jti = SqlTTLSet.used_jti(engine)
             revoked = SqlTTLSet.revoked_tokens(engine)
@@ -76,6 +80,8 @@ class Services:
         )
 
     async def aclose(self) -> None:
+        self.used_jti.close()
+        self.revoked.close()
         await self.jwks.aclose()
         if self.redis is not None:
             await self.redis.aclose()

@@ -5,15 +5,24 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
+from redis.asyncio import Redis
+from tests.support import (
+    PG_URL,
+    REDIS_URL,
+    flush_redis,
+    fresh_postgres_database,
+    require_service,
+)
 
 from fhirgate.config import Settings
 from fhirgate.oauth.keys import Keyring, load_cipher
 from fhirgate.services import Services
-from fhirgate.storage.db import upgrade_async
+from fhirgate.storage.db import create_engine, sqlite_path, upgrade_async
 from fhirgate.storage.repos import Conflict, NotFound
-from fhirgate.storage.ttl_sets import SqlTTLSet, digest
+from fhirgate.storage.ttl_sets import RedisTTLSet, SqliteTTLSet, SqlTTLSet, TTLSet, digest
 
 
 @pytest.fixture
@@ -103,31 +112,66 @@ async def test_client_ids_are_unique(services: Services) -> None:
     assert len(ids) == 20
 
 
-async def test_ttl_set_first_add_wins_under_concurrency(services: Services) -> None:
+@pytest.fixture(params=["sqlite", "postgresql", "redis"])
+async def ttl_set(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[TTLSet]:
+    """Each TTL-set implementation: SQLite inline (embedded), SQL over asyncpg (PostgreSQL
+    without Redis) and Redis."""
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path}/ttl.db"
+        await upgrade_async(url)
+        sqlite_set = SqliteTTLSet.used_jti(sqlite_path(url))
+        yield sqlite_set
+        sqlite_set.close()
+    elif request.param == "postgresql":
+        url = await fresh_postgres_database(require_service(PG_URL, "PostgreSQL"))
+        await upgrade_async(url)
+        engine = create_engine(url)
+        yield SqlTTLSet.used_jti(engine)
+        await engine.dispose()
+    else:
+        redis_url = require_service(REDIS_URL, "Redis")
+        await flush_redis(redis_url)
+        redis = Redis.from_url(redis_url)
+        yield RedisTTLSet(redis, "fhirgate:test:")
+        await redis.aclose()
+
+
+async def test_ttl_set_first_add_wins_under_concurrency(ttl_set: TTLSet) -> None:
     key = digest("client", "jti-1")
-    results = await asyncio.gather(
-        *(services.used_jti.add(key, int(time.time()) + 60) for _ in range(25))
-    )
+    results = await asyncio.gather(*(ttl_set.add(key, int(time.time()) + 60) for _ in range(25)))
     assert results.count(True) == 1
-    assert await services.used_jti.contains(key)
-    assert not await services.used_jti.contains(digest("client", "jti-2"))
+    assert await ttl_set.contains(key)
+    assert not await ttl_set.contains(digest("client", "jti-2"))
 
 
-async def test_ttl_set_entries_expire(services: Services) -> None:
-    await services.revoked.add("gone", int(time.time()) + 1)
-    await services.revoked.add("kept", int(time.time()) + 600)
+async def test_ttl_set_entries_expire(ttl_set: TTLSet) -> None:
+    await ttl_set.add("gone", int(time.time()) + 1)
+    await ttl_set.add("kept", int(time.time()) + 600)
     await asyncio.sleep(2.1)
-    assert not await services.revoked.contains("gone")
-    assert await services.revoked.contains("kept")
+    assert not await ttl_set.contains("gone")
+    assert await ttl_set.contains("kept")
 
 
-async def test_sql_ttl_set_purges_expired_rows(services: Services) -> None:
-    table = SqlTTLSet.used_jti(services.engine)
-    await table.add("old", int(time.time()) - 5)
-    await table.add("new", int(time.time()) + 600)
-    assert await table.purge() == 1
-    assert not await table.add("new", int(time.time()) + 600)
-    assert await table.add("old", int(time.time()) + 600)
+async def test_ttl_set_purge_drops_only_expired_keys(ttl_set: TTLSet) -> None:
+    await ttl_set.add("old", int(time.time()) - 5)
+    await ttl_set.add("new", int(time.time()) + 600)
+    purged = await ttl_set.purge()
+    assert purged == (0 if isinstance(ttl_set, RedisTTLSet) else 1)  # Redis expires keys itself
+    assert not await ttl_set.add("new", int(time.time()) + 600)
+    assert await ttl_set.add("old", int(time.time()) + 600)
+
+
+async def test_ttl_set_expired_entry_counts_as_absent_before_any_purge(ttl_set: TTLSet) -> None:
+    await ttl_set.add("stale", int(time.time()) - 5)
+    assert not await ttl_set.contains("stale")
+    assert await ttl_set.add("stale", int(time.time()) + 600)
+    assert not await ttl_set.add("stale", int(time.time()) + 600)
+
+
+async def test_services_pick_the_ttl_set_of_their_backend(services: Services) -> None:
+    expected = RedisTTLSet if services.redis is not None else SqliteTTLSet
+    assert isinstance(services.used_jti, expected)
+    assert isinstance(services.revoked, expected)
 
 
 async def test_digest_separates_parts() -> None:

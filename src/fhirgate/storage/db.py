@@ -16,7 +16,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-__all__ = ["create_engine", "upgrade", "upgrade_async"]
+__all__ = ["create_engine", "sqlite_path", "upgrade", "upgrade_async"]
 
 _MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -30,10 +30,16 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def _ensure_sqlite_dir(url: str) -> None:
+def sqlite_path(url: str) -> str:
+    """The file of a ``sqlite+aiosqlite:///…`` URL."""
     database = make_url(url).database
-    if database and database != ":memory:":
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    if not database or database == ":memory:":
+        raise ValueError("fhirgate needs a SQLite database file, not an in-memory database")
+    return database
+
+
+def _ensure_sqlite_dir(url: str) -> None:
+    Path(sqlite_path(url)).parent.mkdir(parents=True, exist_ok=True)
 
 
 def create_engine(url: str) -> AsyncEngine:

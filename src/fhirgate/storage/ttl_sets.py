@@ -1,24 +1,30 @@
 """Sets of keys that expire: single-use assertion ids and the access-token deny-list.
 
-Two backends with one contract. In the database a key is a primary-key row, so the first insert
-wins atomically on every replica; in Redis it is ``SET key 1 NX PX ttl``. Keys are digests of
-the caller's values, so their length is bounded whatever a client sends.
+Three backends with one contract. In the database a key is a primary-key row, so the first
+insert wins atomically on every replica; in Redis it is ``SET key 1 NX PX ttl``. Keys are digests
+of the caller's values, so their length is bounded whatever a client sends.
+
+On SQLite (embedded mode) the set uses its own ``sqlite3`` connection and runs each statement
+inline on the event loop: an autocommit insert in WAL mode costs microseconds, far less than a
+hop to aiosqlite's thread, and it is the one storage write of every token request.
 """
 
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 import time
+from pathlib import Path
 from typing import Protocol
 
 from redis.asyncio import Redis
-from sqlalchemy import Table, delete, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Table, bindparam, delete, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from fhirgate.storage.models import RevokedTokenRow, UsedJtiRow
 
-__all__ = ["RedisTTLSet", "SqlTTLSet", "TTLSet", "digest"]
+__all__ = ["RedisTTLSet", "SqlTTLSet", "SqliteTTLSet", "TTLSet", "digest"]
 
 
 def digest(*parts: str) -> str:
@@ -37,24 +43,35 @@ class TTLSet(Protocol):
         """Drop expired keys; returns how many went (Redis expires them itself: 0)."""
         ...
 
+    def close(self) -> None:
+        """Release what the set holds itself (shared engines and clients are closed by owners)."""
+        ...
+
 
 class SqlTTLSet:
-    """A TTL set in one table with columns (key-column, ``expires_at``)."""
+    """A TTL set in a PostgreSQL table with columns (key-column, ``expires_at``).
+
+    ``add`` is one autocommit statement (one round trip): insert, or take over a row whose
+    entry has expired but is not purged yet; a live row makes it change nothing.
+    """
 
     def __init__(self, engine: AsyncEngine, table: Table, key_column: str) -> None:
-        self._engine = engine
+        self._engine = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._table = table
         self._key = table.c[key_column]
         self._key_name = key_column
-        self._insert = table.insert()
+        insert = pg_insert(table)
+        self._upsert = insert.on_conflict_do_update(
+            index_elements=[self._key],
+            set_={"expires_at": insert.excluded.expires_at},
+            where=table.c.expires_at < bindparam("now"),
+        )
 
     async def add(self, key: str, expires_at: int) -> bool:
-        try:
-            async with self._engine.begin() as conn:
-                await conn.execute(self._insert, {self._key_name: key, "expires_at": expires_at})
-        except IntegrityError:
-            return False
-        return True
+        values = {self._key_name: key, "expires_at": expires_at, "now": int(time.time())}
+        async with self._engine.connect() as conn:
+            result = await conn.execute(self._upsert, values)
+        return result.rowcount == 1
 
     async def contains(self, key: str) -> bool:
         stmt = select(self._table.c.expires_at).where(self._key == key)
@@ -68,6 +85,9 @@ class SqlTTLSet:
             result = await conn.execute(stmt)
         return int(result.rowcount)
 
+    def close(self) -> None:
+        pass
+
     @classmethod
     def used_jti(cls, engine: AsyncEngine) -> SqlTTLSet:
         return cls(engine, UsedJtiRow.__table__, "key")  # type: ignore[arg-type]
@@ -75,6 +95,46 @@ class SqlTTLSet:
     @classmethod
     def revoked_tokens(cls, engine: AsyncEngine) -> SqlTTLSet:
         return cls(engine, RevokedTokenRow.__table__, "jti")  # type: ignore[arg-type]
+
+
+class SqliteTTLSet:
+    """A TTL set in a SQLite table, written inline through a dedicated connection."""
+
+    def __init__(self, path: str | Path, table: str, key_column: str) -> None:
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=2000")
+        # table and column names come from the models below, never from input
+        self._insert = (
+            f"INSERT INTO {table} ({key_column}, expires_at) VALUES (?, ?) "  # noqa: S608
+            f"ON CONFLICT ({key_column}) DO UPDATE SET expires_at = excluded.expires_at "
+            f"WHERE {table}.expires_at < ?"
+        )
+        self._select = f"SELECT expires_at FROM {table} WHERE {key_column} = ?"  # noqa: S608
+        self._purge = f"DELETE FROM {table} WHERE expires_at < ?"  # noqa: S608
+
+    async def add(self, key: str, expires_at: int) -> bool:
+        """Insert, or take over an expired row; ``False`` when a live row exists."""
+        return self._db.execute(self._insert, (key, expires_at, int(time.time()))).rowcount == 1
+
+    async def contains(self, key: str) -> bool:
+        row = self._db.execute(self._select, (key,)).fetchone()
+        return row is not None and int(row[0]) >= int(time.time())
+
+    async def purge(self) -> int:
+        return self._db.execute(self._purge, (int(time.time()),)).rowcount
+
+    def close(self) -> None:
+        self._db.close()
+
+    @classmethod
+    def used_jti(cls, path: str | Path) -> SqliteTTLSet:
+        return cls(path, UsedJtiRow.__tablename__, "key")
+
+    @classmethod
+    def revoked_tokens(cls, path: str | Path) -> SqliteTTLSet:
+        return cls(path, RevokedTokenRow.__tablename__, "jti")
 
 
 class RedisTTLSet:
@@ -85,7 +145,9 @@ class RedisTTLSet:
         self._prefix = prefix
 
     async def add(self, key: str, expires_at: int) -> bool:
-        ttl_ms = max(1, int((expires_at - time.time()) * 1000))
+        ttl_ms = int((expires_at - time.time()) * 1000)
+        if ttl_ms <= 0:  # already expired: nothing to remember, as in the SQL sets
+            return not await self.contains(key)
         return bool(await self._redis.set(self._prefix + key, b"1", nx=True, px=ttl_ms))
 
     async def contains(self, key: str) -> bool:
@@ -93,3 +155,6 @@ class RedisTTLSet:
 
     async def purge(self) -> int:
         return 0
+
+    def close(self) -> None:
+        pass
