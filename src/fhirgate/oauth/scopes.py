@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 
 from fhirgate.fhir.resource_types import R4_RESOURCE_TYPES
 
@@ -167,8 +168,12 @@ def _scope_set(parsed: Iterable[ResourceScope | str]) -> ScopeSet:
     return ScopeSet(tuple(resources.values()), tuple(others), tuple(texts))
 
 
+@lru_cache(maxsize=4096)
 def parse_scopes(text: str) -> ScopeSet:
-    """Parse a space-separated scope string (RFC 6749 §3.3); empty → :class:`ScopeError`."""
+    """Parse a space-separated scope string (RFC 6749 §3.3); empty → :class:`ScopeError`.
+
+    Cached: clients send the same few scope strings, and a :class:`ScopeSet` is immutable.
+    """
     if len(text) > MAX_SCOPE_CHARS:
         raise ScopeError(f"scope is longer than {MAX_SCOPE_CHARS} characters")
     tokens = [token for token in text.split(" ") if token]
