@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import sqlite3
 
 from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError
@@ -25,7 +26,9 @@ __all__ = [
     "BodyLimitMiddleware",
     "BodyTooLarge",
     "http_error",
+    "read_body",
     "storage_unavailable",
+    "too_large",
     "unexpected_error",
 ]
 
@@ -33,6 +36,7 @@ log = logging.getLogger("fhirgate.errors")
 
 STORAGE_ERRORS: tuple[type[Exception], ...] = (
     DBAPIError,
+    sqlite3.Error,
     PoolTimeout,
     RedisError,
     ConnectionError,
@@ -44,9 +48,27 @@ class BodyTooLarge(Exception):
     """The request body exceeds ``request_body_limit``."""
 
 
-def _too_large() -> Response:
+def too_large() -> Response:
     body = {"error": "invalid_request", "error_description": "request body too large"}
     return JSONResponse(body, status_code=413, headers={"Connection": "close"})
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The whole request body; :class:`BodyTooLarge` past ``limit`` bytes, judged by
+    ``Content-Length`` first and then while streaming (a chunked body declares none)."""
+    for name, value in scope["headers"]:
+        if name == b"content-length" and (not value.isdigit() or int(value) > limit):
+            raise BodyTooLarge
+    chunks, received = [], 0
+    while True:
+        message = await receive()
+        chunk = message.get("body", b"")
+        received += len(chunk)
+        if received > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
 
 
 class BodyLimitMiddleware:
@@ -60,25 +82,21 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        for name, value in scope["headers"]:
-            if name == b"content-length" and (not value.isdigit() or int(value) > self.limit):
-                await _too_large()(scope, receive, send)
-                return
-        received = 0
+        try:
+            body = await read_body(scope, receive, self.limit)
+        except BodyTooLarge:
+            await too_large()(scope, receive, send)
+            return
+        delivered = False
 
-        async def limited() -> Message:
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.limit:
-                raise BodyTooLarge
-            return message
+        async def replay() -> Message:
+            nonlocal delivered
+            if delivered:
+                return await receive()  # after the body: disconnects
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
 
-        await self.app(scope, limited, send)
-
-
-async def body_too_large(_request: Request, _exc: Exception) -> Response:
-    return _too_large()
+        await self.app(scope, replay, send)
 
 
 async def storage_unavailable(request: Request, exc: Exception) -> Response:

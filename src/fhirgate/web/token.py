@@ -1,6 +1,6 @@
 """Token endpoints: ``POST /oauth2/token`` (standard) and the dialects' paths over one core.
 
-The route is a plain Starlette endpoint (no FastAPI dependency resolution on the hot path). It
+The route is a raw ASGI app (no FastAPI middleware or dependency resolution on the hot path). It
 reads the body, runs :class:`~fhirgate.oauth.server.TokenEndpoint` and lets the dialect shape
 the answer. Every rejection is logged with its check name and detail, never with the assertion.
 """
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from fhirgate.config import Settings
 from fhirgate.oauth.assertions import AssertionRules
@@ -20,6 +21,14 @@ from fhirgate.oauth.errors import OAuthError
 from fhirgate.oauth.server import TokenPolicy, parse_form
 from fhirgate.oauth.tokens import IssuedToken
 from fhirgate.services import Services
+from fhirgate.web.failures import (
+    STORAGE_ERRORS,
+    BodyTooLarge,
+    read_body,
+    storage_unavailable,
+    too_large,
+    unexpected_error,
+)
 
 __all__ = [
     "NO_STORE",
@@ -27,7 +36,7 @@ __all__ = [
     "TokenDialect",
     "assertion_rules",
     "oauth_error_response",
-    "token_route",
+    "token_app",
 ]
 
 log = logging.getLogger("fhirgate.token")
@@ -62,14 +71,20 @@ class TokenDialect:
     render_success: Callable[[IssuedToken], Response] = standard_success
 
 
-def token_route(dialect: TokenDialect, settings: Settings) -> Callable[[Request], object]:
-    """A Starlette endpoint serving ``dialect``."""
-    policy = dialect.policy(settings)
+def token_app(dialect: TokenDialect, settings: Settings) -> ASGIApp:
+    """A raw ASGI app serving ``POST`` at ``dialect``'s token URL.
 
-    async def endpoint(request: Request) -> Response:
+    ``FhirgateApp`` calls it directly, outside FastAPI's middleware stack: this is the hot path.
+    It therefore does itself what that stack does for other routes: the body-size limit (413),
+    storage failures (503) and unexpected errors (500), each without leaking details.
+    """
+    policy = dialect.policy(settings)
+    limit = settings.request_body_limit
+
+    async def respond(request: Request, body: bytes) -> Response:
         services: Services = request.app.state.services
         try:
-            form = parse_form(await request.body(), request.headers.get("content-type"))
+            form = parse_form(body, request.headers.get("content-type"))
             issued = await services.token_endpoint.handle(
                 form, request.headers.get("authorization"), policy
             )
@@ -87,7 +102,19 @@ def token_route(dialect: TokenDialect, settings: Settings) -> Callable[[Request]
         log.info("token issued", extra={"dialect": dialect.name, "jti": issued.jti})
         return dialect.render_success(issued)
 
-    return endpoint
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        try:
+            response = await respond(request, await read_body(scope, receive, limit))
+        except BodyTooLarge:
+            response = too_large()
+        except STORAGE_ERRORS as exc:
+            response = await storage_unavailable(request, exc)
+        except Exception as exc:
+            response = await unexpected_error(request, exc)
+        await response(scope, receive, send)
+
+    return app
 
 
 def assertion_rules(settings: Settings, token_path: str, **overrides: object) -> AssertionRules:
