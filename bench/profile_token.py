@@ -1,0 +1,135 @@
+"""Where a token request's CPU goes: the ASGI app driven in-process, without HTTP or sockets.
+
+It builds the app on a fresh SQLite database (or the given backends), registers a client, signs
+assertions up front, then calls the ASGI app directly with each request and reports CPU
+microseconds per grant, optionally under cProfile (top functions by cumulative time).
+
+    python -m bench.profile_token --alg RS384 --requests 5000 [--cprofile 25]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import cProfile
+import pstats
+import secrets
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from bench.token_endpoint import JWT_BEARER, presign
+from fhirgate.app import create_app
+from fhirgate.config import Settings
+from fhirgate.oauth.jose import jwk_from_public_key
+from fhirgate.storage.db import upgrade_async
+from fhirgate.storage.models import AuthMethod
+
+BASE = "http://127.0.0.1:8000"
+
+
+def scope_for(body: bytes) -> dict[str, Any]:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/oauth2/token",
+        "raw_path": b"/oauth2/token",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"127.0.0.1:8000"),
+            (b"content-type", b"application/x-www-form-urlencoded"),
+            (b"content-length", str(len(body)).encode()),
+        ],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+    }
+
+
+async def call(app: Any, body: bytes) -> int:
+    status = 0
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+
+    await app(scope_for(body), receive, send)
+    return status
+
+
+async def run(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory(prefix="fhirgate-profile-") as tmp:
+        settings = Settings(
+            database_url=args.database_url or f"sqlite+aiosqlite:///{tmp}/p.db",
+            redis_url=args.redis_url,
+            var_dir=Path(tmp),
+            secret_key=secrets.token_hex(16),
+        )
+        await upgrade_async(settings.database_url)
+        app = create_app(settings)
+        async with app.router.lifespan_context(app):
+            services = app.state.services
+            key = (
+                rsa.generate_private_key(public_exponent=65537, key_size=2048)
+                if args.alg == "RS384"
+                else ec.generate_private_key(ec.SECP384R1())
+            )
+            jwks = {"keys": [jwk_from_public_key(key.public_key(), "p")]}
+            client = await services.clients.create(
+                environment=await services.organizations.default_environment(),
+                name="profile",
+                auth_method=AuthMethod.PRIVATE_KEY_JWT,
+                jwks=jwks,
+                scope="system/*.rs",
+            )
+            pem = key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ).decode()
+            assertions = presign(pem, client.client_id, f"{BASE}/oauth2/token", "p", args.alg,
+                                 args.requests + 200)  # fmt: skip
+            bodies = [
+                urlencode({"grant_type": "client_credentials", "client_assertion_type": JWT_BEARER,
+                           "client_assertion": a, "scope": "system/*.rs"}).encode()
+                for a in assertions
+            ]  # fmt: skip
+            for body in bodies[:200]:
+                assert await call(app, body) == 200
+            profiler = cProfile.Profile() if args.cprofile else None
+            started = time.process_time()
+            with profiler or contextlib.nullcontext():
+                for body in bodies[200:]:
+                    assert await call(app, body) == 200
+            used = time.process_time() - started
+            print(f"{args.alg}: {used / args.requests * 1e6:.0f} µs CPU per grant in-process")
+            if profiler is not None:
+                pstats.Stats(profiler).sort_stats(args.sort).print_stats(args.cprofile)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--alg", default="RS384", choices=["RS384", "ES384"])
+    parser.add_argument("--requests", type=int, default=5000)
+    parser.add_argument("--cprofile", type=int, default=0, help="print the top N functions")
+    parser.add_argument("--sort", default="cumulative", choices=["cumulative", "tottime"])
+    parser.add_argument("--database-url")
+    parser.add_argument("--redis-url")
+    asyncio.run(run(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
