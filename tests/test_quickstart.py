@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -24,8 +25,20 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@dataclass
+class Served:
+    base: str
+    env: dict[str, str]
+    process: subprocess.Popen[bytes]
+
+    def stop_and_read_log(self) -> str:
+        """Stop the server; everything it wrote to stdout and stderr."""
+        self.process.terminate()
+        return self.process.communicate(timeout=10)[0].decode()
+
+
 @pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
+def served(tmp_path: Path) -> Iterator[Served]:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = dict(
@@ -51,10 +64,11 @@ def served(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
         else:
             server.kill()
             pytest.fail(f"server did not start: {server.communicate()[0].decode()[-2000:]}")
-        yield base, env
+        yield Served(base, env, server)
     finally:
-        server.terminate()
-        server.wait(10)
+        if server.poll() is None:
+            server.terminate()
+            server.communicate(timeout=10)
 
 
 def run(env: dict[str, str], *args: str) -> str:
@@ -63,10 +77,8 @@ def run(env: dict[str, str], *args: str) -> str:
     return done.stdout
 
 
-def test_quickstart_keygen_client_token_call(
-    served: tuple[str, dict[str, str]], tmp_path: Path
-) -> None:
-    base, env = served
+def test_quickstart_keygen_client_token_call(served: Served, tmp_path: Path) -> None:
+    base, env = served.base, served.env
     key, jwks = tmp_path / "my-key.pem", tmp_path / "my-jwks.json"
     run(
         env,
@@ -115,12 +127,16 @@ def test_quickstart_keygen_client_token_call(
     assert who.json()["scope"] == "system/Patient.rs"
     smart = httpx.get(f"{base}/.well-known/smart-configuration").json()
     assert smart["token_endpoint"] == f"{base}/oauth2/token"
+    log = served.stop_and_read_log()
+    issued = next(line for line in log.splitlines() if "token issued" in line)
+    assert f"client_id={created['client_id']}" in issued
+    assert token not in log
 
 
-def test_token_command_reports_oauth_errors(
-    served: tuple[str, dict[str, str]], tmp_path: Path
+def test_token_command_reports_oauth_errors_and_the_server_logs_why(
+    served: Served, tmp_path: Path
 ) -> None:
-    _, env = served
+    env = served.env
     key, jwks = tmp_path / "k.pem", tmp_path / "k.json"
     run(
         env,
@@ -141,3 +157,7 @@ def test_token_command_reports_oauth_errors(
     )
     assert done.returncode == 1
     assert "invalid_client" in done.stderr
+    rejected = [line for line in served.stop_and_read_log().splitlines() if "rejected" in line]
+    assert len(rejected) == 1
+    assert "check=key_not_found" in rejected[0]
+    assert "detail=\"no active client 'nobody'\"" in rejected[0]

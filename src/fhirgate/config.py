@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -31,6 +32,8 @@ class Settings(BaseSettings):
     access_token_ttl: int = Field(default=300, ge=1, le=300)
     request_body_limit: int = 65_536
     client_cache_ttl: float = Field(default=5.0, ge=0, le=5)
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     allow_insecure_jwks: bool = False
     jwks_timeout: float = 2.0

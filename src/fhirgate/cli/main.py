@@ -13,6 +13,7 @@ from fhirgate.cli.clients import clients
 from fhirgate.cli.context import Storage, emit, load_settings, run_storage
 from fhirgate.cli.keys import keys
 from fhirgate.cli.token import token
+from fhirgate.logs import log_config
 from fhirgate.storage.db import upgrade
 
 __all__ = ["cli", "main"]
@@ -47,7 +48,7 @@ def serve(host: str, port: int, workers: int) -> None:
         host=host,
         port=port,
         workers=workers,
-        log_level="info",
+        log_config=log_config(settings.log_level),
         access_log=False,
         proxy_headers=False,
     )

@@ -31,6 +31,7 @@ class IssuedToken:
     expires_in: int
     scope: str
     jti: str
+    client_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +78,8 @@ class AccessTokenService:
             "environment": client.environment.kind,
         }
         header = {"alg": ACCESS_TOKEN_ALG, "typ": TOKEN_TYPE, "kid": signer.kid}
-        return IssuedToken(sign_compact(header, claims, signer.private_key), self.ttl, scope, jti)
+        token = sign_compact(header, claims, signer.private_key)
+        return IssuedToken(token, self.ttl, scope, jti, client.client_id)
 
     async def revoke(self, principal: Principal) -> None:
         """Deny-list a token's ``jti`` until it would have expired anyway."""

@@ -99,7 +99,10 @@ def token_app(dialect: TokenDialect, settings: Settings) -> ASGIApp:
                 },
             )
             return dialect.render_error(error)
-        log.info("token issued", extra={"dialect": dialect.name, "jti": issued.jti})
+        log.info(
+            "token issued",
+            extra={"dialect": dialect.name, "client_id": issued.client_id, "jti": issued.jti},
+        )
         return dialect.render_success(issued)
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:

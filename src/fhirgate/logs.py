@@ -1,0 +1,60 @@
+"""Server logs: one line per event, its fields appended as ``key=value``.
+
+Events carry their fields as ``extra`` (``log.info("token issued", extra={"jti": ...})``).
+Values that are not plain tokens are JSON-quoted, so a client-supplied string (an ``aud`` in a
+rejection's detail, say) can never forge a line break or a field. Nothing secret is ever logged:
+no assertion, token or key (docs/security.md).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import re
+from typing import Any
+
+import uvicorn.config
+
+__all__ = ["KeyValueFormatter", "log_config"]
+
+_RECORD_FIELDS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
+    "message",
+    "asctime",
+    "taskName",
+}
+_PLAIN = re.compile(r"[\w.:/@+-]{1,200}")
+
+
+def _value(value: object) -> str:
+    text = str(value)
+    return text if _PLAIN.fullmatch(text) else json.dumps(text)
+
+
+class KeyValueFormatter(logging.Formatter):
+    """The standard format, then the record's extra fields as ``key=value``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        fields = [
+            f"{key}={_value(value)}"
+            for key, value in vars(record).items()
+            if key not in _RECORD_FIELDS and value is not None
+        ]
+        return f"{line} {' '.join(fields)}" if fields else line
+
+
+def log_config(level: str) -> dict[str, Any]:
+    """uvicorn's logging configuration plus the ``fhirgate`` loggers at ``level``."""
+    config: dict[str, Any] = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    config["formatters"]["fhirgate"] = {
+        "()": KeyValueFormatter,
+        "fmt": "%(asctime)s %(levelname)s %(name)s: %(message)s",
+    }
+    config["handlers"]["fhirgate"] = {
+        "class": "logging.StreamHandler",
+        "formatter": "fhirgate",
+        "stream": "ext://sys.stderr",
+    }
+    config["loggers"]["fhirgate"] = {"handlers": ["fhirgate"], "level": level, "propagate": False}
+    return config
