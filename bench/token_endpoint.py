@@ -6,6 +6,7 @@ It starts ``fhirgate serve`` on a fresh database, registers a client, signs ever
 requests ÷ CPU seconds used by the server processes (robust on a shared, noisy machine).
 
     python -m bench.token_endpoint --alg RS384 --concurrency 32 --requests 30000
+    python -m bench.token_endpoint --alg ES384 --concurrency 32 --requests 40000 --duration 20
     python -m bench.token_endpoint --alg ES384 --database-url postgresql+asyncpg://… \
         --redis-url redis://127.0.0.1:6379/0
 """
@@ -113,9 +114,13 @@ async def read_response(reader: asyncio.StreamReader) -> int:
     return status
 
 
-async def drive(port: int, payloads: list[bytes], concurrency: int) -> tuple[list[float], int]:
-    """Send every payload over ``concurrency`` keep-alive connections; latencies and errors."""
+async def drive(
+    port: int, payloads: list[bytes], concurrency: int, duration: float | None = None
+) -> tuple[list[float], int]:
+    """Send the payloads over ``concurrency`` keep-alive connections until they run out or
+    ``duration`` seconds have passed; latencies and errors."""
     queue = iter(payloads)
+    deadline = time.perf_counter() + duration if duration else float("inf")
     latencies: list[float] = []
     errors = 0
 
@@ -124,6 +129,8 @@ async def drive(port: int, payloads: list[bytes], concurrency: int) -> tuple[lis
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         for payload in queue:
             started = time.perf_counter()
+            if started > deadline:
+                break
             writer.write(payload)
             status = await read_response(reader)
             latencies.append(time.perf_counter() - started)
@@ -219,7 +226,9 @@ def run(args: argparse.Namespace) -> Result:
             )
             asyncio.run(drive(port, payloads[: args.warmup], args.concurrency))
             cpu_before, wall_before = cpu_seconds(procs), time.perf_counter()
-            latencies, errors = asyncio.run(drive(port, payloads[args.warmup :], args.concurrency))
+            latencies, errors = asyncio.run(
+                drive(port, payloads[args.warmup :], args.concurrency, args.duration)
+            )
             wall = time.perf_counter() - wall_before
             cpu = cpu_seconds(procs) - cpu_before
             workers = procs[1:] if args.workers > 1 else procs
@@ -249,7 +258,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--alg", default="RS384", choices=["RS384", "ES384"])
     parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--requests", type=int, default=20_000)
+    parser.add_argument(
+        "--requests", type=int, default=20_000, help="assertions to pre-sign (the most sent)"
+    )
+    parser.add_argument(
+        "--duration", type=float, help="stop after this many seconds (default: all requests)"
+    )
     parser.add_argument("--warmup", type=int, default=1_000)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--database-url", help="default: a fresh SQLite file")
