@@ -30,17 +30,17 @@ class Settings(BaseSettings):
     assertion_leeway: int = Field(default=60, ge=0, le=60)
     assertion_max_chars: int = 16_384
     access_token_ttl: int = Field(default=300, ge=1, le=300)
-    request_body_limit: int = 65_536
+    request_body_limit: int = Field(default=65_536, ge=1024)
     client_cache_ttl: float = Field(default=5.0, ge=0, le=5)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     allow_insecure_jwks: bool = False
-    jwks_timeout: float = 2.0
-    jwks_max_bytes: int = 262_144
-    jwks_default_ttl: int = 300
-    jwks_max_ttl: int = 3600
-    jwks_refetch_interval: int = 60
+    jwks_timeout: float = Field(default=2.0, gt=0, le=10)
+    jwks_max_bytes: int = Field(default=262_144, ge=1024)
+    jwks_default_ttl: int = Field(default=300, ge=0)
+    jwks_max_ttl: int = Field(default=3600, ge=0)
+    jwks_refetch_interval: int = Field(default=60, ge=1)
 
     @field_validator("public_url")
     @classmethod
