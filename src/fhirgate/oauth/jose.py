@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 )
 
 __all__ = [
+    "CompactSigner",
     "JWSError",
     "ParsedJWS",
     "PrivateKey",
@@ -168,15 +169,28 @@ def _sign(alg: str, key: PrivateKey, data: bytes) -> bytes:
     return r.to_bytes(size, "big") + s.to_bytes(size, "big")
 
 
+class CompactSigner:
+    """Signs compact JWSs (RFC 7515 §7.1) with one key under one fixed protected header.
+
+    The key is checked against ``header["alg"]`` and the header encoded once, not per token.
+    """
+
+    def __init__(self, header: Mapping[str, Any], key: PrivateKey) -> None:
+        self._alg = str(header["alg"])
+        if not key_fits_alg(key.public_key(), self._alg):
+            raise JWSError(f"key does not fit {self._alg}")
+        self._key = key
+        self._prefix = b64url_encode(json.dumps(header, separators=(",", ":")).encode()) + "."
+
+    def sign(self, claims: Mapping[str, Any]) -> str:
+        signed = self._prefix + b64url_encode(json.dumps(claims, separators=(",", ":")).encode())
+        signature = _sign(self._alg, self._key, signed.encode("ascii"))
+        return f"{signed}.{b64url_encode(signature)}"
+
+
 def sign_compact(header: Mapping[str, Any], claims: Mapping[str, Any], key: PrivateKey) -> str:
     """Produce a compact JWS; ``header['alg']`` picks the algorithm and must fit ``key``."""
-    alg = str(header["alg"])
-    if not key_fits_alg(key.public_key(), alg):
-        raise JWSError(f"key does not fit {alg}")
-    header_b64 = b64url_encode(json.dumps(header, separators=(",", ":")).encode())
-    claims_b64 = b64url_encode(json.dumps(claims, separators=(",", ":")).encode())
-    signing_input = f"{header_b64}.{claims_b64}".encode("ascii")
-    return f"{header_b64}.{claims_b64}.{b64url_encode(_sign(alg, key, signing_input))}"
+    return CompactSigner(header, key).sign(claims)
 
 
 def _b64_int(jwk: Mapping[str, Any], member: str) -> int:

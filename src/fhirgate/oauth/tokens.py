@@ -13,8 +13,8 @@ import time
 from dataclasses import dataclass
 
 from fhirgate.oauth.errors import InvalidToken
-from fhirgate.oauth.jose import JWSError, parse_compact, sign_compact, verify_signature
-from fhirgate.oauth.keys import ACCESS_TOKEN_ALG, Keyring
+from fhirgate.oauth.jose import CompactSigner, JWSError, parse_compact, verify_signature
+from fhirgate.oauth.keys import ACCESS_TOKEN_ALG, Keyring, SigningKey
 from fhirgate.oauth.scopes import ScopeError, ScopeSet, parse_scopes
 from fhirgate.storage.repos import Client
 from fhirgate.storage.ttl_sets import TTLSet
@@ -59,6 +59,7 @@ class AccessTokenService:
         self._issuer = issuer
         self._audience = audience
         self.ttl = ttl
+        self._compact_signer: tuple[SigningKey, CompactSigner] | None = None
 
     def issue(self, client: Client, scope: str) -> IssuedToken:
         """Sign an access token for ``client`` (RFC 9068 §2)."""
@@ -77,9 +78,17 @@ class AccessTokenService:
             "organization": client.environment.organization_id,
             "environment": client.environment.kind,
         }
-        header = {"alg": ACCESS_TOKEN_ALG, "typ": TOKEN_TYPE, "kid": signer.kid}
-        token = sign_compact(header, claims, signer.private_key)
-        return IssuedToken(token, self.ttl, scope, jti, client.client_id)
+        return IssuedToken(
+            self._signer(signer).sign(claims), self.ttl, scope, jti, client.client_id
+        )
+
+    def _signer(self, key: SigningKey) -> CompactSigner:
+        """The signer of ``key``, built once per active key (its header never changes)."""
+        cached = self._compact_signer
+        if cached is None or cached[0] is not key:
+            header = {"alg": ACCESS_TOKEN_ALG, "typ": TOKEN_TYPE, "kid": key.kid}
+            cached = self._compact_signer = (key, CompactSigner(header, key.private_key))
+        return cached[1]
 
     async def revoke(self, principal: Principal) -> None:
         """Deny-list a token's ``jti`` until it would have expired anyway."""
