@@ -25,6 +25,7 @@ import asyncio
 import ipaddress
 import json
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -68,10 +69,18 @@ def cache_ttl(cache_control: str | None, default: float, maximum: float) -> floa
 class JWKSFetcher:
     """JWKS URL fetcher with an SSRF guard, limits, a per-URL cache and single flight."""
 
-    def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        verify: ssl.SSLContext | bool = True,
+    ) -> None:
+        """``clock`` drives cache expiry; ``verify`` is the TLS trust (tests pass their CA)."""
         self._settings = settings
         self._clock = clock
         self._http = httpx.AsyncClient(
+            verify=verify,
             follow_redirects=False,
             trust_env=False,
             timeout=httpx.Timeout(settings.jwks_timeout),
@@ -126,26 +135,32 @@ class JWKSFetcher:
 
     async def _fetch(self, url: str) -> tuple[tuple[ClientKey, ...], float]:
         target = self._check_url(url)
-        address = await self._vetted_address(target)
+        for address in await self._vetted_addresses(target):
+            try:
+                body, cache_control = await self._get(target, address)
+            except httpx.ConnectError:
+                continue  # e.g. an AAAA record without IPv6 here: try the next address
+            except httpx.HTTPError as exc:
+                raise JWKSFetchError(f"fetch failed: {type(exc).__name__}") from None
+            ttl = cache_ttl(
+                cache_control, self._settings.jwks_default_ttl, self._settings.jwks_max_ttl
+            )
+            return _keys_from(body), ttl
+        raise JWKSFetchError("could not connect to any address of the host")
+
+    async def _get(self, target: httpx.URL, address: _Address) -> tuple[bytes, str | None]:
+        """GET ``target`` from ``address``, with the original host for ``Host`` and TLS."""
         request = self._http.build_request(
             "GET",
             target.copy_with(host=str(address)),
             headers={"Host": target.netloc.decode("ascii")},
             extensions={"sni_hostname": target.host},
         )
+        response = await self._http.send(request, stream=True)
         try:
-            response = await self._http.send(request, stream=True)
-            try:
-                body = await self._read_capped(response)
-            finally:
-                await response.aclose()
-        except httpx.HTTPError as exc:
-            raise JWKSFetchError(f"fetch failed: {type(exc).__name__}") from None
-        return _keys_from(body), cache_ttl(
-            response.headers.get("cache-control"),
-            self._settings.jwks_default_ttl,
-            self._settings.jwks_max_ttl,
-        )
+            return await self._read_capped(response), response.headers.get("cache-control")
+        finally:
+            await response.aclose()
 
     def _check_url(self, url: str) -> httpx.URL:
         try:
@@ -159,18 +174,19 @@ class JWKSFetcher:
             raise JWKSFetchError("credentials in the URL are not allowed")
         return target
 
-    async def _vetted_address(self, target: httpx.URL) -> _Address:
+    async def _vetted_addresses(self, target: httpx.URL) -> list[_Address]:
+        """Every address of the host, or an error if any of them is not allowed."""
         port = target.port or (443 if target.scheme == "https" else 80)
         loop = asyncio.get_running_loop()
         try:
             infos = await loop.getaddrinfo(target.host, port, type=socket.SOCK_STREAM)
         except OSError:
             raise JWKSFetchError("host does not resolve") from None
-        addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
+        addresses = list(dict.fromkeys(ipaddress.ip_address(info[4][0]) for info in infos))
         refused = [str(a) for a in addresses if not self._address_allowed(a)]
         if refused or not addresses:
             raise JWKSFetchError(f"host resolves to a non-public address {refused[:1]}")
-        return addresses[0]
+        return addresses
 
     def _address_allowed(self, address: _Address) -> bool:
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
