@@ -32,11 +32,8 @@ __all__ = ["FhirgateApp", "create_app", "create_app_from_env"]
 
 log = logging.getLogger("fhirgate")
 
-KEY_RELOAD_SECONDS = 10.0
-PURGE_SECONDS = 60.0
 
-
-async def _every(seconds: float, job: Callable[[], Awaitable[Any]]) -> None:
+async def _every(seconds: float, job: Callable[[], Awaitable[object]]) -> None:
     while True:
         await asyncio.sleep(seconds)
         try:
@@ -51,11 +48,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     services = Services.build(settings)
     app.state.services = services
     await services.keyring.ensure()
-    jobs = [
-        asyncio.create_task(_every(KEY_RELOAD_SECONDS, services.keyring.reload)),
-        asyncio.create_task(_every(PURGE_SECONDS, services.used_jti.purge)),
-        asyncio.create_task(_every(PURGE_SECONDS, services.revoked.purge)),
-    ]
+    jobs = [asyncio.create_task(_every(*job)) for job in services.background_jobs()]
     try:
         yield
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
@@ -19,6 +20,11 @@ from fhirgate.storage.repos import ClientRepo, OrganizationRepo
 from fhirgate.storage.ttl_sets import RedisTTLSet, SqliteTTLSet, SqlTTLSet, TTLSet
 
 __all__ = ["Services"]
+
+
+KEY_RELOAD_SECONDS = 10.0  # a key rotated on another replica is used within this time
+PURGE_SECONDS = 60.0  # expired jti and deny-list entries are dropped this often
+CHECKPOINT_SECONDS = 1.0  # SQLite: the WAL is copied back this often, off the event loop
 
 
 @dataclass
@@ -78,6 +84,17 @@ class Services:
             tokens,
             TokenEndpoint(authenticator, tokens),
         )
+
+    def background_jobs(self) -> list[tuple[float, Callable[[], Awaitable[object]]]]:
+        """(interval in seconds, job) pairs the app runs while it serves."""
+        jobs: list[tuple[float, Callable[[], Awaitable[object]]]] = [
+            (KEY_RELOAD_SECONDS, self.keyring.reload),
+            (PURGE_SECONDS, self.used_jti.purge),
+            (PURGE_SECONDS, self.revoked.purge),
+        ]
+        if isinstance(self.used_jti, SqliteTTLSet):
+            jobs.append((CHECKPOINT_SECONDS, self.used_jti.checkpoint))
+        return jobs
 
     async def aclose(self) -> None:
         self.used_jti.close()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -211,3 +213,35 @@ async def test_keyring_refuses_a_wrong_secret(
     wrong = Keyring(services.engine, KeyCipher(b"not the secret"), publish_for=360)
     with pytest.raises(InvalidTag):
         await wrong.reload()
+
+
+async def test_sqlite_purge_deletes_in_batches_until_none_expired(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path}/ttl.db"
+    await upgrade_async(url)
+    ttl_set = SqliteTTLSet.used_jti(sqlite_path(url))
+    expired = SqliteTTLSet.PURGE_BATCH * 2 + 7
+    for n in range(expired):
+        await ttl_set.add(f"old-{n}", int(time.time()) - 5)
+    await ttl_set.add("live", int(time.time()) + 600)
+    assert await ttl_set.purge() == expired
+    assert await ttl_set.contains("live")
+    ttl_set.close()
+
+
+async def test_sqlite_checkpoint_moves_writes_into_the_database_file(tmp_path: Path) -> None:
+    """The inline connection never checkpoints; the background checkpoint does."""
+    url = f"sqlite+aiosqlite:///{tmp_path}/ttl.db"
+    await upgrade_async(url)
+    ttl_set = SqliteTTLSet.used_jti(sqlite_path(url))
+    await ttl_set.add("k", int(time.time()) + 600)
+
+    def rows_in_main_file() -> int:
+        copy = tmp_path / "copy.db"
+        copy.write_bytes((tmp_path / "ttl.db").read_bytes())  # the file alone, without its WAL
+        with contextlib.closing(sqlite3.connect(copy)) as db:
+            return int(db.execute("SELECT count(*) FROM used_jti").fetchone()[0])
+
+    assert rows_in_main_file() == 0
+    await ttl_set.checkpoint()
+    assert rows_in_main_file() == 1
+    ttl_set.close()

@@ -11,6 +11,8 @@ hop to aiosqlite's thread, and it is the one storage write of every token reques
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import sqlite3
 import time
@@ -98,13 +100,22 @@ class SqlTTLSet:
 
 
 class SqliteTTLSet:
-    """A TTL set in a SQLite table, written inline through a dedicated connection."""
+    """A TTL set in a SQLite table, written inline through a dedicated connection.
+
+    Nothing slow runs on the event loop: this connection never checkpoints the WAL itself
+    (:meth:`checkpoint` does, in a thread, from a background job), and :meth:`purge` deletes in
+    batches, yielding between them.
+    """
+
+    PURGE_BATCH = 2000
 
     def __init__(self, path: str | Path, table: str, key_column: str) -> None:
+        self._path = path
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=2000")
+        self._db.execute("PRAGMA wal_autocheckpoint=0")
         # table and column names come from the models below, never from input
         self._insert = (
             f"INSERT INTO {table} ({key_column}, expires_at) VALUES (?, ?) "  # noqa: S608
@@ -112,7 +123,10 @@ class SqliteTTLSet:
             f"WHERE {table}.expires_at < ?"
         )
         self._select = f"SELECT expires_at FROM {table} WHERE {key_column} = ?"  # noqa: S608
-        self._purge = f"DELETE FROM {table} WHERE expires_at < ?"  # noqa: S608
+        self._purge = (
+            f"DELETE FROM {table} WHERE {key_column} IN "  # noqa: S608
+            f"(SELECT {key_column} FROM {table} WHERE expires_at < ? LIMIT {self.PURGE_BATCH})"
+        )
 
     async def add(self, key: str, expires_at: int) -> bool:
         """Insert, or take over an expired row; ``False`` when a live row exists."""
@@ -123,7 +137,15 @@ class SqliteTTLSet:
         return row is not None and int(row[0]) >= int(time.time())
 
     async def purge(self) -> int:
-        return self._db.execute(self._purge, (int(time.time()),)).rowcount
+        now, purged = int(time.time()), 0
+        while (batch := self._db.execute(self._purge, (now,)).rowcount) > 0:
+            purged += batch
+            await asyncio.sleep(0)  # let requests in between batches
+        return purged
+
+    async def checkpoint(self) -> None:
+        """Copy the WAL back into the database file (PASSIVE: never waits for readers)."""
+        await asyncio.to_thread(_checkpoint, self._path)
 
     def close(self) -> None:
         self._db.close()
@@ -135,6 +157,12 @@ class SqliteTTLSet:
     @classmethod
     def revoked_tokens(cls, path: str | Path) -> SqliteTTLSet:
         return cls(path, RevokedTokenRow.__tablename__, "jti")
+
+
+def _checkpoint(path: str | Path) -> None:
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
+        db.execute("PRAGMA busy_timeout=2000")
+        db.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
 
 class RedisTTLSet:
