@@ -2,8 +2,10 @@
 app through httpx's ASGI transport, and factories for clients and their assertions.
 
 Backends: ``FHIRGATE_TEST_DATABASE_URL`` (a PostgreSQL URL) and ``FHIRGATE_TEST_REDIS_URL`` turn
-on the PostgreSQL/Redis variants. With ``FHIRGATE_TEST_REQUIRE_SERVICES=1`` (set by ``.ci/run``)
-a missing or unreachable service fails those tests instead of skipping them.
+on the PostgreSQL/Redis variants; unset, they default to the local services on their standard
+ports when something listens there (tests/support.py). With
+``FHIRGATE_TEST_REQUIRE_SERVICES=1`` (set by ``.ci/run``) a missing or unreachable service fails
+those tests instead of skipping them.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -23,13 +26,12 @@ from tests.support import (
     SigningClient,
     flush_redis,
     fresh_postgres_database,
-    private_key,
+    register_client,
     require_service,
     start,
 )
 
 from fhirgate.config import Settings
-from fhirgate.oauth.jose import jwk_from_public_key
 
 
 @pytest.fixture
@@ -89,28 +91,7 @@ def http(running: Running) -> httpx.AsyncClient:
 def make_client(running: Running) -> MakeClient:
     """Register a private_key_jwt client in the default development environment."""
 
-    async def factory(
-        alg: str = "RS384",
-        *,
-        scope: str = "system/*.rs",
-        kid: str | None = None,
-        jwks_url: str | None = None,
-        inline: bool = True,
-        slot: int = 0,
-        environment: str = "development",
-    ) -> SigningClient:
-        key = private_key(alg, slot)
-        kid = kid or f"{alg.lower()}-{slot}"
-        jwks = {"keys": [jwk_from_public_key(key.public_key(), kid, alg)]} if inline else None
-        env = await running.services.organizations.default_environment(environment)
-        client = await running.services.clients.create(
-            environment=env,
-            name="test client",
-            auth_method="private_key_jwt",
-            scope=scope,
-            jwks=jwks,
-            jwks_url=jwks_url,
-        )
-        return SigningClient(client.client_id, key, kid, alg)
+    async def factory(alg: str = "RS384", **options: Any) -> SigningClient:
+        return await register_client(running.services, alg, **options)
 
     return factory

@@ -20,7 +20,7 @@ from fastapi import FastAPI
 from fhirgate.app import create_app
 from fhirgate.config import Settings
 from fhirgate.oauth.client_auth import JWT_BEARER
-from fhirgate.oauth.jose import PrivateKey, sign_compact
+from fhirgate.oauth.jose import PrivateKey, jwk_from_public_key, sign_compact
 from fhirgate.services import Services
 from fhirgate.storage.db import upgrade_async
 
@@ -161,3 +161,29 @@ class SigningClient:
 
 
 MakeClient = Callable[..., Awaitable[SigningClient]]
+
+
+async def register_client(
+    services: Services,
+    alg: str = "RS384",
+    *,
+    kid: str | None = None,
+    scope: str = "system/*.rs",
+    jwks_url: str | None = None,
+    inline: bool = True,
+    slot: int = 0,
+    environment: str = "development",
+) -> SigningClient:
+    """Register a private_key_jwt client (its key: ``private_key(alg, slot)``) and return it."""
+    key = private_key(alg, slot)
+    kid = kid or f"{alg.lower()}-{slot}"
+    jwks = {"keys": [jwk_from_public_key(key.public_key(), kid, alg)]} if inline else None
+    created = await services.clients.create(
+        environment=await services.organizations.default_environment(environment),
+        name="test client",
+        auth_method="private_key_jwt",
+        scope=scope,
+        jwks=jwks,
+        jwks_url=jwks_url,
+    )
+    return SigningClient(created.client_id, key, kid, alg)

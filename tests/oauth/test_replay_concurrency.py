@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import asyncio
 
-from tests.support import SigningClient, private_key, start
+from tests.support import register_client, start
 
 from fhirgate.config import Settings
-from fhirgate.oauth.jose import jwk_from_public_key
 
 
 async def test_fifty_parallel_sends_over_two_instances_yield_one_token(
@@ -17,16 +16,7 @@ async def test_fifty_parallel_sends_over_two_instances_yield_one_token(
     first, first_stack = await start(backend_settings)
     second, second_stack = await start(backend_settings)
     try:
-        env = await first.services.organizations.default_environment()
-        key = private_key("ES384")
-        created = await first.services.clients.create(
-            environment=env,
-            name="race",
-            auth_method="private_key_jwt",
-            scope="system/*.rs",
-            jwks={"keys": [jwk_from_public_key(key.public_key(), "k", "ES384")]},
-        )
-        form = SigningClient(created.client_id, key, "k", "ES384").form()
+        form = (await register_client(first.services, "ES384")).form()
         instances = [first.http, second.http]
         responses = await asyncio.gather(
             *(instances[i % 2].post("/oauth2/token", data=form) for i in range(50))

@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.support import BASE, MakeClient, Running, SigningClient, private_key
+from tests.support import BASE, MakeClient, Running, private_key, register_client
 
 from fhirgate.oauth.jose import b64url_encode
 
@@ -103,18 +103,7 @@ async def test_alg_added_by_configuration_is_accepted(
     assert create_app(settings)  # configuration validates
     other, stack = await start(settings)
     try:
-        env = await other.services.organizations.default_environment()
-        from fhirgate.oauth.jose import jwk_from_public_key
-
-        key = private_key("ES256")
-        created = await other.services.clients.create(
-            environment=env,
-            name="es256",
-            auth_method="private_key_jwt",
-            scope="system/*.rs",
-            jwks={"keys": [jwk_from_public_key(key.public_key(), "k1", "ES256")]},
-        )
-        client = SigningClient(created.client_id, key, "k1", "ES256")
+        client = await register_client(other.services, "ES256")
         assert (await post(other.http, client.form())).status_code == 200
     finally:
         await stack.aclose()

@@ -6,11 +6,11 @@ import logging
 
 import httpx
 import pytest
-from tests.support import MakeClient, Running, SigningClient, private_key, start
+from tests.support import MakeClient, Running, register_client, start
 
 from fhirgate.config import Settings
 from fhirgate.oauth.client_auth import JWT_BEARER
-from fhirgate.oauth.jose import b64url_encode, jwk_from_public_key
+from fhirgate.oauth.jose import b64url_encode
 
 FORM = {"content-type": "application/x-www-form-urlencoded"}
 
@@ -162,16 +162,7 @@ async def test_redis_unreachable_is_503_never_a_token(sqlite_settings: Settings)
     settings = sqlite_settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})
     other, stack = await start(settings)
     try:
-        env = await other.services.organizations.default_environment()
-        key = private_key("RS384")
-        created = await other.services.clients.create(
-            environment=env,
-            name="c",
-            auth_method="private_key_jwt",
-            scope="system/*.rs",
-            jwks={"keys": [jwk_from_public_key(key.public_key(), "k", "RS384")]},
-        )
-        client = SigningClient(created.client_id, key, "k", "RS384")
+        client = await register_client(other.services)
         response = await other.http.post("/oauth2/token", data=client.form())
         assert response.status_code == 503, response.text
         assert "access_token" not in response.json()
