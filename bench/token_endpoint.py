@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -165,15 +167,43 @@ def wait_until_up(port: int, proc: subprocess.Popen[bytes]) -> None:
     raise SystemExit("the server did not come up")
 
 
+@contextlib.contextmanager
+def fresh_database(url: str | None, tmp: str) -> Iterator[str]:
+    """A new SQLite file, or a new PostgreSQL database next to ``url`` (dropped afterwards)."""
+    if url is None:
+        yield f"sqlite+aiosqlite:///{tmp}/b.db"
+        return
+    import asyncpg
+
+    name = f"fhirgate_bench_{secrets.token_hex(6)}"
+    admin = url.replace("postgresql+asyncpg://", "postgresql://")
+
+    async def execute(sql: str) -> None:
+        conn = await asyncpg.connect(admin)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(execute(f'CREATE DATABASE "{name}"'))
+    try:
+        yield url.rsplit("/", 1)[0] + "/" + name
+    finally:
+        asyncio.run(execute(f'DROP DATABASE "{name}" WITH (FORCE)'))
+
+
 def run(args: argparse.Namespace) -> Result:
-    with tempfile.TemporaryDirectory(prefix="fhirgate-bench-") as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="fhirgate-bench-") as tmp,
+        fresh_database(args.database_url, tmp) as database_url,
+    ):
         port = free_port()
         env = dict(
             os.environ,
             FHIRGATE_PUBLIC_URL=f"http://127.0.0.1:{port}",
             FHIRGATE_VAR_DIR=f"{tmp}/var",
             FHIRGATE_SECRET_KEY=secrets.token_hex(16),
-            FHIRGATE_DATABASE_URL=args.database_url or f"sqlite+aiosqlite:///{tmp}/b.db",
+            FHIRGATE_DATABASE_URL=database_url,
         )
         if args.redis_url:
             env["FHIRGATE_REDIS_URL"] = args.redis_url
@@ -266,7 +296,9 @@ def main() -> None:
     )
     parser.add_argument("--warmup", type=int, default=1_000)
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--database-url", help="default: a fresh SQLite file")
+    parser.add_argument(
+        "--database-url", help="a PostgreSQL server to create a fresh database on (default: SQLite)"
+    )
     parser.add_argument("--redis-url")
     result = run(parser.parse_args())
     print(json.dumps(asdict(result), indent=2))
