@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from fhirgate.logs import KeyValueFormatter, log_config
+from fhirgate.logs import KeyValueFormatter, lean_records, log_config
 
 
 def _format(**extra: object) -> str:
@@ -33,3 +33,18 @@ def test_log_config_sends_fhirgate_events_at_the_configured_level() -> None:
     assert config["loggers"]["fhirgate"]["level"] == "WARNING"
     assert config["loggers"]["fhirgate"]["handlers"] == ["fhirgate"]
     assert "uvicorn.error" in config["loggers"]  # uvicorn's own loggers are kept
+
+
+def test_lean_records_keep_fhirgate_lines_whole() -> None:
+    saved = (logging._srcfile, logging.logThreads, logging.logProcesses)
+    try:
+        lean_records()
+        record = logging.getLogger("fhirgate.token").makeRecord(
+            "fhirgate.token", logging.INFO, "(unknown file)", 0, "token issued", (), None,
+            extra={"client_id": "c1"},
+        )  # fmt: skip
+        assert record.threadName is None and record.process is None
+        formatter = KeyValueFormatter("%(levelname)s %(name)s: %(message)s")
+        assert formatter.format(record) == "INFO fhirgate.token: token issued client_id=c1"
+    finally:
+        logging._srcfile, logging.logThreads, logging.logProcesses = saved

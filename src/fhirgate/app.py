@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from fhirgate import __version__
 from fhirgate.config import Settings
 from fhirgate.dialects.redox import REDOX
+from fhirgate.logs import lean_records
 from fhirgate.services import Services
 from fhirgate.web import discovery
 from fhirgate.web.failures import (
@@ -120,4 +121,5 @@ def create_app(settings: Settings | None = None) -> FhirgateApp:
 
 def create_app_from_env() -> FhirgateApp:
     """Factory for ``uvicorn --factory`` (used by ``fhirgate serve --workers N``)."""
+    lean_records()
     return create_app(Settings())

@@ -16,7 +16,7 @@ from typing import Any
 
 import uvicorn.config
 
-__all__ = ["KeyValueFormatter", "log_config"]
+__all__ = ["KeyValueFormatter", "lean_records", "log_config"]
 
 _RECORD_FIELDS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
     "message",
@@ -58,3 +58,13 @@ def log_config(level: str) -> dict[str, Any]:
     }
     config["loggers"]["fhirgate"] = {"handlers": ["fhirgate"], "level": level, "propagate": False}
     return config
+
+
+def lean_records() -> None:
+    """Stop collecting what fhirgate's lines never show: the caller's source location (a stack
+    walk per record), thread and process names. The documented knobs of the logging HOWTO's
+    "Optimization" section; they cut the cost of the one line every grant writes."""
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
