@@ -107,6 +107,7 @@ class UsedJtiRow(Base):
     """Single-use assertion ids (SMART: ``jti`` not reused per ``iss``); the key is a digest."""
 
     __tablename__ = "used_jti"
+    __table_args__ = {"sqlite_with_rowid": False}  # one B-tree: the hot path's only write
 
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     expires_at: Mapped[int] = mapped_column(Integer, index=True)
@@ -116,6 +117,7 @@ class RevokedTokenRow(Base):
     """Deny-list of access-token ``jti`` values, kept until the token would have expired."""
 
     __tablename__ = "revoked_tokens"
+    __table_args__ = {"sqlite_with_rowid": False}
 
     jti: Mapped[str] = mapped_column(String(64), primary_key=True)
     expires_at: Mapped[int] = mapped_column(Integer, index=True)

@@ -32,6 +32,7 @@ def upgrade() -> None:
         sa.Column("jti", sa.String(length=64), nullable=False),
         sa.Column("expires_at", sa.Integer(), nullable=False),
         sa.PrimaryKeyConstraint("jti"),
+        sqlite_with_rowid=False,
     )
     with op.batch_alter_table("revoked_tokens", schema=None) as batch_op:
         batch_op.create_index(
@@ -53,6 +54,7 @@ def upgrade() -> None:
         sa.Column("key", sa.String(length=64), nullable=False),
         sa.Column("expires_at", sa.Integer(), nullable=False),
         sa.PrimaryKeyConstraint("key"),
+        sqlite_with_rowid=False,
     )
     with op.batch_alter_table("used_jti", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_used_jti_expires_at"), ["expires_at"], unique=False)
