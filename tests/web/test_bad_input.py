@@ -108,10 +108,32 @@ async def test_wrong_content_type_is_invalid_request(
     assert response.json()["error"] == "invalid_request"
 
 
-async def test_form_with_invalid_utf8_is_invalid_request(http: httpx.AsyncClient) -> None:
-    response = await http.post("/oauth2/token", content=b"grant_type=%ff%fe", headers=FORM)
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"grant_type=%ff%fe",  # percent-encoded bytes that are not UTF-8
+        b"grant_type=client_credentials&\xff=1",  # raw bytes that are not UTF-8
+        b"grant_type=client_credentials&scope",  # a field without "="
+        b"grant_type=client_credentials&&scope=x",  # an empty field
+        b"&".join(b"f%d=1" % n for n in range(65)),  # more than 64 fields
+    ],
+)
+async def test_malformed_form_is_invalid_request(http: httpx.AsyncClient, body: bytes) -> None:
+    response = await http.post("/oauth2/token", content=body, headers=FORM)
     assert response.status_code == 400
     assert response.json()["error"] == "invalid_request"
+    assert response.json()["error_description"] == "the request body is not a valid form"
+
+
+async def test_form_plus_is_a_space(http: httpx.AsyncClient, make_client: MakeClient) -> None:
+    client = await make_client(scope="system/Patient.rs system/Observation.rs")
+    body = (
+        str(httpx.QueryParams(client.form(scope=None)))
+        + "&scope=system/Patient.rs+system/Observation.rs"
+    )
+    response = await http.post("/oauth2/token", content=body, headers=FORM)
+    assert response.status_code == 200, response.text
+    assert response.json()["scope"] == "system/Patient.rs system/Observation.rs"
 
 
 @pytest.mark.parametrize("path", ["/oauth2/token", "/v2/auth/token"])

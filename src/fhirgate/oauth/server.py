@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from urllib.parse import unquote_plus
 
 from fhirgate.oauth.assertions import AssertionRules
@@ -32,8 +33,16 @@ class TokenPolicy:
     scope_required: bool
 
 
+@lru_cache(maxsize=1024)
+def _unquote_short(text: str) -> str:
+    """Short values repeat from request to request (``client_assertion_type``, ``scope``)."""
+    return unquote_plus(text, errors="strict")
+
+
 def _decode(text: str) -> str:
-    return unquote_plus(text, errors="strict") if "%" in text or "+" in text else text
+    if "%" not in text and "+" not in text:
+        return text
+    return _unquote_short(text) if len(text) <= 256 else unquote_plus(text, errors="strict")
 
 
 def _form_pairs(text: str) -> list[tuple[str, str]]:
