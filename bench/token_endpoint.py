@@ -33,6 +33,7 @@ from urllib.parse import urlencode
 
 import httpx
 import psutil
+import uvloop
 
 from fhirgate.client import build_client_assertion, load_private_key
 
@@ -254,9 +255,9 @@ def run(args: argparse.Namespace) -> Result:
                 f"concurrency {args.concurrency}…",
                 file=sys.stderr,
             )
-            asyncio.run(drive(port, payloads[: args.warmup], args.concurrency))
+            uvloop.run(drive(port, payloads[: args.warmup], args.concurrency))
             cpu_before, wall_before = cpu_seconds(procs), time.perf_counter()
-            latencies, errors = asyncio.run(
+            latencies, errors = uvloop.run(
                 drive(port, payloads[args.warmup :], args.concurrency, args.duration)
             )
             wall = time.perf_counter() - wall_before

@@ -90,21 +90,21 @@ async def test_alg_outside_the_allow_list_is_rejected(
     assert "alg" in body["error_description"]
 
 
-async def test_alg_added_by_configuration_is_accepted(
-    running: Running, make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.mark.parametrize("alg", ["RS256", "ES256", "PS384"])
+async def test_alg_added_by_configuration_is_accepted(running: Running, alg: str) -> None:
     from tests.support import start
 
-    from fhirgate.app import create_app
-
     settings = running.services.settings.model_copy(
-        update={"assertion_algorithms": frozenset({"RS384", "ES384", "ES256"})}
+        update={"assertion_algorithms": frozenset({"RS384", "ES384", alg})}
     )
-    assert create_app(settings)  # configuration validates
     other, stack = await start(settings)
     try:
-        client = await register_client(other.services, "ES256")
-        assert (await post(other.http, client.form())).status_code == 200
+        client = await register_client(other.services, alg)
+        response = await post(other.http, client.form())
+        assert response.status_code == 200, response.text
+        tampered = client.form()
+        tampered["client_assertion"] = tampered["client_assertion"][:-4] + "AAAA"
+        assert (await post(other.http, tampered)).status_code == 401
     finally:
         await stack.aclose()
 

@@ -57,6 +57,20 @@ _CURVES: dict[str, type[ec.EllipticCurve]] = {
 }
 _CURVE_FOR_ALG = {"ES256": "P-256", "ES384": "P-384", "ES512": "P-521"}
 _CURVE_NAMES = {"P-256": "secp256r1", "P-384": "secp384r1", "P-521": "secp521r1"}
+#: Per-alg hash, padding and ECDSA objects, built once (they are immutable).
+_HASH: dict[str, hashes.HashAlgorithm] = {
+    f"{family}{bits}": _HASHES[bits]() for family in ("RS", "PS", "ES") for bits in _HASHES
+}
+_RSA_PADDING: dict[str, padding.AsymmetricPadding] = {
+    **{f"RS{bits}": padding.PKCS1v15() for bits in _HASHES},
+    **{
+        f"PS{bits}": padding.PSS(
+            mgf=padding.MGF1(_HASHES[bits]()), salt_length=padding.PSS.DIGEST_LENGTH
+        )
+        for bits in _HASHES
+    },
+}
+_ECDSA = {f"ES{bits}": ec.ECDSA(_HASHES[bits]()) for bits in _HASHES}
 MIN_RSA_BITS = 2048
 
 
@@ -131,40 +145,27 @@ def key_fits_alg(key: PublicKey, alg: str) -> bool:
 
 def verify_signature(alg: str, key: PublicKey, signing_input: bytes, signature: bytes) -> bool:
     """Verify a JWS signature (RFC 7518 §3.3-3.5) with a caller-chosen ``alg`` and key."""
-    digest = _HASHES.get(alg[2:])
-    if digest is None or not key_fits_alg(key, alg):
+    if alg not in _HASH or not key_fits_alg(key, alg):
         return False
     try:
         if isinstance(key, rsa.RSAPublicKey):
-            pad: padding.AsymmetricPadding
-            if alg.startswith("PS"):
-                pad = padding.PSS(mgf=padding.MGF1(digest()), salt_length=padding.PSS.DIGEST_LENGTH)
-            else:
-                pad = padding.PKCS1v15()
-            key.verify(signature, signing_input, pad, digest())
+            key.verify(signature, signing_input, _RSA_PADDING[alg], _HASH[alg])
             return True
         size = (key.curve.key_size + 7) // 8
         if len(signature) != 2 * size:
             return False
         r = int.from_bytes(signature[:size], "big")
         s = int.from_bytes(signature[size:], "big")
-        key.verify(encode_dss_signature(r, s), signing_input, ec.ECDSA(digest()))
+        key.verify(encode_dss_signature(r, s), signing_input, _ECDSA[alg])
         return True
     except InvalidSignature:
         return False
 
 
 def _sign(alg: str, key: PrivateKey, data: bytes) -> bytes:
-    digest = _HASHES[alg[2:]]
     if isinstance(key, rsa.RSAPrivateKey):
-        if alg.startswith("PS"):
-            pad: padding.AsymmetricPadding = padding.PSS(
-                mgf=padding.MGF1(digest()), salt_length=padding.PSS.DIGEST_LENGTH
-            )
-        else:
-            pad = padding.PKCS1v15()
-        return key.sign(data, pad, digest())
-    r, s = decode_dss_signature(key.sign(data, ec.ECDSA(digest())))
+        return key.sign(data, _RSA_PADDING[alg], _HASH[alg])
+    r, s = decode_dss_signature(key.sign(data, _ECDSA[alg]))
     size = (key.curve.key_size + 7) // 8
     return r.to_bytes(size, "big") + s.to_bytes(size, "big")
 

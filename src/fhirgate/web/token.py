@@ -81,12 +81,13 @@ def token_app(dialect: TokenDialect, settings: Settings) -> ASGIApp:
     policy = dialect.policy(settings)
     limit = settings.request_body_limit
 
-    async def respond(request: Request, body: bytes) -> Response:
-        services: Services = request.app.state.services
+    async def respond(scope: Scope, body: bytes) -> Response:
+        services: Services = scope["app"].state.services
+        headers = _headers(scope)
         try:
-            form = parse_form(body, request.headers.get("content-type"))
+            form = parse_form(body, headers.get(b"content-type"))
             issued = await services.token_endpoint.handle(
-                form, request.headers.get("authorization"), policy
+                form, headers.get(b"authorization"), policy
             )
         except OAuthError as error:
             log.info(
@@ -106,18 +107,26 @@ def token_app(dialect: TokenDialect, settings: Settings) -> ASGIApp:
         return dialect.render_success(issued)
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        request = Request(scope, receive)
         try:
-            response = await respond(request, await read_body(scope, receive, limit))
+            response = await respond(scope, await read_body(scope, receive, limit))
         except BodyTooLarge:
             response = too_large()
         except STORAGE_ERRORS as exc:
-            response = await storage_unavailable(request, exc)
+            response = await storage_unavailable(Request(scope), exc)
         except Exception as exc:
-            response = await unexpected_error(request, exc)
+            response = await unexpected_error(Request(scope), exc)
         await response(scope, receive, send)
 
     return app
+
+
+def _headers(scope: Scope) -> dict[bytes, str]:
+    """The two request headers the token endpoint reads, decoded (latin-1, as ASGI sends)."""
+    wanted = {}
+    for name, value in scope["headers"]:
+        if name in (b"content-type", b"authorization"):
+            wanted.setdefault(name, value.decode("latin-1"))
+    return wanted
 
 
 def assertion_rules(settings: Settings, token_path: str, **overrides: object) -> AssertionRules:
