@@ -55,6 +55,36 @@ class Result:
     p50_ms: float
     p99_ms: float
     max_rss_mb_per_worker: float
+    verify_ceiling_per_cpu_second: float
+
+
+def verify_ceiling(alg: str, seconds: float = 1.0) -> float:
+    """Signature verifications of ``alg`` per CPU second on this machine, right now: the
+    ceiling no token endpoint can pass (each grant verifies one assertion)."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+
+    message = b"x" * 600
+    if alg == "ES384":
+        key = ec.generate_private_key(ec.SECP384R1())
+        signature = key.sign(message, ec.ECDSA(hashes.SHA384()))
+        public = key.public_key()
+
+        def verify() -> None:
+            public.verify(signature, message, ec.ECDSA(hashes.SHA384()))
+    else:
+        rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        rsa_signature = rsa_key.sign(message, padding.PKCS1v15(), hashes.SHA384())
+        rsa_public = rsa_key.public_key()
+
+        def verify() -> None:
+            rsa_public.verify(rsa_signature, message, padding.PKCS1v15(), hashes.SHA384())
+
+    count, started = 0, time.process_time()
+    while time.process_time() - started < seconds:
+        verify()
+        count += 1
+    return count / (time.process_time() - started)
 
 
 def free_port() -> int:
@@ -267,6 +297,7 @@ def run(args: argparse.Namespace) -> Result:
         finally:
             server.terminate()
             server.wait(10)
+    ceiling = verify_ceiling(args.alg)
     latencies.sort()
     return Result(
         alg=args.alg,
@@ -282,6 +313,7 @@ def run(args: argparse.Namespace) -> Result:
         p50_ms=round(statistics.median(latencies) * 1000, 2),
         p99_ms=round(latencies[int(len(latencies) * 0.99) - 1] * 1000, 2),
         max_rss_mb_per_worker=round(rss, 1),
+        verify_ceiling_per_cpu_second=round(ceiling, 1),
     )
 
 
