@@ -122,7 +122,7 @@ def token_app(dialect: TokenDialect, settings: Settings) -> ASGIApp:
 
 def _headers(scope: Scope) -> dict[bytes, str]:
     """The two request headers the token endpoint reads, decoded (latin-1, as ASGI sends)."""
-    wanted = {}
+    wanted: dict[bytes, str] = {}
     for name, value in scope["headers"]:
         if name in (b"content-type", b"authorization"):
             wanted.setdefault(name, value.decode("latin-1"))
