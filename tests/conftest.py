@@ -44,9 +44,10 @@ def sqlite_settings(tmp_path: Path) -> Settings:
     )
 
 
-@pytest.fixture(params=["sqlite", "postgres+redis"])
+@pytest.fixture(params=["sqlite", "postgres", "postgres+redis"])
 async def backend_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
-    """Settings for each backend: embedded SQLite, and PostgreSQL + Redis."""
+    """Settings for each deployment: embedded SQLite; PostgreSQL alone (single-use state in
+    PostgreSQL too); PostgreSQL with Redis."""
     if request.param == "sqlite":
         return Settings(
             database_url=f"sqlite+aiosqlite:///{tmp_path}/fhirgate.db",
@@ -55,8 +56,10 @@ async def backend_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Se
             allow_insecure_jwks=True,
         )
     pg = require_service(PG_URL, "PostgreSQL")
-    redis = require_service(REDIS_URL, "Redis")
-    await flush_redis(redis)
+    redis = None
+    if request.param == "postgres+redis":
+        redis = require_service(REDIS_URL, "Redis")
+        await flush_redis(redis)
     return Settings(
         database_url=await fresh_postgres_database(pg),
         redis_url=redis,

@@ -171,7 +171,12 @@ async def test_ttl_set_expired_entry_counts_as_absent_before_any_purge(ttl_set: 
 
 
 async def test_services_pick_the_ttl_set_of_their_backend(services: Services) -> None:
-    expected = RedisTTLSet if services.redis is not None else SqliteTTLSet
+    if services.redis is not None:
+        expected: type[TTLSet] = RedisTTLSet
+    elif services.settings.is_sqlite:
+        expected = SqliteTTLSet
+    else:
+        expected = SqlTTLSet
     assert isinstance(services.used_jti, expected)
     assert isinstance(services.revoked, expected)
 
