@@ -52,6 +52,8 @@ _RESOURCE = re.compile(
     r"(?P<context>[a-z]+)/(?P<type>\*|[A-Za-z]+)\.(?P<perms>[^?]*)(?:\?(?P<q>.*))?"
 )
 _V2_PERMISSIONS = re.compile(r"c?r?u?d?s?")
+#: Search parameters that add results rather than filter them; a restriction must only narrow.
+WIDENING_PARAMETERS = frozenset({"_include", "_revinclude", "_has"})
 _PARAM = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_\-.:]*")
 
 
@@ -100,6 +102,8 @@ def _restrictions(query: str | None, v1: bool, token: str) -> frozenset[tuple[st
         name, equals, value = part.partition("=")
         if not equals or not value or not _PARAM.fullmatch(name):
             raise ScopeError(f"malformed restriction {part!r} in {token!r}")
+        if name.split(":", 1)[0] in WIDENING_PARAMETERS:
+            raise ScopeError(f"restriction {name!r} would widen, not narrow, {token!r}")
         pairs.append((name, value))
     return frozenset(pairs)
 
