@@ -19,12 +19,11 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from bench.token_endpoint import JWT_BEARER, presign
+from bench.token_endpoint import form_body, presign
 from fhirgate.app import create_app
 from fhirgate.config import Settings
 from fhirgate.oauth.jose import jwk_from_public_key
@@ -102,11 +101,7 @@ async def run(args: argparse.Namespace) -> None:
             ).decode()
             assertions = presign(pem, client.client_id, f"{BASE}/oauth2/token", "p", args.alg,
                                  args.requests + 200)  # fmt: skip
-            bodies = [
-                urlencode({"grant_type": "client_credentials", "client_assertion_type": JWT_BEARER,
-                           "client_assertion": a, "scope": "system/*.rs"}).encode()
-                for a in assertions
-            ]  # fmt: skip
+            bodies = [form_body(a, "system/*.rs") for a in assertions]
             for body in bodies[:200]:
                 assert await call(app, body) == 200
             profiler = cProfile.Profile() if args.cprofile else None

@@ -119,8 +119,9 @@ def presign(pem: str, client_id: str, token_url: str, kid: str, alg: str, n: int
         return [a for batch in pool.map(_sign_batch, jobs) for a in batch][:n]
 
 
-def request_bytes(host: str, assertion: str, scope: str) -> bytes:
-    body = urlencode(
+def form_body(assertion: str, scope: str) -> bytes:
+    """The form of a client-credentials grant with ``assertion``."""
+    return urlencode(
         {
             "grant_type": "client_credentials",
             "client_assertion_type": JWT_BEARER,
@@ -128,6 +129,10 @@ def request_bytes(host: str, assertion: str, scope: str) -> bytes:
             "scope": scope,
         }
     ).encode()
+
+
+def request_bytes(host: str, assertion: str, scope: str) -> bytes:
+    body = form_body(assertion, scope)
     head = (
         f"POST /oauth2/token HTTP/1.1\r\nHost: {host}\r\n"
         "Content-Type: application/x-www-form-urlencoded\r\n"
