@@ -187,3 +187,28 @@ async def register_client(
         jwks_url=jwks_url,
     )
     return SigningClient(created.client_id, key, kid, alg)
+
+
+async def register_secret_client(
+    services: Services,
+    method: str = "client_secret_basic",
+    *,
+    token_lifetime: int | None = None,
+    scope: str = "system/*.rs",
+    secret: str | None = None,
+    environment: str = "development",
+) -> tuple[str, str]:
+    """Register a secret client (``client_secret_basic``, ``client_secret_post`` or
+    ``legacy_api_key``) in the default organization; returns ``(client_id, secret)``. The
+    secret is ``secret`` when given (tests of unusual characters), else a generated one; only
+    its hash (``services.hasher``) is stored, as ``fhirgate clients create`` does."""
+    secret = services.hasher.generate() if secret is None else secret
+    created = await services.clients.create(
+        environment=await services.organizations.default_environment(environment),
+        name="secret client",
+        auth_method=method,
+        scope=scope,
+        secret_hash=services.hasher.hash(secret),
+        token_lifetime=token_lifetime,
+    )
+    return created.client_id, secret

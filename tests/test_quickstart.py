@@ -3,6 +3,7 @@ key pair → client → token (CLI) → protected call; and the same server's di
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -39,6 +40,13 @@ class Served:
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[Served]:
+    with start_served(tmp_path) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def start_served(tmp_path: Path, **settings: str) -> Iterator[Served]:
+    """``fhirgate serve`` on SQLite under ``tmp_path`` with extra ``FHIRGATE_*`` settings."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = dict(
@@ -46,6 +54,7 @@ def served(tmp_path: Path) -> Iterator[Served]:
         FHIRGATE_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path}/q.db",
         FHIRGATE_VAR_DIR=str(tmp_path / "var"),
         FHIRGATE_PUBLIC_URL=base,
+        **settings,
     )
     env.pop("FHIRGATE_REDIS_URL", None)
     server = subprocess.Popen(
@@ -161,3 +170,43 @@ def test_token_command_reports_oauth_errors_and_the_server_logs_why(
     assert len(rejected) == 1
     assert "check=key_not_found" in rejected[0]
     assert "detail=\"no active client 'nobody'\"" in rejected[0]
+
+
+def test_cli_token_with_a_client_secret(served: Served) -> None:
+    """``fhirgate token --client-secret`` (here from FHIRGATE_CLIENT_SECRET) gets a token
+    with HTTP Basic; a wrong secret exits 1 with the OAuth error; no method exits 2."""
+    created = json.loads(
+        run(
+            served.env,
+            "clients",
+            "create",
+            "--auth",
+            "client_secret_basic",
+            "--name",
+            "s",
+            "--scope",
+            "system/Patient.rs",
+            "--json",
+        )
+    )
+    token_url = f"{served.base}/oauth2/token"
+    env = {**served.env, "FHIRGATE_CLIENT_SECRET": created["client_secret"]}
+    args = ("token", "--client-id", created["client_id"], "--token-url", token_url)
+    answer = json.loads(run(env, *args, "--scope", "system/Patient.rs", "--json"))
+    assert answer["expires_in"] == 3600
+    who = httpx.get(
+        f"{served.base}/whoami", headers={"Authorization": f"Bearer {answer['access_token']}"}
+    )
+    assert who.json()["client_id"] == created["client_id"]
+    wrong = subprocess.run(
+        [FHIRGATE, *args, "--client-secret", "not-the-secret"],
+        env=served.env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert wrong.returncode == 1
+    assert "invalid_client" in wrong.stderr
+    assert "not-the-secret" not in wrong.stderr
+    neither = subprocess.run(
+        [FHIRGATE, *args], env=served.env, capture_output=True, text=True, check=False
+    )
+    assert neither.returncode == 2
+    assert "--client-secret" in neither.stderr

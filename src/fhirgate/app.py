@@ -15,6 +15,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from fhirgate import __version__
 from fhirgate.config import Settings
+from fhirgate.dialects import redox_legacy
+from fhirgate.dialects.pattern import PATTERN
 from fhirgate.dialects.redox import REDOX
 from fhirgate.logs import lean_records
 from fhirgate.services import Services
@@ -28,6 +30,12 @@ from fhirgate.web.failures import (
 )
 from fhirgate.web.guard import BearerError, CurrentPrincipal, bearer_error_response
 from fhirgate.web.token import STANDARD, token_app
+from fhirgate.web.token_management import (
+    INTROSPECTION_PATH,
+    REVOCATION_PATH,
+    introspection_app,
+    revocation_app,
+)
 
 __all__ = ["FhirgateApp", "create_app", "create_app_from_env"]
 
@@ -78,11 +86,12 @@ def _whoami_routes(app: FastAPI) -> None:
 
 
 class FhirgateApp(FastAPI):
-    """FastAPI, except that a ``POST`` to a token URL goes straight to its raw ASGI endpoint.
+    """FastAPI, except that a ``POST`` to a token, introspection or revocation URL goes
+    straight to its raw ASGI endpoint.
 
-    The token endpoints are the hot path (docs/benchmarks.md): skipping FastAPI's middleware
-    stack there saves a measurable share of each grant. Other methods on those paths still go
-    through the router, which answers 405.
+    Those are the hot paths (docs/benchmarks.md): skipping FastAPI's middleware stack there
+    saves a measurable share of each request. Other methods on those paths still go through the
+    router, which answers 405.
     """
 
     token_endpoints: dict[str, ASGIApp]
@@ -104,11 +113,19 @@ def create_app(settings: Settings | None = None) -> FhirgateApp:
     app.state.settings = settings
     app.token_endpoints = {
         path: token_app(dialect, settings)
-        for path, dialect in (("/oauth2/token", STANDARD), ("/v2/auth/token", REDOX))
+        for path, dialect in (
+            ("/oauth2/token", STANDARD),
+            ("/v2/auth/token", REDOX),
+            ("/api/auth/token", PATTERN),
+        )
     }
+    app.token_endpoints[INTROSPECTION_PATH] = introspection_app(settings)
+    app.token_endpoints[REVOCATION_PATH] = revocation_app(settings)
     for path, endpoint in app.token_endpoints.items():
         app.router.routes.append(Route(path, endpoint, methods=["POST"]))
     app.include_router(discovery.router)
+    if settings.legacy_api_keys:
+        app.include_router(redox_legacy.router)
     _whoami_routes(app)
     app.add_exception_handler(BearerError, lambda _r, e: bearer_error_response(e))
     app.add_exception_handler(HTTPException, http_error)

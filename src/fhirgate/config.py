@@ -8,11 +8,15 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["ASSERTION_ALGORITHMS", "Settings"]
+__all__ = ["ASSERTION_ALGORITHMS", "MAX_TOKEN_LIFETIME", "Settings"]
 
 #: Client-assertion algorithms fhirgate can verify. ``none`` and HMAC are never among them
 #: (RFC 8725 §3.1-3.2); only the subset in ``Settings.assertion_algorithms`` is accepted.
 ASSERTION_ALGORITHMS = frozenset({"RS256", "RS384", "PS384", "ES256", "ES384"})
+
+#: The longest access-token lifetime a client may be given (seconds). Retired signing keys stay
+#: published this long, so every token they signed can still be verified.
+MAX_TOKEN_LIFETIME = 86_400
 
 
 class Settings(BaseSettings):
@@ -30,10 +34,18 @@ class Settings(BaseSettings):
     assertion_leeway: int = Field(default=60, ge=0, le=60)
     assertion_max_chars: int = 16_384
     access_token_ttl: int = Field(default=300, ge=1, le=300)
+    secret_token_ttl: int = Field(default=3600, ge=1, le=MAX_TOKEN_LIFETIME)
+    legacy_api_keys: bool = True
+    legacy_token_ttl: int = Field(default=86_400, ge=60, le=86_400)
+    legacy_refresh_ttl: int = Field(default=30 * 86_400, ge=3600)
+    auth_failure_limit: int = Field(default=20, ge=0)
     request_body_limit: int = Field(default=65_536, ge=1024)
     client_cache_ttl: float = Field(default=5.0, ge=0, le=5)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    #: Proxies whose ``X-Forwarded-For`` names the client (comma-separated addresses or ``*``);
+    #: unset: the peer address is the client (throttling counts per client address).
+    forwarded_allow_ips: str | None = None
 
     allow_insecure_jwks: bool = False
     jwks_timeout: float = Field(default=2.0, gt=0, le=10)

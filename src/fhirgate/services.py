@@ -2,28 +2,42 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from fhirgate.config import Settings
-from fhirgate.oauth.client_auth import PrivateKeyJWTAuthenticator
+from fhirgate.config import MAX_TOKEN_LIFETIME, Settings
+from fhirgate.oauth.client_auth import (
+    ClientAuthenticator,
+    PrivateKeyJWTAuthenticator,
+    SecretAuthenticator,
+    SecretHasher,
+)
 from fhirgate.oauth.clients import ClientDirectory
+from fhirgate.oauth.introspection import TokenInspector
 from fhirgate.oauth.jwks import JWKSFetcher
-from fhirgate.oauth.keys import Keyring, load_cipher
+from fhirgate.oauth.keys import KeyCipher, Keyring, server_secret
+from fhirgate.oauth.legacy import LegacyKeyService
 from fhirgate.oauth.server import TokenEndpoint
+from fhirgate.oauth.throttle import FailureLimiter
 from fhirgate.oauth.tokens import AccessTokenService
+from fhirgate.storage.audit import AuditLog
 from fhirgate.storage.db import create_engine, sqlite_path
+from fhirgate.storage.opaque_tokens import OpaqueTokenRepo
 from fhirgate.storage.repos import ClientRepo, OrganizationRepo
 from fhirgate.storage.ttl_sets import RedisTTLSet, SqliteTTLSet, SqlTTLSet, TTLSet
 
 __all__ = ["Services"]
 
+log = logging.getLogger("fhirgate")
+
 
 KEY_RELOAD_SECONDS = 10.0  # a key rotated on another replica is used within this time
 PURGE_SECONDS = 60.0  # expired jti and deny-list entries are dropped this often
+AUDIT_FLUSH_SECONDS = 1.0  # queued audit events (failed authentications) are written this often
 CHECKPOINT_SECONDS = 1.0  # SQLite: the WAL is copied back this often, off the event loop
 
 
@@ -40,7 +54,13 @@ class Services:
     revoked: TTLSet
     keyring: Keyring
     tokens: AccessTokenService
+    hasher: SecretHasher
+    audit: AuditLog
+    authenticator: ClientAuthenticator
     token_endpoint: TokenEndpoint
+    opaque: OpaqueTokenRepo
+    legacy: LegacyKeyService
+    inspector: TokenInspector
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -58,7 +78,8 @@ class Services:
         else:
             used_jti = SqlTTLSet.used_jti(engine)
             revoked = SqlTTLSet.revoked_tokens(engine)
-        keyring = Keyring(engine, load_cipher(settings), publish_for=settings.access_token_ttl + 60)
+        secret = server_secret(settings)
+        keyring = Keyring(engine, KeyCipher(secret), publish_for=MAX_TOKEN_LIFETIME + 60)
         clients = ClientRepo(engine)
         directory = ClientDirectory(clients, settings.client_cache_ttl)
         jwks = JWKSFetcher(settings)
@@ -68,8 +89,18 @@ class Services:
             issuer=settings.issuer,
             audience=settings.issuer,
             ttl=settings.access_token_ttl,
+            secret_ttl=settings.secret_token_ttl,
         )
-        authenticator = PrivateKeyJWTAuthenticator(directory, jwks, used_jti)
+        hasher = SecretHasher(secret)
+        audit = AuditLog(engine)
+        authenticator = ClientAuthenticator(
+            PrivateKeyJWTAuthenticator(directory, jwks, used_jti),
+            SecretAuthenticator(directory, hasher),
+            FailureLimiter(settings.auth_failure_limit, redis),
+            audit,
+            directory,
+        )
+        opaque = OpaqueTokenRepo(engine)
         return cls(
             settings,
             engine,
@@ -82,7 +113,19 @@ class Services:
             revoked,
             keyring,
             tokens,
+            hasher,
+            audit,
+            authenticator,
             TokenEndpoint(authenticator, tokens),
+            opaque,
+            LegacyKeyService(
+                authenticator,
+                directory,
+                opaque,
+                access_ttl=settings.legacy_token_ttl,
+                refresh_ttl=settings.legacy_refresh_ttl,
+            ),
+            TokenInspector(tokens, opaque, directory, settings.issuer),
         )
 
     def background_jobs(self) -> list[tuple[float, Callable[[], Awaitable[object]]]]:
@@ -91,12 +134,18 @@ class Services:
             (KEY_RELOAD_SECONDS, self.keyring.reload),
             (PURGE_SECONDS, self.used_jti.purge),
             (PURGE_SECONDS, self.revoked.purge),
+            (AUDIT_FLUSH_SECONDS, self.audit.flush),
+            (PURGE_SECONDS, self.opaque.purge),
         ]
         if isinstance(self.used_jti, SqliteTTLSet):
             jobs.append((CHECKPOINT_SECONDS, self.used_jti.checkpoint))
         return jobs
 
     async def aclose(self) -> None:
+        try:
+            await self.audit.flush()
+        except Exception:
+            log.exception("could not write the last audit events")
         self.used_jti.close()
         self.revoked.close()
         await self.jwks.aclose()

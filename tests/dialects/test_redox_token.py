@@ -47,6 +47,18 @@ async def test_redox_grant_without_scope_gets_the_clients_allowed_scope(
     assert body["scope"] == "system/*.rs"
 
 
+async def test_redox_assertion_with_a_bearer_authorization_header_is_accepted(
+    http: httpx.AsyncClient, make_client: MakeClient
+) -> None:
+    """Only ``Authorization: Basic`` is client authentication: a ``Bearer`` header beside the
+    assertion is ignored, not taken for a second method."""
+    client = await redox_client(make_client)
+    headers = {"Authorization": "Bearer x"}
+    response = await http.post(REDOX, data=redox_form(client), headers=headers)
+    assert response.status_code == 200, response.text
+    assert response.json()["token_type"] == "Bearer"
+
+
 async def test_redox_assertion_without_exp_is_accepted_while_iat_is_fresh(
     http: httpx.AsyncClient, make_client: MakeClient
 ) -> None:

@@ -16,7 +16,13 @@ async def test_smart_configuration(http: httpx.AsyncClient) -> None:
     assert doc["token_endpoint"] == f"{BASE}/oauth2/token"
     assert doc["jwks_uri"] == f"{BASE}/.well-known/jwks.json"
     assert doc["grant_types_supported"] == ["client_credentials"]
-    assert doc["token_endpoint_auth_methods_supported"] == ["private_key_jwt"]
+    assert doc["token_endpoint_auth_methods_supported"] == [
+        "private_key_jwt",
+        "client_secret_basic",
+        "client_secret_post",
+    ]
+    assert doc["revocation_endpoint"] == f"{BASE}/oauth2/revoke"
+    assert doc["introspection_endpoint"] == f"{BASE}/oauth2/introspect"
     assert doc["token_endpoint_auth_signing_alg_values_supported"] == ["ES384", "RS384"]
     assert "client-confidential-asymmetric" in doc["capabilities"]
     assert doc["code_challenge_methods_supported"] == ["S256"]

@@ -9,12 +9,14 @@ from typing import Any
 import click
 
 from fhirgate.cli.context import Storage, emit, run_storage
+from fhirgate.oauth.client_auth import SecretHasher
 from fhirgate.oauth.registration import (
     ClientKeys,
     RegistrationError,
     keys_from_pem,
     validate_keys,
     validate_scope,
+    validate_token_lifetime,
 )
 from fhirgate.storage.models import AuthMethod
 from fhirgate.storage.repos import DEFAULT_ORG_SLUG, Client
@@ -35,6 +37,7 @@ def describe(client: Client) -> dict[str, Any]:
         "environment": client.environment.kind,
         "jwks_url": client.jwks_url,
         "kids": kids,
+        "token_lifetime": client.token_lifetime,
         "created_at": client.created_at.isoformat(),
         "updated_at": client.updated_at.isoformat(),
     }
@@ -52,13 +55,19 @@ def clients() -> None:
 
 
 def _read_keys(
+    auth_method: str,
     jwks_file: Path | None,
     jwks_url: str | None,
     pem_file: Path | None,
     kid: str | None,
     allow_insecure: bool,
 ) -> ClientKeys:
-    if sum(x is not None for x in (jwks_file, jwks_url, pem_file)) != 1:
+    given = sum(x is not None for x in (jwks_file, jwks_url, pem_file))
+    if AuthMethod(auth_method).uses_secret:
+        if given:
+            raise click.UsageError(f"a {auth_method} client has a secret, not keys")
+        return ClientKeys(None, None)
+    if given != 1:
         raise click.UsageError("give exactly one of --jwks-file, --jwks-url, --public-key-file")
     try:
         jwks = None
@@ -97,6 +106,12 @@ def _read_keys(
     "--scope", help='Allowed scopes, space-separated in one value (default "system/*.rs").'
 )
 @click.option(
+    "--token-lifetime",
+    type=int,
+    help="Access-token lifetime in seconds (default: 300 for private_key_jwt, "
+    "FHIRGATE_SECRET_TOKEN_TTL (3600) for secret clients; at most 300 / 86400).",
+)
+@click.option(
     "--org", "org", default=DEFAULT_ORG_SLUG, show_default=True, help="Organization slug."
 )
 @click.option(
@@ -116,35 +131,99 @@ def create(
     public_key_file: Path | None,
     kid: str | None,
     scope: str | None,
+    token_lifetime: int | None,
     org: str,
     env: str,
     as_json: bool,
 ) -> None:
-    """Register a client and print its client_id."""
+    """Register a client and print its client_id (and, for a secret client, its secret: the
+    only time it is shown)."""
 
-    async def job(storage: Storage) -> Client:
+    async def job(storage: Storage) -> tuple[Client, str | None]:
         keys = _read_keys(
-            jwks_file, jwks_url, public_key_file, kid, storage.settings.allow_insecure_jwks
+            auth_method,
+            jwks_file,
+            jwks_url,
+            public_key_file,
+            kid,
+            storage.settings.allow_insecure_jwks,
         )
         try:
             allowed = validate_scope(scope)
+            lifetime = validate_token_lifetime(auth_method, token_lifetime)
         except RegistrationError as exc:
             raise click.ClickException(str(exc)) from exc
+        secret = SecretHasher.generate() if AuthMethod(auth_method).uses_secret else None
+        secret_hash = storage.hasher().hash(secret) if secret is not None else None
         if org == DEFAULT_ORG_SLUG:
             environment = await storage.organizations.default_environment(env)
         else:
             environment = await storage.organizations.environment(org, env)
-        return await storage.clients.create(
+        client = await storage.clients.create(
             environment=environment,
             name=name,
             auth_method=auth_method,
             scope=allowed,
             jwks=keys.jwks,
             jwks_url=keys.jwks_url,
+            secret_hash=secret_hash,
+            token_lifetime=lifetime,
         )
+        await storage.audit.record("client.created", client_id=client.client_id, actor="cli")
+        return client, secret
 
-    client = run_storage(job)
-    emit(describe(client), as_json, f"Created client {client.client_id}\n\n{_text(client)}")
+    client, secret = run_storage(job)
+    info = describe(client)
+    text = f"Created client {client.client_id}\n\n{_text(client)}"
+    if secret is not None:
+        info["client_secret"] = secret
+        text += _secret_text(client, secret)
+    emit(info, as_json, text)
+
+
+def _secret_text(client: Client, secret: str) -> str:
+    names = ("apiKey", "secret") if client.auth_method == AuthMethod.LEGACY_API_KEY else None
+    label = f"{names[1]} (the {names[0]} is the client id)" if names else "client_secret"
+    return (
+        f"\n\n{label}: {secret}\n"
+        "Store it now: it is not stored anywhere in readable form and cannot be shown again."
+    )
+
+
+@clients.command("rotate-secret")
+@click.argument("client_id")
+@click.option(
+    "--grace",
+    type=click.IntRange(0, 30 * 86_400),
+    default=0,
+    show_default=True,
+    help="Seconds the old secret keeps working (0: it stops working now).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+def rotate_secret(client_id: str, grace: int, as_json: bool) -> None:
+    """Issue a new secret for a secret client and print it (shown once)."""
+
+    async def job(storage: Storage) -> tuple[Client, str]:
+        client = await _get(storage, client_id)
+        if not AuthMethod(client.auth_method).uses_secret:
+            raise click.ClickException(
+                f"client {client_id} has no secret: it authenticates with {client.auth_method}"
+            )
+        secret = SecretHasher.generate()
+        await storage.clients.rotate_secret(client_id, storage.hasher().hash(secret), grace)
+        await storage.audit.record(
+            "client.secret_rotated", client_id=client_id, actor="cli", detail=f"grace={grace}"
+        )
+        return await _get(storage, client_id), secret
+
+    client, secret = run_storage(job)
+    old = (
+        f"the old one works for {grace} more seconds"
+        if grace
+        else "the old one no longer works (running servers see this within 5 s)"
+    )
+    text = f"New secret for {client_id}; {old}.{_secret_text(client, secret)}"
+    emit({"client_id": client_id, "client_secret": secret, "grace": grace}, as_json, text)
 
 
 @clients.command("list")

@@ -12,6 +12,9 @@ from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
 
 from fhirgate.config import Settings
+from fhirgate.oauth.client_auth import SecretHasher
+from fhirgate.oauth.keys import server_secret
+from fhirgate.storage.audit import AuditLog
 from fhirgate.storage.db import create_engine, upgrade
 from fhirgate.storage.repos import ClientRepo, Conflict, NotFound, OrganizationRepo
 
@@ -28,6 +31,14 @@ class Storage:
         self.engine = create_engine(settings.database_url)
         self.organizations = OrganizationRepo(self.engine)
         self.clients = ClientRepo(self.engine)
+        self.audit = AuditLog(self.engine)
+
+    def hasher(self) -> SecretHasher:
+        """The client-secret hasher under the server secret (the same on every replica)."""
+        try:
+            return SecretHasher(server_secret(self.settings))
+        except RuntimeError as exc:
+            raise click.ClickException(str(exc)) from exc
 
 
 def load_settings() -> Settings:

@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from fhirgate.cli.context import Storage, emit, run_storage
+from fhirgate.config import MAX_TOKEN_LIFETIME
 from fhirgate.oauth.jose import PrivateKey, jwk_from_public_key
 from fhirgate.oauth.keys import Keyring, load_cipher
 from fhirgate.oauth.registration import jwk_thumbprint
@@ -94,7 +95,7 @@ def rotate(as_json: bool) -> None:
 
     async def job(storage: Storage) -> str:
         settings = storage.settings
-        keyring = Keyring(storage.engine, load_cipher(settings), settings.access_token_ttl + 60)
+        keyring = Keyring(storage.engine, load_cipher(settings), MAX_TOKEN_LIFETIME + 60)
         await keyring.reload()
         return await keyring.add(retire_others=True)
 

@@ -50,7 +50,8 @@ def serve(host: str, port: int, workers: int) -> None:
         workers=workers,
         log_config=log_config(settings.log_level),
         access_log=False,
-        proxy_headers=False,
+        proxy_headers=settings.forwarded_allow_ips is not None,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
     )
 
 

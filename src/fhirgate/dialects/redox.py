@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse, Response
 from fhirgate.config import Settings
 from fhirgate.oauth.errors import OAuthError
 from fhirgate.oauth.server import TokenPolicy
+from fhirgate.storage.models import AuthMethod
 from fhirgate.web.token import NO_STORE, TokenDialect, assertion_rules
 
 __all__ = ["REDOX", "REDOX_ERROR_URI", "redox_description"]
@@ -70,7 +71,7 @@ def render_error(error: OAuthError) -> Response:
 
 def _policy(settings: Settings) -> TokenPolicy:
     rules = assertion_rules(settings, TOKEN_PATH, require_exp=False, iat_max_age=300, iat_skew=10)
-    return TokenPolicy(rules, scope_required=False)
+    return TokenPolicy(rules, scope_required=False, methods=frozenset({AuthMethod.PRIVATE_KEY_JWT}))
 
 
 REDOX = TokenDialect(name="redox", policy=_policy, render_error=render_error)

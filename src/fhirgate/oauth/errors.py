@@ -8,10 +8,12 @@ to Redox's documented descriptions) without re-validating anything.
     OAuthError
     ├── InvalidRequest        400 invalid_request
     ├── InvalidClient         401 invalid_client
+    ├── InvalidGrant          400 invalid_grant
     ├── UnsupportedGrantType  400 unsupported_grant_type
     ├── InvalidScope          400 invalid_scope
     ├── InvalidToken          401 invalid_token       (RFC 6750, resource guard)
     ├── InsufficientScope     403 insufficient_scope  (RFC 6750, resource guard)
+    ├── TooManyAttempts       429 temporarily_unavailable (failed authentications throttled)
     └── ServiceUnavailable    503 server_error        (storage or Redis down: fail closed)
 """
 
@@ -22,11 +24,13 @@ from typing import ClassVar
 __all__ = [
     "InsufficientScope",
     "InvalidClient",
+    "InvalidGrant",
     "InvalidRequest",
     "InvalidScope",
     "InvalidToken",
     "OAuthError",
     "ServiceUnavailable",
+    "TooManyAttempts",
     "UnsupportedGrantType",
 ]
 
@@ -98,3 +102,27 @@ class ServiceUnavailable(OAuthError):
     error = "server_error"
     status_code = 503
     default_description = "the service is temporarily unavailable; try again shortly"
+
+
+class TooManyAttempts(OAuthError):
+    """Too many failed client authentications from this source (RFC 6819 §4.4.1.5); the
+    answer carries ``Retry-After`` (RFC 9110 §10.2.3)."""
+
+    error = "temporarily_unavailable"
+    status_code = 429
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(
+            f"too many failed authentication attempts; retry in {retry_after} seconds",
+            check="throttled",
+        )
+        self.retry_after = retry_after
+
+
+class InvalidGrant(OAuthError):
+    """RFC 6749 §5.2: the grant (a refresh token, a code) is invalid, expired, revoked or
+    was issued to another client."""
+
+    error = "invalid_grant"
+    status_code = 400
+    default_description = "the grant is invalid, expired or revoked"

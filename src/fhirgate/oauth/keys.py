@@ -28,18 +28,22 @@ from fhirgate.config import Settings
 from fhirgate.oauth.jose import PublicKey, jwk_from_public_key, public_key_from_jwk
 from fhirgate.storage.models import ServerKeyRow
 
-__all__ = ["KeyCipher", "Keyring", "SigningKey", "load_cipher"]
+__all__ = ["KeyCipher", "Keyring", "SigningKey", "derive_key", "load_cipher", "server_secret"]
 
 ACCESS_TOKEN_ALG = "ES256"  # noqa: S105 (an algorithm name)
 _RELOAD_INTERVAL = 1.0
+
+
+def derive_key(secret: bytes, purpose: bytes) -> bytes:
+    """A 256-bit key for one ``purpose`` from the server secret (HKDF-SHA256, RFC 5869 §2)."""
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose).derive(secret)
 
 
 class KeyCipher:
     """AES-256-GCM under a key derived from the server secret (HKDF-SHA256, RFC 5869)."""
 
     def __init__(self, secret: bytes) -> None:
-        hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"fhirgate server keys")
-        self._aead = AESGCM(hkdf.derive(secret))
+        self._aead = AESGCM(derive_key(secret, b"fhirgate server keys"))
 
     def encrypt(self, plaintext: bytes, associated: bytes) -> bytes:
         nonce = os.urandom(12)
@@ -49,14 +53,14 @@ class KeyCipher:
         return self._aead.decrypt(blob[:12], blob[12:], associated)
 
 
-def load_cipher(settings: Settings) -> KeyCipher:
-    """The cipher for server keys; on SQLite without a secret, a key file is generated once."""
+def server_secret(settings: Settings) -> bytes:
+    """``FHIRGATE_SECRET_KEY``; embedded on SQLite without one, a key file generated once."""
     if settings.secret_key:
-        return KeyCipher(settings.secret_key.encode("utf-8"))
+        return settings.secret_key.encode("utf-8")
     if not settings.is_sqlite:
         raise RuntimeError(
             "FHIRGATE_SECRET_KEY must be set when the database is shared (PostgreSQL): every "
-            "replica needs the same key to read the server's signing keys"
+            "replica needs the same key to read the server's signing keys and check secrets"
         )
     path = Path(settings.var_dir) / "secret.key"
     if not path.exists():
@@ -64,7 +68,12 @@ def load_cipher(settings: Settings) -> KeyCipher:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(secrets.token_urlsafe(48))
-    return KeyCipher(path.read_text().strip().encode("utf-8"))
+    return path.read_text().strip().encode("utf-8")
+
+
+def load_cipher(settings: Settings) -> KeyCipher:
+    """The cipher for server keys."""
+    return KeyCipher(server_secret(settings))
 
 
 @dataclass(frozen=True, slots=True)

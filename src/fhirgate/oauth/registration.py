@@ -16,9 +16,11 @@ from urllib.parse import urlsplit
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
+from fhirgate.config import MAX_TOKEN_LIFETIME
 from fhirgate.oauth.jose import b64url_encode, jwk_from_public_key
 from fhirgate.oauth.keyset import JWKSetError, validate_jwks
 from fhirgate.oauth.scopes import ScopeError, parse_scopes
+from fhirgate.storage.models import AuthMethod
 
 __all__ = [
     "DEFAULT_SCOPE",
@@ -28,6 +30,7 @@ __all__ = [
     "keys_from_pem",
     "validate_keys",
     "validate_scope",
+    "validate_token_lifetime",
 ]
 
 #: Least privilege by default: read and search every resource type as a system.
@@ -96,3 +99,19 @@ def validate_scope(scope: str | None) -> str:
         return str(parse_scopes(scope if scope is not None else DEFAULT_SCOPE))
     except ScopeError as exc:
         raise RegistrationError(f"invalid scope: {exc}") from exc
+
+
+#: SMART Backend Services: access tokens of asymmetric clients live at most five minutes.
+MAX_ASYMMETRIC_LIFETIME = 300
+
+
+def validate_token_lifetime(auth_method: str, lifetime: int | None) -> int | None:
+    """A client's own access-token lifetime in seconds, if it has one."""
+    if lifetime is None:
+        return None
+    limit = (
+        MAX_ASYMMETRIC_LIFETIME if auth_method == AuthMethod.PRIVATE_KEY_JWT else MAX_TOKEN_LIFETIME
+    )
+    if not 1 <= lifetime <= limit:
+        raise RegistrationError(f"the token lifetime of a {auth_method} client is 1-{limit} s")
+    return lifetime

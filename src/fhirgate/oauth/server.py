@@ -1,4 +1,4 @@
-"""The token pipeline (RFC 6749 §4.4 with RFC 7523 client authentication).
+"""The token pipeline (RFC 6749 §4.4; client authentication per §2.3 and RFC 7523).
 
 Steps, in order: check the content type → parse the form (no repeated parameters) → check
 ``grant_type`` → read the requested scope → detect and verify the client's authentication →
@@ -14,10 +14,11 @@ from functools import lru_cache
 from urllib.parse import unquote_plus
 
 from fhirgate.oauth.assertions import AssertionRules
-from fhirgate.oauth.client_auth import PrivateKeyJWTAuthenticator, detect_assertion
+from fhirgate.oauth.client_auth import ClientAuthenticator, detect_credentials
 from fhirgate.oauth.errors import InvalidRequest, InvalidScope, UnsupportedGrantType
 from fhirgate.oauth.scopes import ScopeError, narrow, parse_scopes
 from fhirgate.oauth.tokens import AccessTokenService, IssuedToken
+from fhirgate.storage.models import AuthMethod
 
 __all__ = ["FORM_CONTENT_TYPE", "TokenEndpoint", "TokenPolicy", "parse_form"]
 
@@ -27,10 +28,14 @@ _MAX_FIELDS = 64
 
 @dataclass(frozen=True, slots=True)
 class TokenPolicy:
-    """What one token URL accepts: assertion rules and whether ``scope`` is required."""
+    """What one token URL accepts: client authentication methods, assertion rules, and
+    whether ``scope`` is required."""
 
     rules: AssertionRules
     scope_required: bool
+    methods: frozenset[AuthMethod] = frozenset(
+        {AuthMethod.PRIVATE_KEY_JWT, AuthMethod.CLIENT_SECRET_BASIC, AuthMethod.CLIENT_SECRET_POST}
+    )
 
 
 @lru_cache(maxsize=1024)
@@ -92,14 +97,15 @@ def _grant_type(form: Mapping[str, str]) -> None:
 
 
 class TokenEndpoint:
-    """``client_credentials`` with ``private_key_jwt`` (SMART Backend Services §step-3)."""
+    """``client_credentials`` (RFC 6749 §4.4) for confidential clients: ``private_key_jwt``
+    (SMART Backend Services) or a client secret."""
 
-    def __init__(self, authenticator: PrivateKeyJWTAuthenticator, tokens: AccessTokenService):
+    def __init__(self, authenticator: ClientAuthenticator, tokens: AccessTokenService):
         self._authenticator = authenticator
         self._tokens = tokens
 
     async def handle(
-        self, form: Mapping[str, str], authorization: str | None, policy: TokenPolicy
+        self, form: Mapping[str, str], authorization: str | None, policy: TokenPolicy, source: str
     ) -> IssuedToken:
         _grant_type(form)
         requested = form.get("scope")
@@ -109,10 +115,8 @@ class TokenEndpoint:
             wanted = None if requested is None else parse_scopes(requested)
         except ScopeError as exc:
             raise InvalidScope(str(exc), check="scope_invalid") from exc
-        assertion = detect_assertion(form, authorization)
-        client = await self._authenticator.authenticate(
-            assertion, form.get("client_id"), policy.rules
-        )
+        credentials = detect_credentials(form, authorization, policy.methods)
+        client = await self._authenticator.authenticate(credentials, policy.rules, source)
         try:
             granted = narrow(wanted, parse_scopes(client.scope))
         except ScopeError as exc:

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from fhirgate.oauth.errors import InvalidToken
 from fhirgate.oauth.jose import CompactSigner, JWSError, parse_compact, verify_signature
 from fhirgate.oauth.keys import ACCESS_TOKEN_ALG, Keyring, SigningKey
 from fhirgate.oauth.scopes import ScopeError, ScopeSet, parse_scopes
+from fhirgate.storage.models import AuthMethod
 from fhirgate.storage.repos import Client
 from fhirgate.storage.ttl_sets import TTLSet
 
@@ -23,6 +25,7 @@ __all__ = ["AccessTokenService", "IssuedToken", "Principal"]
 
 TOKEN_TYPE = "at+jwt"  # noqa: S105 (a media type)
 _MAX_TOKEN_CHARS = 8192
+_VERIFIED_CACHE = 4096  # tokens whose signature was checked, most recent last
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,25 +55,44 @@ class AccessTokenService:
     """Issues and verifies fhirgate access tokens."""
 
     def __init__(
-        self, keyring: Keyring, revoked: TTLSet, *, issuer: str, audience: str, ttl: int
+        self,
+        keyring: Keyring,
+        revoked: TTLSet,
+        *,
+        issuer: str,
+        audience: str,
+        ttl: int,
+        secret_ttl: int,
     ) -> None:
         self._keyring = keyring
         self._revoked = revoked
         self._issuer = issuer
         self._audience = audience
         self.ttl = ttl
+        self._secret_ttl = secret_ttl
         self._compact_signer: tuple[SigningKey, CompactSigner] | None = None
+        self._verified: OrderedDict[str, Principal] = OrderedDict()
+
+    def lifetime(self, client: Client) -> int:
+        """The client's own token lifetime, else its method's default: ``ttl`` (≤ 300 s, SMART
+        Backend Services) for ``private_key_jwt``, ``secret_ttl`` for secret clients."""
+        if client.token_lifetime:
+            return client.token_lifetime
+        if client.auth_method == AuthMethod.PRIVATE_KEY_JWT:
+            return self.ttl
+        return self._secret_ttl
 
     def issue(self, client: Client, scope: str) -> IssuedToken:
         """Sign an access token for ``client`` (RFC 9068 §2)."""
         signer = self._keyring.signer
         issued_at = int(time.time())
+        ttl = self.lifetime(client)
         jti = secrets.token_urlsafe(16)
         claims = {
             "iss": self._issuer,
             "sub": client.client_id,
             "aud": self._audience,
-            "exp": issued_at + self.ttl,
+            "exp": issued_at + ttl,
             "iat": issued_at,
             "jti": jti,
             "client_id": client.client_id,
@@ -78,9 +100,7 @@ class AccessTokenService:
             "organization": client.environment.organization_id,
             "environment": client.environment.kind,
         }
-        return IssuedToken(
-            self._signer(signer).sign(claims), self.ttl, scope, jti, client.client_id
-        )
+        return IssuedToken(self._signer(signer).sign(claims), ttl, scope, jti, client.client_id)
 
     def _signer(self, key: SigningKey) -> CompactSigner:
         """The signer of ``key``, built once per active key (its header never changes)."""
@@ -95,7 +115,25 @@ class AccessTokenService:
         await self._revoked.add(principal.jti, principal.expires_at)
 
     async def verify(self, token: str) -> Principal:
-        """Validate a bearer token (RFC 9068 §4); any failure is ``invalid_token``."""
+        """Validate a bearer token (RFC 9068 §4); any failure is ``invalid_token``.
+
+        A token whose signature and claims were checked recently is found in a bounded cache
+        keyed by the exact token text (so nothing else can match it); its expiry and the
+        deny-list are checked on every call all the same."""
+        principal = self._verified.get(token)
+        if principal is None:
+            principal = await self._verify_signed(token)
+            self._verified[token] = principal
+            if len(self._verified) > _VERIFIED_CACHE:
+                self._verified.popitem(last=False)
+        elif principal.expires_at <= time.time():
+            del self._verified[token]
+            raise InvalidToken(check="expired", detail="token has expired")
+        if await self._revoked.contains(principal.jti):
+            raise InvalidToken(check="revoked", detail="token has been revoked")
+        return principal
+
+    async def _verify_signed(self, token: str) -> Principal:
         if len(token) > _MAX_TOKEN_CHARS:
             raise InvalidToken(check="size", detail="token too long")
         try:
@@ -111,10 +149,7 @@ class AccessTokenService:
             ACCESS_TOKEN_ALG, key, jws.signing_input, jws.signature
         ):
             raise InvalidToken(check="signature", detail="unknown key or bad signature")
-        principal = self._principal(claims)
-        if await self._revoked.contains(principal.jti):
-            raise InvalidToken(check="revoked", detail="token has been revoked")
-        return principal
+        return self._principal(claims)
 
     def _principal(self, claims: dict[str, object]) -> Principal:
         now = int(time.time())

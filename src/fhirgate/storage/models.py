@@ -1,4 +1,5 @@
-"""SQLAlchemy tables: organization → environment → client, plus server keys and replay state."""
+"""SQLAlchemy tables: organization → environment → client, server keys, opaque tokens, replay
+state and the audit log."""
 
 from __future__ import annotations
 
@@ -18,12 +19,15 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
+    "AuditEventRow",
     "AuthMethod",
     "Base",
     "ClientRow",
     "ClientStatus",
     "EnvironmentKind",
     "EnvironmentRow",
+    "OpaqueKind",
+    "OpaqueTokenRow",
     "OrganizationRow",
     "RevokedTokenRow",
     "ServerKeyRow",
@@ -46,6 +50,21 @@ class AuthMethod(StrEnum):
     """``token_endpoint_auth_method`` values (RFC 7591 §2)."""
 
     PRIVATE_KEY_JWT = "private_key_jwt"
+    CLIENT_SECRET_BASIC = "client_secret_basic"  # noqa: S105 (method names)
+    CLIENT_SECRET_POST = "client_secret_post"  # noqa: S105
+    #: Redox legacy API key: ``apiKey`` + ``secret`` in a JSON body at ``/auth/authenticate``.
+    LEGACY_API_KEY = "legacy_api_key"
+
+    @property
+    def uses_secret(self) -> bool:
+        return self is not AuthMethod.PRIVATE_KEY_JWT
+
+
+class OpaqueKind(StrEnum):
+    """What an opaque token is (its hash is the row's key)."""
+
+    ACCESS = "access"
+    REFRESH = "refresh"
 
 
 class Base(DeclarativeBase):
@@ -88,6 +107,13 @@ class ClientRow(Base):
     scope: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+    #: HMAC-SHA256 of the client secret under the server key (``oauth.secrets``); never the secret.
+    secret_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    #: After a rotation with a grace period: the old secret's hash, valid until the epoch second.
+    previous_secret_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    previous_secret_expires_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    #: Access-token lifetime in seconds; ``None``: the default of the client's auth method.
+    token_lifetime: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class ServerKeyRow(Base):
@@ -111,6 +137,42 @@ class UsedJtiRow(Base):
 
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     expires_at: Mapped[int] = mapped_column(Integer, index=True)
+
+
+class OpaqueTokenRow(Base):
+    """Opaque tokens (legacy access tokens, refresh tokens), stored only as SHA-256 hashes.
+
+    Tokens issued together share a ``family_id``; revoking the family revokes all of them. A
+    refresh token is ``consumed_at`` once rotated: presenting it again is reuse.
+    """
+
+    __tablename__ = "opaque_tokens"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    client_id: Mapped[str] = mapped_column(
+        ForeignKey("clients.client_id", ondelete="CASCADE"), index=True
+    )
+    family_id: Mapped[str] = mapped_column(String(36), index=True)
+    scope: Mapped[str] = mapped_column(Text)
+    issued_at: Mapped[int] = mapped_column(Integer)
+    expires_at: Mapped[int] = mapped_column(Integer, index=True)
+    consumed_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    revoked_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class AuditEventRow(Base):
+    """Audit log: authentication failures, secret and client changes (who, what, when)."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    occurred_at: Mapped[datetime] = mapped_column(index=True)
+    event: Mapped[str] = mapped_column(String(64))
+    client_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    source: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    actor: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    detail: Mapped[str] = mapped_column(Text, default="")
 
 
 class RevokedTokenRow(Base):

@@ -5,9 +5,10 @@ from __future__ import annotations
 import contextlib
 import re
 import secrets
+import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -77,6 +78,10 @@ class Client:
     environment: Environment
     created_at: datetime
     updated_at: datetime
+    token_lifetime: int | None = None
+    secret_hash: str | None = field(default=None, repr=False)
+    previous_secret_hash: str | None = field(default=None, repr=False)
+    previous_secret_expires_at: int | None = None
 
     @property
     def active(self) -> bool:
@@ -93,6 +98,10 @@ _CLIENT_COLUMNS = (
     ClientRow.scope,
     ClientRow.created_at,
     ClientRow.updated_at,
+    ClientRow.token_lifetime,
+    ClientRow.secret_hash,
+    ClientRow.previous_secret_hash,
+    ClientRow.previous_secret_expires_at,
     EnvironmentRow.id,
     EnvironmentRow.kind,
     OrganizationRow.id,
@@ -107,7 +116,6 @@ def _as_utc(value: datetime) -> datetime:
 def _client(row: Row[Any]) -> Client:
     values: tuple[Any, ...] = tuple(row)
     (client_id, name, status, method, jwks, jwks_url, scope, created, updated) = values[:9]
-    env = Environment(*values[9:13])
     return Client(
         client_id,
         name,
@@ -116,9 +124,10 @@ def _client(row: Row[Any]) -> Client:
         jwks,
         jwks_url,
         scope,
-        env,
+        Environment(*values[13:17]),
         _as_utc(created),
         _as_utc(updated),
+        *values[9:13],
     )
 
 
@@ -204,6 +213,8 @@ class ClientRepo:
         scope: str,
         jwks: dict[str, Any] | None = None,
         jwks_url: str | None = None,
+        secret_hash: str | None = None,
+        token_lifetime: int | None = None,
     ) -> Client:
         client_id, created = new_client_id(), now()
         async with self._engine.begin() as conn:
@@ -219,6 +230,8 @@ class ClientRepo:
                     scope=scope,
                     created_at=created,
                     updated_at=created,
+                    secret_hash=secret_hash,
+                    token_lifetime=token_lifetime,
                 )
             )
         return Client(
@@ -232,6 +245,8 @@ class ClientRepo:
             environment,
             created,
             created,
+            token_lifetime,
+            secret_hash,
         )
 
     async def get(self, client_id: str) -> Client | None:
@@ -260,6 +275,25 @@ class ClientRepo:
     async def rename(self, client_id: str, name: str) -> None:
         async with self._engine.begin() as conn:
             await self._update(conn, client_id, name=name)
+
+    async def rotate_secret(self, client_id: str, secret_hash: str, grace: int) -> None:
+        """Replace a secret client's secret. With ``grace`` > 0 seconds the old one keeps
+        working until then; otherwise it dies now. One statement: concurrent rotations cannot
+        interleave."""
+        keep_old = grace > 0
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                update(ClientRow)
+                .where(ClientRow.client_id == client_id, ClientRow.secret_hash.is_not(None))
+                .values(
+                    secret_hash=secret_hash,
+                    previous_secret_hash=ClientRow.secret_hash if keep_old else None,
+                    previous_secret_expires_at=int(time.time()) + grace if keep_old else None,
+                    updated_at=now(),
+                )
+            )
+        if result.rowcount == 0:
+            raise NotFound(f"no client {client_id!r} with a secret")
 
     async def revoke(self, client_id: str) -> None:
         async with self._engine.begin() as conn:

@@ -24,13 +24,23 @@ _CORS = {"Access-Control-Allow-Origin": "*"}
 SCOPES_SUPPORTED = ["system/*.rs", "system/*.cruds", "system/*.read", "system/*.write"]
 
 
+AUTH_METHODS = ["private_key_jwt", "client_secret_basic", "client_secret_post"]
+
+
 def _common(settings: Settings) -> dict[str, Any]:
+    algs = sorted(settings.assertion_algorithms)
     return {
         "token_endpoint": settings.url("/oauth2/token"),
         "jwks_uri": settings.url("/.well-known/jwks.json"),
         "grant_types_supported": ["client_credentials"],
-        "token_endpoint_auth_methods_supported": ["private_key_jwt"],
-        "token_endpoint_auth_signing_alg_values_supported": sorted(settings.assertion_algorithms),
+        "token_endpoint_auth_methods_supported": AUTH_METHODS,
+        "token_endpoint_auth_signing_alg_values_supported": algs,
+        "revocation_endpoint": settings.url("/oauth2/revoke"),
+        "revocation_endpoint_auth_methods_supported": AUTH_METHODS,
+        "revocation_endpoint_auth_signing_alg_values_supported": algs,
+        "introspection_endpoint": settings.url("/oauth2/introspect"),
+        "introspection_endpoint_auth_methods_supported": AUTH_METHODS,
+        "introspection_endpoint_auth_signing_alg_values_supported": algs,
         "scopes_supported": SCOPES_SUPPORTED,
         "code_challenge_methods_supported": ["S256"],
     }
@@ -40,7 +50,12 @@ def smart_configuration(settings: Settings) -> dict[str, Any]:
     """SMART configuration; ``issuer`` is omitted without ``sso-openid-connect``."""
     return {
         **_common(settings),
-        "capabilities": ["client-confidential-asymmetric", "permission-v1", "permission-v2"],
+        "capabilities": [
+            "client-confidential-asymmetric",
+            "client-confidential-symmetric",
+            "permission-v1",
+            "permission-v2",
+        ],
     }
 
 

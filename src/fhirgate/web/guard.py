@@ -63,10 +63,13 @@ def _bearer_token(request: Request) -> str:
 
 
 async def authenticate(request: Request) -> Principal:
-    """Validate the request's bearer token (RFC 6750 §2.1, RFC 9068 §4)."""
+    """Validate the request's bearer token: an access token JWT (RFC 6750 §2.1, RFC 9068 §4)
+    or an opaque legacy API key token."""
     services: Services = request.app.state.services
     token = _bearer_token(request)
     try:
+        if "." not in token:  # opaque: a legacy API key's access token
+            return await services.legacy.verify(token)
         principal = await services.tokens.verify(token)
         registered = await services.directory.get(principal.client_id)
         if registered is None or not registered.client.active:

@@ -8,7 +8,7 @@ the answer. Every rejection is logged with its check name and detail, never with
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from starlette.requests import Request
@@ -17,10 +17,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from fhirgate.config import Settings
 from fhirgate.oauth.assertions import AssertionRules
-from fhirgate.oauth.errors import OAuthError
+from fhirgate.oauth.client_auth import is_basic
+from fhirgate.oauth.errors import OAuthError, TooManyAttempts
 from fhirgate.oauth.server import TokenPolicy, parse_form
 from fhirgate.oauth.tokens import IssuedToken
 from fhirgate.services import Services
+from fhirgate.storage.models import AuthMethod
 from fhirgate.web.failures import (
     STORAGE_ERRORS,
     BodyTooLarge,
@@ -31,11 +33,16 @@ from fhirgate.web.failures import (
 )
 
 __all__ = [
+    "BASIC_CHALLENGE",
     "NO_STORE",
     "STANDARD",
     "TokenDialect",
+    "add_challenge",
     "assertion_rules",
+    "form_app",
     "oauth_error_response",
+    "request_headers",
+    "source_address",
     "token_app",
 ]
 
@@ -45,9 +52,29 @@ log = logging.getLogger("fhirgate.token")
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
+#: RFC 6749 §5.2 / RFC 7617 §2: the challenge of a client that authenticated with HTTP Basic.
+BASIC_CHALLENGE = 'Basic realm="fhirgate", charset="UTF-8"'
+
+
 def oauth_error_response(error: OAuthError) -> Response:
     """RFC 6749 §5.2 JSON error."""
     return JSONResponse(error.body(), status_code=error.status_code, headers=NO_STORE)
+
+
+def add_challenge(response: Response, error: OAuthError, basic: bool) -> Response:
+    """``WWW-Authenticate: Basic`` on a 401 when the client used (or had to use) HTTP Basic;
+    ``Retry-After`` when failures are throttled."""
+    if error.status_code == 401 and basic:
+        response.headers["WWW-Authenticate"] = BASIC_CHALLENGE
+    if isinstance(error, TooManyAttempts):
+        response.headers["Retry-After"] = str(error.retry_after)
+    return response
+
+
+def source_address(scope: Scope) -> str:
+    """The peer address (the proxy's client when uvicorn trusts ``X-Forwarded-For``)."""
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"
 
 
 def standard_success(issued: IssuedToken) -> Response:
@@ -72,23 +99,19 @@ class TokenDialect:
 
 
 def token_app(dialect: TokenDialect, settings: Settings) -> ASGIApp:
-    """A raw ASGI app serving ``POST`` at ``dialect``'s token URL.
-
-    ``FhirgateApp`` calls it directly, outside FastAPI's middleware stack: this is the hot path.
-    It therefore does itself what that stack does for other routes: the body-size limit (413),
-    storage failures (503) and unexpected errors (500), each without leaking details.
-    """
+    """A raw ASGI app serving ``POST`` at ``dialect``'s token URL (see :func:`form_app`)."""
     policy = dialect.policy(settings)
     limit = settings.request_body_limit
+    basic_only = policy.methods == {AuthMethod.CLIENT_SECRET_BASIC}
 
     async def respond(scope: Scope, body: bytes) -> Response:
         services: Services = scope["app"].state.services
-        headers = _headers(scope)
+        headers = request_headers(scope)
+        authorization = headers.get(b"authorization")
+        source = source_address(scope)
         try:
             form = parse_form(body, headers.get(b"content-type"))
-            issued = await services.token_endpoint.handle(
-                form, headers.get(b"authorization"), policy
-            )
+            issued = await services.token_endpoint.handle(form, authorization, policy, source)
         except OAuthError as error:
             log.info(
                 "token request rejected",
@@ -97,14 +120,27 @@ def token_app(dialect: TokenDialect, settings: Settings) -> ASGIApp:
                     "error": error.error,
                     "check": error.check,
                     "detail": error.detail,
+                    "source": source,
                 },
             )
-            return dialect.render_error(error)
+            basic = basic_only or is_basic(authorization)
+            return add_challenge(dialect.render_error(error), error, basic)
         log.info(
             "token issued",
             extra={"dialect": dialect.name, "client_id": issued.client_id, "jti": issued.jti},
         )
         return dialect.render_success(issued)
+
+    return form_app(respond, limit)
+
+
+def form_app(respond: Callable[[Scope, bytes], Awaitable[Response]], limit: int) -> ASGIApp:
+    """A raw ASGI app for a hot ``POST`` endpoint: read the body, ``respond``.
+
+    ``FhirgateApp`` calls it directly, outside FastAPI's middleware stack, so it does itself
+    what that stack does for other routes: the body-size limit (413), storage failures (503)
+    and unexpected errors (500), each without leaking details.
+    """
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -120,8 +156,8 @@ def token_app(dialect: TokenDialect, settings: Settings) -> ASGIApp:
     return app
 
 
-def _headers(scope: Scope) -> dict[bytes, str]:
-    """The two request headers the token endpoint reads, decoded (latin-1, as ASGI sends)."""
+def request_headers(scope: Scope) -> dict[bytes, str]:
+    """The two request headers the form endpoints read, decoded (latin-1, as ASGI sends)."""
     wanted: dict[bytes, str] = {}
     for name, value in scope["headers"]:
         if name in (b"content-type", b"authorization"):

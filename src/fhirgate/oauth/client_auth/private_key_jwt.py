@@ -1,9 +1,6 @@
-"""Client authentication at the token endpoint: detect the method, then verify it.
+"""``private_key_jwt`` client authentication (RFC 7523 §2.2, SMART client-confidential-asymmetric).
 
-Detection follows RFC 6749 §2.3: a client uses exactly one method per request, so an
-``Authorization`` header or ``client_secret`` alongside a ``client_assertion`` is
-``invalid_request``. Verification of ``private_key_jwt`` (RFC 7523 §2.2, SMART
-client-confidential-asymmetric) resolves the key as SMART prescribes:
+The key is resolved as SMART prescribes:
 
 1. ``jku`` present → it must equal the registered JWKS URL; candidates are that URL's keys.
 2. otherwise → the registered JWK Set plus, if registered, the JWKS URL's keys.
@@ -14,7 +11,8 @@ client-confidential-asymmetric) resolves the key as SMART prescribes:
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable
+from dataclasses import dataclass
 from typing import TypeVar
 
 from fhirgate.oauth.assertions import (
@@ -25,41 +23,27 @@ from fhirgate.oauth.assertions import (
     parse_assertion,
 )
 from fhirgate.oauth.clients import ClientDirectory, RegisteredClient
-from fhirgate.oauth.errors import InvalidClient, InvalidRequest
-from fhirgate.oauth.jose import PublicKey, verify_signature
+from fhirgate.oauth.errors import InvalidClient
+from fhirgate.oauth.jose import ParsedJWS, PublicKey, verify_signature
 from fhirgate.oauth.jwks import JWKSFetcher, JWKSFetchError
 from fhirgate.oauth.keyset import ClientKey, match_key
 from fhirgate.storage.models import AuthMethod
 from fhirgate.storage.repos import Client
 from fhirgate.storage.ttl_sets import TTLSet, digest
 
-__all__ = ["JWT_BEARER", "PrivateKeyJWTAuthenticator", "detect_assertion"]
+__all__ = ["ClaimedAssertion", "PrivateKeyJWTAuthenticator"]
 
 _T = TypeVar("_T")
-JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
 
-def detect_assertion(form: Mapping[str, str], authorization: str | None) -> str:
-    """The client assertion of a request that authenticates with ``private_key_jwt``."""
-    assertion_type = form.get("client_assertion_type")
-    assertion = form.get("client_assertion")
-    if authorization is not None or "client_secret" in form:
-        if assertion_type or assertion:
-            raise InvalidRequest(
-                "use exactly one client authentication method", check="multiple_auth_methods"
-            )
-        raise InvalidClient(
-            "this client authenticates with private_key_jwt", check="unsupported_auth_method"
-        )
-    if assertion_type is None:
-        raise InvalidRequest("client_assertion_type is required", check="assertion_type_missing")
-    if assertion_type != JWT_BEARER:
-        raise InvalidRequest(
-            f"client_assertion_type must be {JWT_BEARER}", check="assertion_type_invalid"
-        )
-    if assertion is None:
-        raise InvalidRequest("client_assertion is required", check="assertion_missing")
-    return assertion
+@dataclass(frozen=True, slots=True)
+class ClaimedAssertion:
+    """A well-formed assertion whose header and subject passed, not yet verified."""
+
+    jws: ParsedJWS
+    alg: str
+    kid: str
+    client_id: str
 
 
 def _key_not_found(detail: str) -> InvalidClient:
@@ -74,23 +58,28 @@ class PrivateKeyJWTAuthenticator:
         self._jwks = jwks
         self._used_jti = used_jti
 
-    async def authenticate(
-        self, assertion: str, form_client_id: str | None, rules: AssertionRules
-    ) -> Client:
+    @staticmethod
+    def claim(
+        assertion: str, form_client_id: str | None, rules: AssertionRules
+    ) -> ClaimedAssertion:
+        """Parse the assertion and check its header and ``iss``/``sub`` (no storage, no crypto)."""
         jws = parse_assertion(assertion, rules)
         alg, kid = check_header(jws.header, rules)
-        client_id = check_subject(jws.claims, form_client_id)
-        registered = await self._clients.get(client_id)
+        return ClaimedAssertion(jws, alg, kid, check_subject(jws.claims, form_client_id))
+
+    async def authenticate(self, claimed: ClaimedAssertion, rules: AssertionRules) -> Client:
+        registered = await self._clients.get(claimed.client_id)
         if registered is None or not registered.client.active:
-            raise _key_not_found(f"no active client {client_id!r}")
+            raise _key_not_found(f"no active client {claimed.client_id!r}")
         if registered.client.auth_method != AuthMethod.PRIVATE_KEY_JWT:
             raise _key_not_found("client does not use private_key_jwt")
-        key = await self._resolve_key(registered, jws.header.get("jku"), kid, alg)
-        if not verify_signature(alg, key, jws.signing_input, jws.signature):
+        jws = claimed.jws
+        key = await self._resolve_key(registered, jws.header.get("jku"), claimed.kid, claimed.alg)
+        if not verify_signature(claimed.alg, key, jws.signing_input, jws.signature):
             raise InvalidClient(check="signature", detail="signature does not verify")
         claims = check_claims(jws.claims, rules)
         if not await self._used_jti.add(
-            digest(client_id, claims.jti), claims.expires_at + rules.leeway
+            digest(claimed.client_id, claims.jti), claims.expires_at + rules.leeway
         ):
             raise InvalidClient("this assertion has already been used", check="replay")
         return registered.client

@@ -1,0 +1,104 @@
+"""Token introspection (RFC 7662) and revocation (RFC 7009) for an authenticated client.
+
+A client sees and revokes only its own tokens. Introspection answers exactly
+``{"active": false}`` for a token that is unknown, expired, revoked, malformed, of a revoked
+client or another client's (RFC 7662 §2.2: no hint of why); revocation of such a token changes
+nothing and answers like success (RFC 7009 §2.2). Revoking an access token JWT deny-lists its
+``jti`` until it expires, which the resource guard checks on every request on every replica;
+revoking an opaque access token marks it revoked; revoking a refresh token revokes its whole
+family, the access tokens issued with it included (RFC 7009 §2.1).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fhirgate.oauth.clients import ClientDirectory
+from fhirgate.oauth.errors import InvalidToken
+from fhirgate.oauth.tokens import AccessTokenService, Principal
+from fhirgate.storage.models import OpaqueKind
+from fhirgate.storage.opaque_tokens import OpaqueToken, OpaqueTokenRepo
+from fhirgate.storage.repos import Client
+
+__all__ = ["INACTIVE", "TokenInspector"]
+
+INACTIVE: dict[str, Any] = {"active": False}
+_MAX_TOKEN_CHARS = 8192
+
+
+class TokenInspector:
+    """Introspects and revokes the tokens of the calling client."""
+
+    def __init__(
+        self,
+        tokens: AccessTokenService,
+        opaque: OpaqueTokenRepo,
+        directory: ClientDirectory,
+        issuer: str,
+    ) -> None:
+        self._tokens = tokens
+        self._opaque = opaque
+        self._directory = directory
+        self._issuer = issuer
+
+    async def _own_jwt(self, token: str, caller: Client) -> Principal | None:
+        try:
+            principal = await self._tokens.verify(token)
+        except InvalidToken:
+            return None
+        return principal if principal.client_id == caller.client_id else None
+
+    async def _own_opaque(self, token: str, caller: Client) -> OpaqueToken | None:
+        record = await self._opaque.find(token)
+        if record is None or record.client_id != caller.client_id:
+            return None
+        return record if record.live(time.time()) else None
+
+    async def introspect(self, token: str, caller: Client) -> dict[str, Any]:
+        """RFC 7662 §2.2 response for ``token`` as ``caller`` may see it."""
+        if not token or len(token) > _MAX_TOKEN_CHARS or not caller.active:
+            return INACTIVE
+        if "." in token:
+            principal = await self._own_jwt(token, caller)
+            if principal is None:
+                return INACTIVE
+            return self._active(
+                principal.scopes, caller, principal.expires_at, principal.issued_at, "Bearer"
+            )
+        record = await self._own_opaque(token, caller)
+        if record is None:
+            return INACTIVE
+        kind = "Bearer" if record.kind == OpaqueKind.ACCESS else "refresh_token"
+        return self._active(record.scope, caller, record.expires_at, record.issued_at, kind)
+
+    def _active(
+        self, scope: object, caller: Client, exp: int, iat: int, token_type: str
+    ) -> dict[str, Any]:
+        return {
+            "active": True,
+            "scope": str(scope),
+            "client_id": caller.client_id,
+            "exp": exp,
+            "iat": iat,
+            "sub": caller.client_id,
+            "iss": self._issuer,
+            "token_type": token_type,
+        }
+
+    async def revoke(self, token: str, caller: Client) -> None:
+        """RFC 7009 §2.1: revoke ``token`` if it is the caller's; otherwise do nothing."""
+        if not token or len(token) > _MAX_TOKEN_CHARS:
+            return
+        if "." in token:
+            principal = await self._own_jwt(token, caller)
+            if principal is not None:
+                await self._tokens.revoke(principal)
+            return
+        record = await self._own_opaque(token, caller)
+        if record is None:
+            return
+        if record.kind == OpaqueKind.REFRESH:
+            await self._opaque.revoke_family(record.family_id)
+        else:
+            await self._opaque.revoke(record.token_hash)

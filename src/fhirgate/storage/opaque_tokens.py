@@ -1,0 +1,209 @@
+"""Opaque tokens — legacy access tokens and refresh tokens — stored only as SHA-256 hashes.
+
+A token is 256 random bits, so a plain SHA-256 is enough to make a stolen table useless (no
+guessing is possible; DESIGN.md). Tokens issued together share a family; refresh rotation is
+one conditional ``UPDATE … WHERE consumed_at IS NULL``, so of any number of concurrent
+refreshes with one token exactly one wins, on SQLite and PostgreSQL alike (RFC 6819 §5.2.2.3).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Row, and_, delete, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from fhirgate.storage.models import OpaqueKind, OpaqueTokenRow
+
+__all__ = [
+    "REUSE_GRACE",
+    "IssuedPair",
+    "OpaqueToken",
+    "OpaqueTokenRepo",
+    "hash_token",
+    "new_token",
+]
+
+#: A refresh token presented again this soon after it was spent is a concurrent duplicate or a
+#: retry of the same client (refused, nothing revoked); later, it is reuse (family revoked).
+REUSE_GRACE = 2
+
+
+def new_token() -> str:
+    """256 random bits, base64url (RFC 6749 §10.10)."""
+    return secrets.token_urlsafe(32)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class OpaqueToken:
+    token_hash: str
+    kind: str
+    client_id: str
+    family_id: str
+    scope: str
+    issued_at: int
+    expires_at: int
+    consumed_at: int | None
+    revoked_at: int | None
+
+    def live(self, now: float) -> bool:
+        """Neither expired, revoked nor (for a refresh token) already used."""
+        return self.expires_at > now and self.revoked_at is None and self.consumed_at is None
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedPair:
+    access_token: str
+    access_expires_at: int
+    refresh_token: str
+    family_id: str
+
+
+_COLUMNS = (
+    OpaqueTokenRow.token_hash,
+    OpaqueTokenRow.kind,
+    OpaqueTokenRow.client_id,
+    OpaqueTokenRow.family_id,
+    OpaqueTokenRow.scope,
+    OpaqueTokenRow.issued_at,
+    OpaqueTokenRow.expires_at,
+    OpaqueTokenRow.consumed_at,
+    OpaqueTokenRow.revoked_at,
+)
+
+
+def _token(row: Row[Any]) -> OpaqueToken:
+    values: tuple[Any, ...] = tuple(row)
+    return OpaqueToken(*values)
+
+
+class OpaqueTokenRepo:
+    """Issue, find, rotate and revoke opaque tokens."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def issue_pair(
+        self,
+        client_id: str,
+        scope: str,
+        access_ttl: int,
+        refresh_ttl: int,
+        family_id: str | None = None,
+        conn: AsyncConnection | None = None,
+    ) -> IssuedPair:
+        """An access token and a refresh token of one family (a new family by default)."""
+        now = int(time.time())
+        family = family_id or str(uuid.uuid4())
+        access, refresh = new_token(), new_token()
+        rows = [
+            {
+                "token_hash": hash_token(token),
+                "kind": kind.value,
+                "client_id": client_id,
+                "family_id": family,
+                "scope": scope,
+                "issued_at": now,
+                "expires_at": now + ttl,
+            }
+            for token, kind, ttl in (
+                (access, OpaqueKind.ACCESS, access_ttl),
+                (refresh, OpaqueKind.REFRESH, refresh_ttl),
+            )
+        ]
+        if conn is not None:
+            await conn.execute(insert(OpaqueTokenRow), rows)
+        else:
+            async with self._engine.begin() as own:
+                await own.execute(insert(OpaqueTokenRow), rows)
+        return IssuedPair(access, now + access_ttl, refresh, family)
+
+    async def find(self, token: str) -> OpaqueToken | None:
+        """The token's record, whatever its state."""
+        stmt = select(*_COLUMNS).where(OpaqueTokenRow.token_hash == hash_token(token))
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(stmt)).first()
+        return None if row is None else _token(row)  # type: ignore[arg-type]
+
+    async def rotate(
+        self, client_id: str, refresh_token: str, access_ttl: int, refresh_ttl: int
+    ) -> IssuedPair | None:
+        """Spend ``refresh_token`` of ``client_id`` and issue a new pair in its family.
+
+        ``None`` when the token is unknown, another client's, expired or revoked — or already
+        spent, in which case its whole family is revoked (reuse means it was stolen), unless
+        it was spent within ``REUSE_GRACE`` seconds: that is the same client's concurrent or
+        retried request, refused without ending the session the winner just received."""
+        token_hash, now = hash_token(refresh_token), int(time.time())
+        mine = and_(
+            OpaqueTokenRow.token_hash == token_hash,
+            OpaqueTokenRow.client_id == client_id,
+            OpaqueTokenRow.kind == OpaqueKind.REFRESH.value,
+        )
+        async with self._engine.begin() as conn:
+            spent = await conn.execute(
+                update(OpaqueTokenRow)
+                .where(
+                    mine,
+                    OpaqueTokenRow.consumed_at.is_(None),
+                    OpaqueTokenRow.revoked_at.is_(None),
+                    OpaqueTokenRow.expires_at > now,
+                )
+                .values(consumed_at=now)
+                .returning(OpaqueTokenRow.family_id, OpaqueTokenRow.scope)
+            )
+            won = spent.first()
+            if won is not None:
+                family, scope = won
+                return await self.issue_pair(
+                    client_id, scope, access_ttl, refresh_ttl, family, conn=conn
+                )
+            reused = (
+                await conn.execute(
+                    select(OpaqueTokenRow.family_id).where(
+                        mine, OpaqueTokenRow.consumed_at < now - REUSE_GRACE
+                    )
+                )
+            ).scalar()
+            if reused is not None:
+                await self._revoke_family(conn, reused, now)
+        return None
+
+    async def revoke_family(self, family_id: str) -> None:
+        async with self._engine.begin() as conn:
+            await self._revoke_family(conn, family_id, int(time.time()))
+
+    @staticmethod
+    async def _revoke_family(conn: AsyncConnection, family_id: str, now: int) -> None:
+        await conn.execute(
+            update(OpaqueTokenRow)
+            .where(OpaqueTokenRow.family_id == family_id, OpaqueTokenRow.revoked_at.is_(None))
+            .values(revoked_at=now)
+        )
+
+    async def revoke(self, token_hash: str) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                update(OpaqueTokenRow)
+                .where(OpaqueTokenRow.token_hash == token_hash, OpaqueTokenRow.revoked_at.is_(None))
+                .values(revoked_at=int(time.time()))
+            )
+
+    async def purge(self) -> int:
+        """Drop tokens that expired (a day ago, so a reused refresh token is still recognised
+        for a while after its expiry)."""
+        cutoff = int(time.time()) - 86_400
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                delete(OpaqueTokenRow).where(OpaqueTokenRow.expires_at < cutoff)
+            )
+        return int(result.rowcount)
