@@ -5,6 +5,8 @@ assertions up front, then calls the ASGI app directly with each request and repo
 microseconds per grant, optionally under cProfile (top functions by cumulative time).
 
     python -m bench.profile_token --alg RS384 --requests 5000 [--cprofile 25]
+    python -m bench.profile_token --mode client_secret_basic --requests 20000
+    python -m bench.profile_token --mode introspect --requests 20000
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from bench.token_endpoint import form_body, presign
+from bench.token_endpoint import basic, form_body, presign
 from fhirgate.app import create_app
 from fhirgate.config import Settings
+from fhirgate.oauth.client_auth import SecretHasher
 from fhirgate.oauth.jose import jwk_from_public_key
 from fhirgate.storage.db import upgrade_async
 from fhirgate.storage.models import AuthMethod
@@ -33,28 +36,31 @@ from fhirgate.storage.models import AuthMethod
 BASE = "http://127.0.0.1:8000"
 
 
-def scope_for(body: bytes) -> dict[str, Any]:
+def scope_for(body: bytes, path: str, authorization: str) -> dict[str, Any]:
+    headers = [
+        (b"host", b"127.0.0.1:8000"),
+        (b"content-type", b"application/x-www-form-urlencoded"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    if authorization:
+        headers.append((b"authorization", authorization.encode()))
     return {
         "type": "http",
         "asgi": {"version": "3.0"},
         "http_version": "1.1",
         "method": "POST",
         "scheme": "http",
-        "path": "/oauth2/token",
-        "raw_path": b"/oauth2/token",
+        "path": path,
+        "raw_path": path.encode(),
         "query_string": b"",
         "root_path": "",
-        "headers": [
-            (b"host", b"127.0.0.1:8000"),
-            (b"content-type", b"application/x-www-form-urlencoded"),
-            (b"content-length", str(len(body)).encode()),
-        ],
+        "headers": headers,
         "client": ("127.0.0.1", 50000),
         "server": ("127.0.0.1", 8000),
     }
 
 
-async def call(app: Any, body: bytes) -> int:
+async def call(app: Any, body: bytes, path: str = "/oauth2/token", authorization: str = "") -> int:
     status = 0
 
     async def receive() -> dict[str, Any]:
@@ -65,8 +71,33 @@ async def call(app: Any, body: bytes) -> int:
         if message["type"] == "http.response.start":
             status = message["status"]
 
-    await app(scope_for(body), receive, send)
+    await app(scope_for(body, path, authorization), receive, send)
     return status
+
+
+async def jwt_bodies(services: Any, args: argparse.Namespace) -> list[bytes]:
+    """Grant bodies with pre-signed assertions of a new private_key_jwt client."""
+    key = (
+        rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        if args.alg == "RS384"
+        else ec.generate_private_key(ec.SECP384R1())
+    )
+    jwks = {"keys": [jwk_from_public_key(key.public_key(), "p")]}
+    client = await services.clients.create(
+        environment=await services.organizations.default_environment(),
+        name="profile",
+        auth_method=AuthMethod.PRIVATE_KEY_JWT,
+        jwks=jwks,
+        scope="system/*.rs",
+    )
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    assertions = presign(pem, client.client_id, f"{BASE}/oauth2/token", "p", args.alg,
+                         args.requests + 200)  # fmt: skip
+    return [form_body(a, "system/*.rs") for a in assertions]
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -81,42 +112,46 @@ async def run(args: argparse.Namespace) -> None:
         app = create_app(settings)
         async with app.router.lifespan_context(app):
             services = app.state.services
-            key = (
-                rsa.generate_private_key(public_exponent=65537, key_size=2048)
-                if args.alg == "RS384"
-                else ec.generate_private_key(ec.SECP384R1())
-            )
-            jwks = {"keys": [jwk_from_public_key(key.public_key(), "p")]}
-            client = await services.clients.create(
-                environment=await services.organizations.default_environment(),
-                name="profile",
-                auth_method=AuthMethod.PRIVATE_KEY_JWT,
-                jwks=jwks,
-                scope="system/*.rs",
-            )
-            pem = key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            ).decode()
-            assertions = presign(pem, client.client_id, f"{BASE}/oauth2/token", "p", args.alg,
-                                 args.requests + 200)  # fmt: skip
-            bodies = [form_body(a, "system/*.rs") for a in assertions]
+            if args.mode == "private_key_jwt":
+                bodies = await jwt_bodies(services, args)
+                path, authorization = "/oauth2/token", ""
+            else:
+                secret = SecretHasher.generate()
+                client = await services.clients.create(
+                    environment=await services.organizations.default_environment(),
+                    name="profile",
+                    auth_method=AuthMethod.CLIENT_SECRET_BASIC,
+                    scope="system/*.rs",
+                    secret_hash=services.hasher.hash(secret),
+                )
+                authorization = basic(client.client_id, secret)
+                grant = b"grant_type=client_credentials&scope=system%2F%2A.rs"
+                path, bodies = "/oauth2/token", [grant] * (args.requests + 200)
+                if args.mode == "introspect":
+                    issued = services.tokens.issue(client, "system/*.rs")
+                    path = "/oauth2/introspect"
+                    bodies = [f"token={issued.access_token}".encode()] * (args.requests + 200)
             for body in bodies[:200]:
-                assert await call(app, body) == 200
+                assert await call(app, body, path, authorization) == 200
             profiler = cProfile.Profile() if args.cprofile else None
             started = time.process_time()
             with profiler or contextlib.nullcontext():
                 for body in bodies[200:]:
-                    assert await call(app, body) == 200
+                    assert await call(app, body, path, authorization) == 200
             used = time.process_time() - started
-            print(f"{args.alg}: {used / args.requests * 1e6:.0f} µs CPU per grant in-process")
+            what = args.alg if args.mode == "private_key_jwt" else args.mode
+            print(f"{what}: {used / args.requests * 1e6:.0f} µs CPU per request in-process")
             if profiler is not None:
                 pstats.Stats(profiler).sort_stats(args.sort).print_stats(args.cprofile)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--mode",
+        default="private_key_jwt",
+        choices=["private_key_jwt", "client_secret_basic", "introspect"],
+    )
     parser.add_argument("--alg", default="RS384", choices=["RS384", "ES384"])
     parser.add_argument("--requests", type=int, default=5000)
     parser.add_argument("--cprofile", type=int, default=0, help="print the top N functions")

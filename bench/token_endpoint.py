@@ -5,8 +5,12 @@ It starts ``fhirgate serve`` on a fresh database, registers a client, signs ever
 ``POST /oauth2/token`` over keep-alive connections at a fixed concurrency. Throughput is
 requests ÷ CPU seconds used by the server processes (robust on a shared, noisy machine).
 
+``--mode client_secret_basic`` drives client-credentials grants with HTTP Basic instead, and
+``--mode introspect`` drives ``POST /oauth2/introspect`` (Basic) with one access token.
+
     python -m bench.token_endpoint --alg RS384 --concurrency 32 --requests 30000
     python -m bench.token_endpoint --alg ES384 --concurrency 32 --requests 40000 --duration 20
+    python -m bench.token_endpoint --mode client_secret_basic --requests 60000 --duration 15
     python -m bench.token_endpoint --alg ES384 --database-url postgresql+asyncpg://… \
         --redis-url redis://127.0.0.1:6379/0
 """
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -42,6 +47,7 @@ JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
 @dataclass
 class Result:
+    mode: str
     alg: str
     backend: str
     workers: int
@@ -131,14 +137,72 @@ def form_body(assertion: str, scope: str) -> bytes:
     ).encode()
 
 
-def request_bytes(host: str, assertion: str, scope: str) -> bytes:
-    body = form_body(assertion, scope)
+def request_bytes(host: str, path: str, body: bytes, authorization: str = "") -> bytes:
     head = (
-        f"POST /oauth2/token HTTP/1.1\r\nHost: {host}\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\n"
         "Content-Type: application/x-www-form-urlencoded\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
+        + (f"Authorization: {authorization}\r\n" if authorization else "")
+        + f"Content-Length: {len(body)}\r\n\r\n"
     )
     return head.encode() + body
+
+
+def basic(client_id: str, secret: str) -> str:
+    return "Basic " + base64.b64encode(f"{client_id}:{secret}".encode()).decode()
+
+
+def jwt_payloads(args: argparse.Namespace, env: dict[str, str], tmp: str, port: int) -> list[bytes]:
+    """Pre-signed private_key_jwt grants, one assertion each."""
+    key_file, jwks_file = f"{tmp}/key.pem", f"{tmp}/jwks.json"
+    fhirgate(
+        env,
+        "keys",
+        "generate",
+        "--alg",
+        args.alg,
+        "--kid",
+        "bench",
+        "--private-key-out",
+        key_file,
+        "--jwks-out",
+        jwks_file,
+    )
+    created = json.loads(
+        fhirgate(env, "clients", "create", "--name", "bench", "--jwks-file", jwks_file, "--json")
+    )
+    token_url = f"http://127.0.0.1:{port}/oauth2/token"
+    total = args.requests + args.warmup
+    print(f"signing {total} {args.alg} assertions…", file=sys.stderr)
+    assertions = presign(
+        Path(key_file).read_text(), created["client_id"], token_url, "bench", args.alg, total
+    )
+    host = f"127.0.0.1:{port}"
+    return [request_bytes(host, "/oauth2/token", form_body(a, "system/*.rs")) for a in assertions]
+
+
+def secret_client(env: dict[str, str]) -> str:
+    created = json.loads(
+        fhirgate(env, "clients", "create", "--auth", "client_secret_basic", "--name", "b", "--json")
+    )
+    return basic(created["client_id"], created["client_secret"])
+
+
+def secret_payloads(args: argparse.Namespace, env: dict[str, str], port: int) -> list[bytes]:
+    """client_secret_basic grants: the same request every time (nothing is single-use)."""
+    body = urlencode({"grant_type": "client_credentials", "scope": "system/*.rs"}).encode()
+    one = request_bytes(f"127.0.0.1:{port}", "/oauth2/token", body, secret_client(env))
+    return [one] * (args.requests + args.warmup)
+
+
+def introspection(port: int, authorization: str, count: int) -> list[bytes]:
+    """Introspection requests (Basic) for one live access token of the same client."""
+    answer = httpx.post(
+        f"http://127.0.0.1:{port}/oauth2/token",
+        data={"grant_type": "client_credentials", "scope": "system/*.rs"},
+        headers={"Authorization": authorization},
+    )
+    body = urlencode({"token": answer.json()["access_token"]}).encode()
+    return [request_bytes(f"127.0.0.1:{port}", "/oauth2/introspect", body, authorization)] * count
 
 
 async def read_response(reader: asyncio.StreamReader) -> int:
@@ -243,32 +307,12 @@ def run(args: argparse.Namespace) -> Result:
         )
         if args.redis_url:
             env["FHIRGATE_REDIS_URL"] = args.redis_url
-        key_file, jwks_file = f"{tmp}/key.pem", f"{tmp}/jwks.json"
-        fhirgate(
-            env,
-            "keys",
-            "generate",
-            "--alg",
-            args.alg,
-            "--kid",
-            "bench",
-            "--private-key-out",
-            key_file,
-            "--jwks-out",
-            jwks_file,
-        )
-        created = json.loads(
-            fhirgate(
-                env, "clients", "create", "--name", "bench", "--jwks-file", jwks_file, "--json"
-            )
-        )
-        token_url = f"http://127.0.0.1:{port}/oauth2/token"
-        total = args.requests + args.warmup
-        print(f"signing {total} {args.alg} assertions…", file=sys.stderr)
-        assertions = presign(
-            Path(key_file).read_text(), created["client_id"], token_url, "bench", args.alg, total
-        )
-        payloads = [request_bytes(f"127.0.0.1:{port}", a, "system/*.rs") for a in assertions]
+        if args.mode == "private_key_jwt":
+            payloads = jwt_payloads(args, env, tmp, port)
+        elif args.mode == "client_secret_basic":
+            payloads = secret_payloads(args, env, port)
+        else:
+            authorization = secret_client(env)
         server = subprocess.Popen(
             [
                 str(Path(sys.executable).with_name("fhirgate")),
@@ -284,6 +328,8 @@ def run(args: argparse.Namespace) -> Result:
         )
         try:
             wait_until_up(port, server)
+            if args.mode == "introspect":
+                payloads = introspection(port, authorization, args.requests + args.warmup)
             procs = server_processes(psutil.Process(server.pid))
             print(
                 f"warm-up {args.warmup}, then {args.requests} requests at "
@@ -302,10 +348,11 @@ def run(args: argparse.Namespace) -> Result:
         finally:
             server.terminate()
             server.wait(10)
-    ceiling = verify_ceiling(args.alg)
+    ceiling = verify_ceiling(args.alg) if args.mode == "private_key_jwt" else 0.0
     latencies.sort()
     return Result(
-        alg=args.alg,
+        mode=args.mode,
+        alg=args.alg if args.mode == "private_key_jwt" else "",
         backend="postgresql+redis" if args.database_url else "sqlite",
         workers=args.workers,
         concurrency=args.concurrency,
@@ -324,6 +371,12 @@ def run(args: argparse.Namespace) -> Result:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--mode",
+        default="private_key_jwt",
+        choices=["private_key_jwt", "client_secret_basic", "introspect"],
+        help="grants with signed assertions (--alg), grants with HTTP Basic, or introspection",
+    )
     parser.add_argument("--alg", default="RS384", choices=["RS384", "ES384"])
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument(
