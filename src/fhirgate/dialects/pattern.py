@@ -9,13 +9,13 @@ Errors keep the RFC 6749 §5.2 JSON body; their statuses are Pattern's (400, 401
 
 from __future__ import annotations
 
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from fhirgate.config import Settings
 from fhirgate.oauth.server import TokenPolicy
 from fhirgate.oauth.tokens import IssuedToken
 from fhirgate.storage.models import AuthMethod
-from fhirgate.web.token import NO_STORE, TokenDialect, assertion_rules
+from fhirgate.web.token import TokenDialect, assertion_rules, json_response
 
 __all__ = ["PATTERN", "TOKEN_PATH"]
 
@@ -28,7 +28,7 @@ def render_success(issued: IssuedToken) -> Response:
         "expires_in": issued.expires_in * 1000,
         "token_type": "bearer",
     }
-    return JSONResponse(body, headers=NO_STORE)
+    return json_response(body)
 
 
 def _policy(settings: Settings) -> TokenPolicy:

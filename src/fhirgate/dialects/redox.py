@@ -11,13 +11,13 @@ client's allowed scopes are granted. Validation itself is the core's; only shape
 
 from __future__ import annotations
 
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from fhirgate.config import Settings
 from fhirgate.oauth.errors import OAuthError
 from fhirgate.oauth.server import TokenPolicy
 from fhirgate.storage.models import AuthMethod
-from fhirgate.web.token import NO_STORE, TokenDialect, assertion_rules
+from fhirgate.web.token import TokenDialect, assertion_rules, json_response
 
 __all__ = ["REDOX", "REDOX_ERROR_URI", "redox_description"]
 
@@ -66,7 +66,7 @@ def render_error(error: OAuthError) -> Response:
         "error_description": redox_description(error),
         "error_uri": REDOX_ERROR_URI,
     }
-    return JSONResponse(body, status_code=error.status_code, headers=NO_STORE)
+    return json_response(body, error.status_code)
 
 
 def _policy(settings: Settings) -> TokenPolicy:

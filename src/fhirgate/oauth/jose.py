@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
@@ -184,7 +185,7 @@ class CompactSigner:
         self._prefix = b64url_encode(json.dumps(header, separators=(",", ":")).encode()) + "."
 
     def sign(self, claims: Mapping[str, Any]) -> str:
-        signed = self._prefix + b64url_encode(json.dumps(claims, separators=(",", ":")).encode())
+        signed = self._prefix + b64url_encode(orjson.dumps(claims))  # compact UTF-8 JSON
         signature = _sign(self._alg, self._key, signed.encode("ascii"))
         return f"{signed}.{b64url_encode(signature)}"
 

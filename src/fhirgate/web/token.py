@@ -11,8 +11,9 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+import orjson
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from fhirgate.config import Settings
@@ -40,6 +41,7 @@ __all__ = [
     "add_challenge",
     "assertion_rules",
     "form_app",
+    "json_response",
     "oauth_error_response",
     "request_headers",
     "source_address",
@@ -56,9 +58,15 @@ NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 BASIC_CHALLENGE = 'Basic realm="fhirgate", charset="UTF-8"'
 
 
+def json_response(body: object, status_code: int = 200) -> Response:
+    """A ``no-store`` JSON answer (RFC 6749 §5.1), encoded with orjson: a token response is
+    encoded on every grant, and orjson takes a fraction of ``json``'s time."""
+    return Response(orjson.dumps(body), status_code, NO_STORE, "application/json")
+
+
 def oauth_error_response(error: OAuthError) -> Response:
     """RFC 6749 §5.2 JSON error."""
-    return JSONResponse(error.body(), status_code=error.status_code, headers=NO_STORE)
+    return json_response(error.body(), error.status_code)
 
 
 def add_challenge(response: Response, error: OAuthError, basic: bool) -> Response:
@@ -85,7 +93,7 @@ def standard_success(issued: IssuedToken) -> Response:
         "expires_in": issued.expires_in,
         "scope": issued.scope,
     }
-    return JSONResponse(body, headers=NO_STORE)
+    return json_response(body)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,9 +133,13 @@ def token_app(dialect: TokenDialect, settings: Settings) -> ASGIApp:
             )
             basic = basic_only or is_basic(authorization)
             return add_challenge(dialect.render_error(error), error, basic)
+        # every value is the server's own (dialect, generated ids), never client text, so the
+        # fields go in the message: cheaper than ``extra``, and this line is written per grant
         log.info(
-            "token issued",
-            extra={"dialect": dialect.name, "client_id": issued.client_id, "jti": issued.jti},
+            "token issued dialect=%s client_id=%s jti=%s",
+            dialect.name,
+            issued.client_id,
+            issued.jti,
         )
         return dialect.render_success(issued)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.types import ASGIApp, Scope
 
 from fhirgate.config import Settings
@@ -27,6 +27,7 @@ from fhirgate.web.token import (
     add_challenge,
     assertion_rules,
     form_app,
+    json_response,
     oauth_error_response,
     request_headers,
     source_address,
@@ -76,7 +77,7 @@ def _client_app(settings: Settings, path: str, action: Action) -> ASGIApp:
 
 
 async def _introspect(services: Services, token: str, client: Client) -> Response:
-    return JSONResponse(await services.inspector.introspect(token, client), headers=NO_STORE)
+    return json_response(await services.inspector.introspect(token, client))
 
 
 async def _revoke(services: Services, token: str, client: Client) -> Response:
