@@ -52,8 +52,11 @@ def now() -> datetime:
 
 
 def new_client_id() -> str:
-    """A client id: 192 random bits, URL-safe (RFC 6749 §2.2, §10.10)."""
-    return secrets.token_urlsafe(24)
+    """A client id: 192 random bits, URL-safe (RFC 6749 §2.2, §10.10), never starting with
+    ``-``, which a command line would take for an option (``fhirgate clients show -x…``)."""
+    while (client_id := secrets.token_urlsafe(24)).startswith("-"):
+        pass
+    return client_id
 
 
 @dataclass(frozen=True, slots=True)
