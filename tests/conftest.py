@@ -86,6 +86,16 @@ async def running(settings: Settings) -> AsyncIterator[Running]:
 
 
 @pytest.fixture
+async def server(backend_settings: Settings) -> AsyncIterator[Running]:
+    """The app on each backend (SQLite, PostgreSQL, PostgreSQL + Redis)."""
+    running, stack = await start(backend_settings)
+    try:
+        yield running
+    finally:
+        await stack.aclose()
+
+
+@pytest.fixture
 def http(running: Running) -> httpx.AsyncClient:
     return running.http
 

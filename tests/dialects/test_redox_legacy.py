@@ -6,13 +6,11 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from sqlalchemy import text
 from tests.support import Running, register_secret_client, start
 
@@ -27,15 +25,6 @@ REFRESH_FAILED = b"Invalid refresh token"
 PAIR_KEYS = {"accessToken", "expires", "refreshToken"}
 EXPIRES_SHAPE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.000Z")
 DAY = 86_400
-
-
-@pytest.fixture
-async def server(backend_settings: Settings) -> AsyncIterator[Running]:
-    running, stack = await start(backend_settings)
-    try:
-        yield running
-    finally:
-        await stack.aclose()
 
 
 async def legacy_client(server: Running) -> tuple[str, str]:

@@ -19,7 +19,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote_plus
@@ -124,16 +124,6 @@ async def set_client_id(services: Services, old: str, new: str) -> None:
             update(ClientRow).where(ClientRow.client_id == old).values(client_id=new)
         )
     services.directory.forget(old)
-
-
-@pytest.fixture
-async def server(backend_settings: Settings) -> AsyncIterator[Running]:
-    """The app on each backend (SQLite, PostgreSQL, PostgreSQL + Redis)."""
-    running, stack = await start(backend_settings)
-    try:
-        yield running
-    finally:
-        await stack.aclose()
 
 
 # --- both methods at /oauth2/token ----------------------------------------------------------

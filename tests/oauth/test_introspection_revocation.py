@@ -8,7 +8,6 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlencode
 
@@ -33,15 +32,6 @@ INACTIVE = {"active": False}
 ACTIVE_KEYS = {"active", "scope", "client_id", "exp", "iat", "sub", "iss", "token_type"}
 TOKEN = "/oauth2/token"
 FORM = "application/x-www-form-urlencoded"
-
-
-@pytest.fixture
-async def server(backend_settings: Settings) -> AsyncIterator[Running]:
-    running, stack = await start(backend_settings)
-    try:
-        yield running
-    finally:
-        await stack.aclose()
 
 
 # --------------------------------------------------------------------------- helpers
