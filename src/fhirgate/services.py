@@ -125,7 +125,7 @@ class Services:
                 access_ttl=settings.legacy_token_ttl,
                 refresh_ttl=settings.legacy_refresh_ttl,
             ),
-            TokenInspector(tokens, opaque, directory, settings.issuer),
+            TokenInspector(tokens, opaque, settings.issuer),
         )
 
     def background_jobs(self) -> list[tuple[float, Callable[[], Awaitable[object]]]]:

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from fhirgate.oauth.errors import OAuthError, TooManyAttempts
+from fhirgate.oauth.legacy import LegacyKeyService
 from fhirgate.services import Services
 from fhirgate.storage.opaque_tokens import IssuedPair
 from fhirgate.web.token import NO_STORE, source_address
@@ -76,16 +78,18 @@ def _refused(error: OAuthError, text: str, endpoint: str, source: str) -> Respon
     return _text(401, text)
 
 
-async def _exchange(request: Request, second: str, failure: str) -> Response:
+Exchange = Callable[[LegacyKeyService, str, str, str], Awaitable[IssuedPair]]
+
+
+async def _exchange(request: Request, second: str, exchange: Exchange, failure: str) -> Response:
     """Read ``apiKey`` and ``second`` from the JSON body, run the exchange, shape the answer."""
     fields = await _fields(request, ("apiKey", second))
     if isinstance(fields, Response):
         return fields
     services: Services = request.app.state.services
     source = source_address(request.scope)
-    exchange = services.legacy.authenticate if second == "secret" else services.legacy.refresh
     try:
-        pair = await exchange(*fields, source)
+        pair = await exchange(services.legacy, *fields, source)
     except OAuthError as error:
         return _refused(error, failure, request.url.path, source)
     log.info(
@@ -98,10 +102,10 @@ async def _exchange(request: Request, second: str, failure: str) -> Response:
 @router.post("/auth/authenticate", response_class=JSONResponse)
 async def authenticate(request: Request) -> Response:
     """Exchange a legacy ``apiKey`` and ``secret`` for a 24-hour access token."""
-    return await _exchange(request, "secret", AUTHENTICATE_FAILED)
+    return await _exchange(request, "secret", LegacyKeyService.authenticate, AUTHENTICATE_FAILED)
 
 
 @router.post("/auth/refreshToken", response_class=JSONResponse)
 async def refresh_token(request: Request) -> Response:
     """Spend a legacy refresh token for a new access and refresh token."""
-    return await _exchange(request, "refreshToken", REFRESH_FAILED)
+    return await _exchange(request, "refreshToken", LegacyKeyService.refresh, REFRESH_FAILED)

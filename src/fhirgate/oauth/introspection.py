@@ -14,7 +14,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from fhirgate.oauth.clients import ClientDirectory
 from fhirgate.oauth.errors import InvalidToken
 from fhirgate.oauth.tokens import AccessTokenService, Principal
 from fhirgate.storage.models import OpaqueKind
@@ -24,7 +23,6 @@ from fhirgate.storage.repos import Client
 __all__ = ["INACTIVE", "TokenInspector"]
 
 INACTIVE: dict[str, Any] = {"active": False}
-_MAX_TOKEN_CHARS = 8192
 
 
 class TokenInspector:
@@ -34,12 +32,10 @@ class TokenInspector:
         self,
         tokens: AccessTokenService,
         opaque: OpaqueTokenRepo,
-        directory: ClientDirectory,
         issuer: str,
     ) -> None:
         self._tokens = tokens
         self._opaque = opaque
-        self._directory = directory
         self._issuer = issuer
 
     async def _own_jwt(self, token: str, caller: Client) -> Principal | None:
@@ -57,7 +53,7 @@ class TokenInspector:
 
     async def introspect(self, token: str, caller: Client) -> dict[str, Any]:
         """RFC 7662 §2.2 response for ``token`` as ``caller`` may see it."""
-        if not token or len(token) > _MAX_TOKEN_CHARS or not caller.active:
+        if not caller.active:
             return INACTIVE
         if "." in token:
             principal = await self._own_jwt(token, caller)
@@ -88,8 +84,6 @@ class TokenInspector:
 
     async def revoke(self, token: str, caller: Client) -> None:
         """RFC 7009 §2.1: revoke ``token`` if it is the caller's; otherwise do nothing."""
-        if not token or len(token) > _MAX_TOKEN_CHARS:
-            return
         if "." in token:
             principal = await self._own_jwt(token, caller)
             if principal is not None:

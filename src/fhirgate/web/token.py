@@ -37,13 +37,13 @@ __all__ = [
     "BASIC_CHALLENGE",
     "NO_STORE",
     "STANDARD",
+    "FormRequest",
     "TokenDialect",
     "add_challenge",
     "assertion_rules",
     "form_app",
     "json_response",
     "oauth_error_response",
-    "request_headers",
     "source_address",
     "token_app",
 ]
@@ -112,13 +112,10 @@ def token_app(dialect: TokenDialect, settings: Settings) -> ASGIApp:
     limit = settings.request_body_limit
     basic_only = policy.methods == {AuthMethod.CLIENT_SECRET_BASIC}
 
-    async def respond(scope: Scope, body: bytes) -> Response:
-        services: Services = scope["app"].state.services
-        headers = request_headers(scope)
-        authorization = headers.get(b"authorization")
-        source = source_address(scope)
+    async def respond(request: FormRequest) -> Response:
+        services, authorization, source = request.services, request.authorization, request.source
         try:
-            form = parse_form(body, headers.get(b"content-type"))
+            form = parse_form(request.body, request.content_type)
             issued = await services.token_endpoint.handle(form, authorization, policy, source)
         except OAuthError as error:
             log.info(
@@ -146,7 +143,33 @@ def token_app(dialect: TokenDialect, settings: Settings) -> ASGIApp:
     return form_app(respond, limit)
 
 
-def form_app(respond: Callable[[Scope, bytes], Awaitable[Response]], limit: int) -> ASGIApp:
+@dataclass(frozen=True, slots=True)
+class FormRequest:
+    """What a form endpoint reads of a request: the body, two headers (latin-1, as ASGI
+    sends them) and the peer address."""
+
+    services: Services
+    body: bytes
+    content_type: str | None
+    authorization: str | None
+    source: str
+
+    @classmethod
+    def of(cls, scope: Scope, body: bytes) -> FormRequest:
+        headers: dict[bytes, str] = {}
+        for name, value in scope["headers"]:
+            if name in (b"content-type", b"authorization"):
+                headers.setdefault(name, value.decode("latin-1"))
+        return cls(
+            scope["app"].state.services,
+            body,
+            headers.get(b"content-type"),
+            headers.get(b"authorization"),
+            source_address(scope),
+        )
+
+
+def form_app(respond: Callable[[FormRequest], Awaitable[Response]], limit: int) -> ASGIApp:
     """A raw ASGI app for a hot ``POST`` endpoint: read the body, ``respond``.
 
     ``FhirgateApp`` calls it directly, outside FastAPI's middleware stack, so it does itself
@@ -156,7 +179,8 @@ def form_app(respond: Callable[[Scope, bytes], Awaitable[Response]], limit: int)
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            response = await respond(scope, await read_body(scope, receive, limit))
+            body = await read_body(scope, receive, limit)
+            response = await respond(FormRequest.of(scope, body))
         except BodyTooLarge:
             response = too_large()
         except STORAGE_ERRORS as exc:
@@ -166,15 +190,6 @@ def form_app(respond: Callable[[Scope, bytes], Awaitable[Response]], limit: int)
         await response(scope, receive, send)
 
     return app
-
-
-def request_headers(scope: Scope) -> dict[bytes, str]:
-    """The two request headers the form endpoints read, decoded (latin-1, as ASGI sends)."""
-    wanted: dict[bytes, str] = {}
-    for name, value in scope["headers"]:
-        if name in (b"content-type", b"authorization"):
-            wanted.setdefault(name, value.decode("latin-1"))
-    return wanted
 
 
 def assertion_rules(settings: Settings, token_path: str, **overrides: object) -> AssertionRules:

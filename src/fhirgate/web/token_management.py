@@ -14,7 +14,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from starlette.responses import Response
-from starlette.types import ASGIApp, Scope
+from starlette.types import ASGIApp
 
 from fhirgate.config import Settings
 from fhirgate.oauth.client_auth import detect_credentials, is_basic
@@ -24,13 +24,12 @@ from fhirgate.services import Services
 from fhirgate.storage.repos import Client
 from fhirgate.web.token import (
     NO_STORE,
+    FormRequest,
     add_challenge,
     assertion_rules,
     form_app,
     json_response,
     oauth_error_response,
-    request_headers,
-    source_address,
 )
 
 __all__ = ["INTROSPECTION_PATH", "REVOCATION_PATH", "introspection_app", "revocation_app"]
@@ -46,13 +45,10 @@ Action = Callable[[Services, str, Client], Awaitable[Response]]
 def _client_app(settings: Settings, path: str, action: Action) -> ASGIApp:
     policy = TokenPolicy(assertion_rules(settings, path), scope_required=False)
 
-    async def respond(scope: Scope, body: bytes) -> Response:
-        services: Services = scope["app"].state.services
-        headers = request_headers(scope)
-        authorization = headers.get(b"authorization")
-        source = source_address(scope)
+    async def respond(request: FormRequest) -> Response:
+        services, authorization, source = request.services, request.authorization, request.source
         try:
-            form = parse_form(body, headers.get(b"content-type"))
+            form = parse_form(request.body, request.content_type)
             credentials = detect_credentials(form, authorization, policy.methods)
             client = await services.authenticator.authenticate(
                 credentials, policy.rules, source, legacy=True

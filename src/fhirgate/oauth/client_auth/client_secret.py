@@ -63,9 +63,8 @@ class SecretHasher:
     def fingerprint(self, value: str) -> str:
         """A short keyed digest of a value that must not be recorded as such (an unknown
         client id may be a mistyped secret); without the server key it confirms no guess."""
-        return hmac.new(self._fingerprint_key, value.encode("utf-8"), hashlib.sha256).hexdigest()[
-            :16
-        ]
+        mac = hmac.new(self._fingerprint_key, value.encode("utf-8"), hashlib.sha256)
+        return mac.hexdigest()[:16]
 
     def matches(self, secret: str, current: str | None, previous: str | None) -> bool:
         """``secret`` against two stored hashes, always both, each in constant time."""
