@@ -15,7 +15,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from fhirgate import __version__
 from fhirgate.config import Settings
-from fhirgate.dialects import redox_legacy
+from fhirgate.dialects import oneup, redox_legacy
 from fhirgate.dialects.pattern import PATTERN
 from fhirgate.dialects.redox import REDOX
 from fhirgate.logs import lean_records
@@ -78,6 +78,8 @@ def _whoami_routes(app: FastAPI) -> None:
             "iat": principal.issued_at,
             "organization": principal.organization_id,
             "environment": principal.environment,
+            "oneup_user_id": principal.user_id,
+            "all_users": principal.all_users,
         }
 
     @app.get("/healthz", tags=["operations"])
@@ -124,6 +126,8 @@ def create_app(settings: Settings | None = None) -> FhirgateApp:
     for path, endpoint in app.token_endpoints.items():
         app.router.routes.append(Route(path, endpoint, methods=["POST"]))
     app.include_router(discovery.router)
+    app.include_router(oneup.router)
+    app.add_exception_handler(oneup.UserManagementError, oneup.error_response)
     if settings.legacy_api_keys:
         app.include_router(redox_legacy.router)
     _whoami_routes(app)

@@ -39,6 +39,14 @@ class Settings(BaseSettings):
     legacy_token_ttl: int = Field(default=86_400, ge=60, le=86_400)
     legacy_refresh_ttl: int = Field(default=30 * 86_400, ge=3600)
     auth_failure_limit: int = Field(default=20, ge=0)
+    #: 1upHealth-style delegation: code, access-token and refresh-token lifetimes (seconds),
+    #: the absolute lifetime of a grant (a token family), and user-management calls per hour
+    #: per application (0: unlimited).
+    auth_code_ttl: int = Field(default=600, ge=10, le=3600)
+    user_token_ttl: int = Field(default=7200, ge=60, le=MAX_TOKEN_LIFETIME)
+    refresh_token_ttl: int = Field(default=30 * 86_400, ge=3600)
+    grant_lifetime: int = Field(default=90 * 86_400, ge=3600)
+    user_management_rate_limit: int = Field(default=300, ge=0)
     request_body_limit: int = Field(default=65_536, ge=1024)
     client_cache_ttl: float = Field(default=5.0, ge=0, le=5)
 

@@ -17,18 +17,23 @@ from fhirgate.oauth.client_auth import (
     SecretHasher,
 )
 from fhirgate.oauth.clients import ClientDirectory
+from fhirgate.oauth.delegation import Delegation
+from fhirgate.oauth.id_tokens import IdTokenIssuer
 from fhirgate.oauth.introspection import TokenInspector
 from fhirgate.oauth.jwks import JWKSFetcher
 from fhirgate.oauth.keys import KeyCipher, Keyring, server_secret
 from fhirgate.oauth.legacy import LegacyKeyService
+from fhirgate.oauth.quota import CallQuota
 from fhirgate.oauth.server import TokenEndpoint
 from fhirgate.oauth.throttle import FailureLimiter
 from fhirgate.oauth.tokens import AccessTokenService
+from fhirgate.storage.app_users import AppUserRepo
 from fhirgate.storage.audit import AuditLog
 from fhirgate.storage.db import create_engine, sqlite_path
 from fhirgate.storage.opaque_tokens import OpaqueTokenRepo
 from fhirgate.storage.repos import ClientRepo, OrganizationRepo
 from fhirgate.storage.ttl_sets import RedisTTLSet, SqliteTTLSet, SqlTTLSet, TTLSet
+from fhirgate.storage.user_grants import GrantRepo
 
 __all__ = ["Services"]
 
@@ -61,6 +66,8 @@ class Services:
     opaque: OpaqueTokenRepo
     legacy: LegacyKeyService
     inspector: TokenInspector
+    delegation: Delegation
+    user_management_quota: CallQuota
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -90,6 +97,7 @@ class Services:
             audience=settings.issuer,
             ttl=settings.access_token_ttl,
             secret_ttl=settings.secret_token_ttl,
+            user_ttl=settings.user_token_ttl,
         )
         hasher = SecretHasher(secret)
         audit = AuditLog(engine)
@@ -101,6 +109,21 @@ class Services:
             directory,
         )
         opaque = OpaqueTokenRepo(engine)
+        grants = GrantRepo(
+            engine,
+            opaque,
+            family_ttl=settings.grant_lifetime,
+            refresh_ttl=settings.refresh_token_ttl,
+        )
+        delegation = Delegation(
+            engine,
+            AppUserRepo(engine),
+            grants,
+            opaque,
+            tokens,
+            IdTokenIssuer(keyring, settings.issuer, settings.user_token_ttl),
+            code_ttl=settings.auth_code_ttl,
+        )
         return cls(
             settings,
             engine,
@@ -116,7 +139,7 @@ class Services:
             hasher,
             audit,
             authenticator,
-            TokenEndpoint(authenticator, tokens),
+            TokenEndpoint(authenticator, tokens, delegation),
             opaque,
             LegacyKeyService(
                 authenticator,
@@ -125,7 +148,9 @@ class Services:
                 access_ttl=settings.legacy_token_ttl,
                 refresh_ttl=settings.legacy_refresh_ttl,
             ),
-            TokenInspector(tokens, opaque, settings.issuer),
+            TokenInspector(tokens, opaque, grants, settings.issuer),
+            delegation,
+            CallQuota(settings.user_management_rate_limit, 3600, redis, "fhirgate:um:"),
         )
 
     def background_jobs(self) -> list[tuple[float, Callable[[], Awaitable[object]]]]:
@@ -136,6 +161,7 @@ class Services:
             (PURGE_SECONDS, self.revoked.purge),
             (AUDIT_FLUSH_SECONDS, self.audit.flush),
             (PURGE_SECONDS, self.opaque.purge),
+            (PURGE_SECONDS, self.delegation.grants.purge),
         ]
         if isinstance(self.used_jti, SqliteTTLSet):
             jobs.append((CHECKPOINT_SECONDS, self.used_jti.checkpoint))

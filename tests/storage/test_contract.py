@@ -191,20 +191,23 @@ async def test_server_keys_are_encrypted_at_rest_and_rotate(
     keyring = services.keyring
     await keyring.ensure()
     first = keyring.signer.kid
+    id_token_kid = keyring.signer_for("RS256").kid
     from sqlalchemy import select
 
     from fhirgate.storage.models import ServerKeyRow
 
     async with services.engine.connect() as conn:
-        blob = (await conn.execute(select(ServerKeyRow.private_key))).scalar_one()
-    assert b"PRIVATE" not in blob and len(blob) > 100
+        blobs = (await conn.execute(select(ServerKeyRow.private_key))).scalars().all()
+    assert len(blobs) == 2  # one ES256 key (access tokens), one RS256 key (id_tokens)
+    assert all(b"PRIVATE" not in blob and len(blob) > 100 for blob in blobs)
     second = await keyring.add(retire_others=True)
     assert keyring.signer.kid == second != first
+    assert keyring.signer_for("RS256").kid == id_token_kid  # rotating ES256 keeps the RS256 key
     published = {k["kid"] for k in keyring.jwks["keys"]}
-    assert published == {first, second}  # the retired key stays until its tokens expire
+    assert published == {first, second, id_token_kid}  # retired keys stay until tokens expire
     other = Keyring(services.engine, load_cipher(backend_settings), publish_for=0)
     await other.reload()
-    assert {k["kid"] for k in other.jwks["keys"]} == {second}  # past its publication window
+    assert {k["kid"] for k in other.jwks["keys"]} == {second, id_token_kid}  # past its window
 
 
 async def test_keyring_refuses_a_wrong_secret(

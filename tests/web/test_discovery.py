@@ -15,7 +15,11 @@ async def test_smart_configuration(http: httpx.AsyncClient) -> None:
     assert "issuer" not in doc  # omitted without sso-openid-connect
     assert doc["token_endpoint"] == f"{BASE}/oauth2/token"
     assert doc["jwks_uri"] == f"{BASE}/.well-known/jwks.json"
-    assert doc["grant_types_supported"] == ["client_credentials"]
+    assert doc["grant_types_supported"] == [
+        "client_credentials",
+        "authorization_code",
+        "refresh_token",
+    ]
     assert doc["token_endpoint_auth_methods_supported"] == [
         "private_key_jwt",
         "client_secret_basic",
@@ -46,8 +50,22 @@ async def test_urls_come_from_configuration_not_the_host_header(http: httpx.Asyn
 
 async def test_jwks_publishes_public_keys_only(http: httpx.AsyncClient) -> None:
     response = await http.get("/.well-known/jwks.json")
-    keys = response.json()["keys"]
-    assert len(keys) == 1
-    assert keys[0]["kty"] == "EC"
-    assert keys[0]["alg"] == "ES256"
-    assert "d" not in keys[0]
+    keys = {key["alg"]: key for key in response.json()["keys"]}
+    assert sorted(keys) == ["ES256", "RS256"]  # access tokens; id_tokens
+    assert keys["ES256"]["kty"] == "EC" and keys["RS256"]["kty"] == "RSA"
+    for key in keys.values():
+        assert key["use"] == "sig" and key["kid"]
+        assert not {"d", "p", "q", "dp", "dq", "qi"} & set(key)  # no private parts
+
+
+async def test_openid_configuration(http: httpx.AsyncClient) -> None:
+    response = await http.get("/.well-known/openid-configuration")
+    assert response.status_code == 200
+    doc = response.json()
+    assert doc["issuer"] == BASE
+    assert doc["jwks_uri"] == f"{BASE}/.well-known/jwks.json"
+    assert doc["token_endpoint"] == f"{BASE}/oauth2/token"
+    assert doc["id_token_signing_alg_values_supported"] == ["RS256"]
+    assert doc["subject_types_supported"] == ["public"]
+    assert "authorization_code" in doc["grant_types_supported"]
+    assert "authorization_endpoint" not in doc  # codes come from the user-management API

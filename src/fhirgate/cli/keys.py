@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from fhirgate.cli.context import Storage, emit, run_storage
 from fhirgate.config import MAX_TOKEN_LIFETIME
 from fhirgate.oauth.jose import PrivateKey, jwk_from_public_key
-from fhirgate.oauth.keys import Keyring, load_cipher
+from fhirgate.oauth.keys import ACCESS_TOKEN_ALG, ID_TOKEN_ALG, SIGNING_ALGS, Keyring, load_cipher
 from fhirgate.oauth.registration import jwk_thumbprint
 
 __all__ = ["keys"]
@@ -89,15 +89,26 @@ def generate(
 
 
 @keys.command("rotate")
+@click.option(
+    "--alg",
+    type=click.Choice(SIGNING_ALGS),
+    default=ACCESS_TOKEN_ALG,
+    show_default=True,
+    help=f"{ACCESS_TOKEN_ALG} signs access tokens; {ID_TOKEN_ALG} signs id_tokens.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
-def rotate(as_json: bool) -> None:
+def rotate(alg: str, as_json: bool) -> None:
     """Add a new server signing key; older keys stay published until their tokens expire."""
 
     async def job(storage: Storage) -> str:
         settings = storage.settings
         keyring = Keyring(storage.engine, load_cipher(settings), MAX_TOKEN_LIFETIME + 60)
         await keyring.reload()
-        return await keyring.add(retire_others=True)
+        return await keyring.add(alg, retire_others=True)
 
     kid = run_storage(job)
-    emit({"kid": kid}, as_json, f"New signing key {kid}; running servers use it within 10 s.")
+    emit(
+        {"kid": kid, "alg": alg},
+        as_json,
+        f"New {alg} signing key {kid}; running servers use it within 10 s.",
+    )

@@ -6,7 +6,9 @@ client or another client's (RFC 7662 §2.2: no hint of why); revocation of such 
 nothing and answers like success (RFC 7009 §2.2). Revoking an access token JWT deny-lists its
 ``jti`` until it expires, which the resource guard checks on every request on every replica;
 revoking an opaque access token marks it revoked; revoking a refresh token revokes its whole
-family, the access tokens issued with it included (RFC 7009 §2.1).
+family, the access tokens issued with it included (RFC 7009 §2.1). A token of a user grant is
+active only while the grant is (not revoked, not past its absolute lifetime, its user active);
+its ``sub`` is the user's ``oneup_user_id``.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ from typing import Any
 
 from fhirgate.oauth.errors import InvalidToken
 from fhirgate.oauth.tokens import AccessTokenService, Principal
-from fhirgate.storage.models import OpaqueKind
+from fhirgate.storage.models import AuthMethod, OpaqueKind
 from fhirgate.storage.opaque_tokens import OpaqueToken, OpaqueTokenRepo
 from fhirgate.storage.repos import Client
+from fhirgate.storage.user_grants import GrantRepo
 
 __all__ = ["INACTIVE", "TokenInspector"]
 
@@ -32,10 +35,12 @@ class TokenInspector:
         self,
         tokens: AccessTokenService,
         opaque: OpaqueTokenRepo,
+        grants: GrantRepo,
         issuer: str,
     ) -> None:
         self._tokens = tokens
         self._opaque = opaque
+        self._grants = grants
         self._issuer = issuer
 
     async def _own_jwt(self, token: str, caller: Client) -> Principal | None:
@@ -43,7 +48,11 @@ class TokenInspector:
             principal = await self._tokens.verify(token)
         except InvalidToken:
             return None
-        return principal if principal.client_id == caller.client_id else None
+        if principal.client_id != caller.client_id:
+            return None
+        if principal.grant_id is not None and await self._grants.live(principal.grant_id) is None:
+            return None
+        return principal
 
     async def _own_opaque(self, token: str, caller: Client) -> OpaqueToken | None:
         record = await self._opaque.find(token)
@@ -60,16 +69,29 @@ class TokenInspector:
             if principal is None:
                 return INACTIVE
             return self._active(
-                principal.scopes, caller, principal.expires_at, principal.issued_at, "Bearer"
+                principal.scopes,
+                caller,
+                principal.expires_at,
+                principal.issued_at,
+                "Bearer",
+                principal.subject,
             )
         record = await self._own_opaque(token, caller)
         if record is None:
             return INACTIVE
+        subject = caller.client_id
+        if record.kind == OpaqueKind.REFRESH and caller.auth_method != AuthMethod.LEGACY_API_KEY:
+            grant = await self._grants.live(record.family_id)  # a user grant's refresh token
+            if grant is None:
+                return INACTIVE
+            subject = str(grant.oneup_user_id)
         kind = "Bearer" if record.kind == OpaqueKind.ACCESS else "refresh_token"
-        return self._active(record.scope, caller, record.expires_at, record.issued_at, kind)
+        return self._active(
+            record.scope, caller, record.expires_at, record.issued_at, kind, subject
+        )
 
     def _active(
-        self, scope: object, caller: Client, exp: int, iat: int, token_type: str
+        self, scope: object, caller: Client, exp: int, iat: int, token_type: str, subject: str
     ) -> dict[str, Any]:
         return {
             "active": True,
@@ -77,7 +99,7 @@ class TokenInspector:
             "client_id": caller.client_id,
             "exp": exp,
             "iat": iat,
-            "sub": caller.client_id,
+            "sub": subject,
             "iss": self._issuer,
             "token_type": token_type,
         }

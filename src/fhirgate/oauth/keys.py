@@ -1,9 +1,11 @@
 """Server signing keys: creation, encryption at rest, publication and rotation.
 
 Access tokens are signed ES256 (RFC 9068 §2.1 allows any asymmetric algorithm; ES256 signs in
-tens of microseconds). Private keys are stored AES-256-GCM encrypted under a key derived with
-HKDF-SHA256 from ``FHIRGATE_SECRET_KEY`` (or, embedded on SQLite, a generated key file under the
-var directory). Retired keys stay published until every token they signed has expired.
+tens of microseconds); id_tokens RS256 (OpenID Connect Core §15.1 and SMART App Launch require
+it). Each algorithm has its own active key. Private keys are stored AES-256-GCM encrypted under
+a key derived with HKDF-SHA256 from ``FHIRGATE_SECRET_KEY`` (or, embedded on SQLite, a generated
+key file under the var directory). Retired keys stay published until every token they signed
+has expired.
 """
 
 from __future__ import annotations
@@ -18,19 +20,35 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from fhirgate.config import Settings
-from fhirgate.oauth.jose import PublicKey, jwk_from_public_key, public_key_from_jwk
+from fhirgate.oauth.jose import (
+    CompactSigner,
+    PrivateKey,
+    PublicKey,
+    jwk_from_public_key,
+    public_key_from_jwk,
+)
 from fhirgate.storage.models import ServerKeyRow
 
-__all__ = ["KeyCipher", "Keyring", "SigningKey", "derive_key", "load_cipher", "server_secret"]
+__all__ = [
+    "KeyCipher",
+    "KeySigner",
+    "Keyring",
+    "SigningKey",
+    "derive_key",
+    "load_cipher",
+    "server_secret",
+]
 
 ACCESS_TOKEN_ALG = "ES256"  # noqa: S105 (an algorithm name)
+ID_TOKEN_ALG = "RS256"  # noqa: S105
+SIGNING_ALGS = (ACCESS_TOKEN_ALG, ID_TOKEN_ALG)
 _RELOAD_INTERVAL = 1.0
 
 
@@ -79,12 +97,18 @@ def load_cipher(settings: Settings) -> KeyCipher:
 @dataclass(frozen=True, slots=True)
 class SigningKey:
     kid: str
-    private_key: ec.EllipticCurvePrivateKey
+    private_key: PrivateKey
+
+
+def _new_private_key(alg: str) -> PrivateKey:
+    if alg == ID_TOKEN_ALG:
+        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return ec.generate_private_key(ec.SECP256R1())
 
 
 @dataclass(frozen=True, slots=True)
 class _KeyState:
-    signer: SigningKey | None
+    signers: dict[str, SigningKey]  # alg -> the newest active key of that alg
     public: dict[str, PublicKey]
     jwks: dict[str, Any]
 
@@ -96,15 +120,20 @@ class Keyring:
         self._engine = engine
         self._cipher = cipher
         self._publish_for = publish_for
-        self._state = _KeyState(None, {}, {"keys": []})
+        self._state = _KeyState({}, {}, {"keys": []})
         self._lock = asyncio.Lock()
         self._loaded_at = 0.0
 
     @property
     def signer(self) -> SigningKey:
-        if self._state.signer is None:
-            raise RuntimeError("no active signing key; call Keyring.ensure() at start-up")
-        return self._state.signer
+        """The access-token key (ES256)."""
+        return self.signer_for(ACCESS_TOKEN_ALG)
+
+    def signer_for(self, alg: str) -> SigningKey:
+        key = self._state.signers.get(alg)
+        if key is None:
+            raise RuntimeError(f"no active {alg} signing key; call Keyring.ensure() at start-up")
+        return key
 
     @property
     def jwks(self) -> dict[str, Any]:
@@ -120,14 +149,16 @@ class Keyring:
         return key
 
     async def ensure(self) -> None:
-        """Load the keys, creating the first signing key when there is none."""
+        """Load the keys, creating the first signing key of each algorithm when there is none."""
         await self.reload()
-        if self._state.signer is None:
-            await self.add()
+        for alg in SIGNING_ALGS:
+            if alg not in self._state.signers:
+                await self.add(alg)
 
-    async def add(self, *, retire_others: bool = False) -> str:
-        """Create a new signing key (``fhirgate keys rotate`` retires the others)."""
-        private = ec.generate_private_key(ec.SECP256R1())
+    async def add(self, alg: str = ACCESS_TOKEN_ALG, *, retire_others: bool = False) -> str:
+        """Create a new ``alg`` signing key (``fhirgate keys rotate`` retires the others of
+        that algorithm)."""
+        private = _new_private_key(alg)
         kid = secrets.token_urlsafe(12)
         pem = private.private_bytes(
             serialization.Encoding.DER,
@@ -139,14 +170,14 @@ class Keyring:
             if retire_others:
                 await conn.execute(
                     update(ServerKeyRow)
-                    .where(ServerKeyRow.retired_at.is_(None))
+                    .where(ServerKeyRow.retired_at.is_(None), ServerKeyRow.alg == alg)
                     .values(retired_at=created)
                 )
             await conn.execute(
                 insert(ServerKeyRow).values(
                     kid=kid,
-                    alg=ACCESS_TOKEN_ALG,
-                    public_jwk=jwk_from_public_key(private.public_key(), kid, ACCESS_TOKEN_ALG),
+                    alg=alg,
+                    public_jwk=jwk_from_public_key(private.public_key(), kid, alg),
                     private_key=self._cipher.encrypt(pem, kid.encode()),
                     created_at=created,
                 )
@@ -165,7 +196,7 @@ class Keyring:
             self._loaded_at = time.monotonic()
 
     def _build(self, rows: Any, cutoff: datetime) -> _KeyState:
-        signer: SigningKey | None = None
+        signers: dict[str, SigningKey] = {}
         public: dict[str, PublicKey] = {}
         published = []
         for row in rows:
@@ -177,6 +208,25 @@ class Keyring:
             if retired is None:
                 der = self._cipher.decrypt(row.private_key, row.kid.encode())
                 key = serialization.load_der_private_key(der, password=None)
-                assert isinstance(key, ec.EllipticCurvePrivateKey)
-                signer = SigningKey(row.kid, key)  # the newest active key signs
-        return _KeyState(signer, public, {"keys": published})
+                assert isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey)
+                signers[row.alg] = SigningKey(row.kid, key)  # the newest active key signs
+        return _KeyState(signers, public, {"keys": published})
+
+
+class KeySigner:
+    """Signs compact JWSs with the keyring's active ``alg`` key under the header ``{"alg",
+    "typ", "kid"}``, built once per key (the header never changes while the key is active)."""
+
+    def __init__(self, keyring: Keyring, alg: str, typ: str) -> None:
+        self._keyring = keyring
+        self._alg = alg
+        self._typ = typ
+        self._cached: tuple[SigningKey, CompactSigner] | None = None
+
+    def sign(self, claims: dict[str, Any]) -> str:
+        key = self._keyring.signer_for(self._alg)
+        cached = self._cached
+        if cached is None or cached[0] is not key:
+            header = {"alg": self._alg, "typ": self._typ, "kid": key.kid}
+            cached = self._cached = (key, CompactSigner(header, key.private_key))
+        return cached[1].sign(claims)

@@ -1,9 +1,11 @@
-"""The token pipeline (RFC 6749 §4.4; client authentication per §2.3 and RFC 7523).
+"""The token pipeline (RFC 6749 §4.4, §4.1.3, §6; client authentication per §2.3 and RFC 7523).
 
 Steps, in order: check the content type → parse the form (no repeated parameters) → check
-``grant_type`` → read the requested scope → detect and verify the client's authentication →
-grant a scope within the client's allowed scope → issue the access token. Each step raises a
-typed :class:`~fhirgate.oauth.errors.OAuthError`; the HTTP surface renders it.
+``grant_type`` against the URL's grants → read the requested scope → detect and verify the
+client's authentication → then, by grant: ``client_credentials`` grants a scope within the
+client's allowed scope and issues the access token; ``authorization_code`` and
+``refresh_token`` go to :class:`~fhirgate.oauth.delegation.Delegation`. Each step raises a typed
+:class:`~fhirgate.oauth.errors.OAuthError`; the HTTP surface renders it.
 """
 
 from __future__ import annotations
@@ -15,14 +17,26 @@ from urllib.parse import unquote_plus
 
 from fhirgate.oauth.assertions import AssertionRules
 from fhirgate.oauth.client_auth import ClientAuthenticator, detect_credentials
+from fhirgate.oauth.delegation import Delegation
 from fhirgate.oauth.errors import InvalidRequest, InvalidScope, UnsupportedGrantType
 from fhirgate.oauth.scopes import ScopeError, narrow, parse_scopes
 from fhirgate.oauth.tokens import AccessTokenService, IssuedToken
 from fhirgate.storage.models import AuthMethod
+from fhirgate.storage.repos import Client
 
-__all__ = ["FORM_CONTENT_TYPE", "TokenEndpoint", "TokenPolicy", "parse_form"]
+__all__ = [
+    "ALL_GRANT_TYPES",
+    "FORM_CONTENT_TYPE",
+    "TokenEndpoint",
+    "TokenPolicy",
+    "parse_form",
+]
 
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
+CLIENT_CREDENTIALS = "client_credentials"
+AUTHORIZATION_CODE = "authorization_code"
+REFRESH_TOKEN = "refresh_token"  # noqa: S105 (a grant type)
+ALL_GRANT_TYPES = frozenset({CLIENT_CREDENTIALS, AUTHORIZATION_CODE, REFRESH_TOKEN})
 _MAX_FIELDS = 64
 
 
@@ -36,6 +50,7 @@ class TokenPolicy:
     methods: frozenset[AuthMethod] = frozenset(
         {AuthMethod.PRIVATE_KEY_JWT, AuthMethod.CLIENT_SECRET_BASIC, AuthMethod.CLIENT_SECRET_POST}
     )
+    grant_types: frozenset[str] = frozenset({CLIENT_CREDENTIALS})
 
 
 @lru_cache(maxsize=1024)
@@ -86,39 +101,69 @@ def parse_form(body: bytes, content_type: str | None) -> dict[str, str]:
     return {name: value for name, value in form.items() if value != ""}
 
 
-def _grant_type(form: Mapping[str, str]) -> None:
+def _grant_type(form: Mapping[str, str], accepted: frozenset[str]) -> str:
     grant_type = form.get("grant_type")
     if grant_type is None:
         raise InvalidRequest("grant_type is required", check="grant_type_missing")
-    if grant_type != "client_credentials":
+    if grant_type not in accepted:
         raise UnsupportedGrantType(
-            check="grant_type_unsupported", detail=f"grant_type {grant_type[:64]!r}"
+            f"grant_type must be {' or '.join(sorted(accepted))}",
+            check="grant_type_unsupported",
+            detail=f"grant_type {grant_type[:64]!r}",
         )
+    return grant_type
+
+
+def _required(form: Mapping[str, str], name: str) -> str:
+    value = form.get(name)
+    if value is None:
+        raise InvalidRequest(f"{name} is required", check=f"{name}_missing")
+    return value
 
 
 class TokenEndpoint:
-    """``client_credentials`` (RFC 6749 §4.4) for confidential clients: ``private_key_jwt``
-    (SMART Backend Services) or a client secret."""
+    """``client_credentials`` (RFC 6749 §4.4) for confidential clients — ``private_key_jwt``
+    (SMART Backend Services) or a client secret — and, where the URL accepts them, the
+    ``authorization_code`` and ``refresh_token`` grants of application users."""
 
-    def __init__(self, authenticator: ClientAuthenticator, tokens: AccessTokenService):
+    def __init__(
+        self,
+        authenticator: ClientAuthenticator,
+        tokens: AccessTokenService,
+        delegation: Delegation,
+    ):
         self._authenticator = authenticator
         self._tokens = tokens
+        self._delegation = delegation
 
     async def handle(
         self, form: Mapping[str, str], authorization: str | None, policy: TokenPolicy, source: str
     ) -> IssuedToken:
-        _grant_type(form)
+        grant_type = _grant_type(form, policy.grant_types)
         requested = form.get("scope")
-        if requested is None and policy.scope_required:
+        if grant_type == AUTHORIZATION_CODE:
+            code = _required(form, "code")  # the code carries its scope (RFC 6749 §4.1.3)
+            client = await self._client(form, authorization, policy, source)
+            return await self._delegation.exchange_code(client, code)
+        if requested is None and policy.scope_required and grant_type == CLIENT_CREDENTIALS:
             raise InvalidRequest("scope is required", check="scope_missing")
         try:  # syntax first: a malformed request burns no jti
             wanted = None if requested is None else parse_scopes(requested)
         except ScopeError as exc:
             raise InvalidScope(str(exc), check="scope_invalid") from exc
-        credentials = detect_credentials(form, authorization, policy.methods)
-        client = await self._authenticator.authenticate(credentials, policy.rules, source)
+        if grant_type == REFRESH_TOKEN:
+            refresh_token = _required(form, "refresh_token")
+            client = await self._client(form, authorization, policy, source)
+            return await self._delegation.refresh(client, refresh_token, wanted)
+        client = await self._client(form, authorization, policy, source)
         try:
             granted = narrow(wanted, parse_scopes(client.scope))
         except ScopeError as exc:
             raise InvalidScope(str(exc), check="scope_not_allowed") from exc
         return self._tokens.issue(client, str(granted))
+
+    async def _client(
+        self, form: Mapping[str, str], authorization: str | None, policy: TokenPolicy, source: str
+    ) -> Client:
+        credentials = detect_credentials(form, authorization, policy.methods)
+        return await self._authenticator.authenticate(credentials, policy.rules, source)

@@ -2,8 +2,11 @@
 
 A token is ``{"typ": "at+jwt", "alg": "ES256", "kid"}`` over the claims ``iss``, ``sub``,
 ``aud``, ``exp``, ``iat``, ``jti``, ``client_id``, ``scope`` (RFC 9068 §2.2) and fhirgate's
-``organization`` and ``environment``. Verification checks type, algorithm, key, signature,
-issuer, audience, expiry and the ``jti`` deny-list (RFC 9068 §4).
+``organization`` and ``environment``. A token an application holds for one of its users (a user
+grant, 1upHealth dialect) has that user as ``sub`` (RFC 9068 §2.2: the resource owner) and
+carries ``oneup_user_id`` and ``grant_id``; the resource guard checks that the grant is live.
+Verification checks type, algorithm, key, signature, issuer, audience, expiry and the ``jti``
+deny-list (RFC 9068 §4).
 """
 
 from __future__ import annotations
@@ -14,12 +17,13 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from fhirgate.oauth.errors import InvalidToken
-from fhirgate.oauth.jose import CompactSigner, JWSError, parse_compact, verify_signature
-from fhirgate.oauth.keys import ACCESS_TOKEN_ALG, Keyring, SigningKey
+from fhirgate.oauth.jose import JWSError, parse_compact, verify_signature
+from fhirgate.oauth.keys import ACCESS_TOKEN_ALG, Keyring, KeySigner
 from fhirgate.oauth.scopes import ScopeError, ScopeSet, parse_scopes
 from fhirgate.storage.models import AuthMethod
 from fhirgate.storage.repos import Client
 from fhirgate.storage.ttl_sets import TTLSet
+from fhirgate.storage.user_grants import UserGrant
 
 __all__ = ["AccessTokenService", "IssuedToken", "Principal"]
 
@@ -35,6 +39,8 @@ class IssuedToken:
     scope: str
     jti: str
     client_id: str
+    refresh_token: str | None = None
+    id_token: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +55,12 @@ class Principal:
     jti: str
     organization_id: str
     environment: str
+    #: The application user the token acts for (a user grant, or ``x-oneup-user-id``).
+    user_id: int | None = None
+    #: The user grant the token was issued under (checked live on every request).
+    grant_id: str | None = None
+    #: ``x-oneup-user-id: client``: every user of the application, reads only.
+    all_users: bool = False
 
 
 class AccessTokenService:
@@ -63,6 +75,7 @@ class AccessTokenService:
         audience: str,
         ttl: int,
         secret_ttl: int,
+        user_ttl: int,
     ) -> None:
         self._keyring = keyring
         self._revoked = revoked
@@ -70,7 +83,8 @@ class AccessTokenService:
         self._audience = audience
         self.ttl = ttl
         self._secret_ttl = secret_ttl
-        self._compact_signer: tuple[SigningKey, CompactSigner] | None = None
+        self._user_ttl = user_ttl
+        self._signer = KeySigner(keyring, ACCESS_TOKEN_ALG, TOKEN_TYPE)
         self._verified: OrderedDict[str, Principal] = OrderedDict()
 
     def lifetime(self, client: Client) -> int:
@@ -82,15 +96,19 @@ class AccessTokenService:
             return self.ttl
         return self._secret_ttl
 
-    def issue(self, client: Client, scope: str) -> IssuedToken:
-        """Sign an access token for ``client`` (RFC 9068 §2)."""
-        signer = self._keyring.signer
+    def issue(self, client: Client, scope: str, grant: UserGrant | None = None) -> IssuedToken:
+        """Sign an access token for ``client`` (RFC 9068 §2), acting for the user of ``grant``
+        if one is given (``user_ttl``, never beyond the grant's end)."""
         issued_at = int(time.time())
-        ttl = self.lifetime(client)
+        if grant is None:
+            ttl, subject = self.lifetime(client), client.client_id
+        else:
+            ttl = min(self._user_ttl, grant.expires_at - issued_at)
+            subject = str(grant.oneup_user_id)
         jti = secrets.token_urlsafe(16)
-        claims = {
+        claims: dict[str, object] = {
             "iss": self._issuer,
-            "sub": client.client_id,
+            "sub": subject,
             "aud": self._audience,
             "exp": issued_at + ttl,
             "iat": issued_at,
@@ -100,15 +118,10 @@ class AccessTokenService:
             "organization": client.environment.organization_id,
             "environment": client.environment.kind,
         }
-        return IssuedToken(self._signer(signer).sign(claims), ttl, scope, jti, client.client_id)
-
-    def _signer(self, key: SigningKey) -> CompactSigner:
-        """The signer of ``key``, built once per active key (its header never changes)."""
-        cached = self._compact_signer
-        if cached is None or cached[0] is not key:
-            header = {"alg": ACCESS_TOKEN_ALG, "typ": TOKEN_TYPE, "kid": key.kid}
-            cached = self._compact_signer = (key, CompactSigner(header, key.private_key))
-        return cached[1]
+        if grant is not None:
+            claims["oneup_user_id"] = grant.oneup_user_id
+            claims["grant_id"] = grant.grant_id
+        return IssuedToken(self._signer.sign(claims), ttl, scope, jti, client.client_id)
 
     async def revoke(self, principal: Principal) -> None:
         """Deny-list a token's ``jti`` until it would have expired anyway."""
@@ -154,6 +167,7 @@ class AccessTokenService:
     def _principal(self, claims: dict[str, object]) -> Principal:
         now = int(time.time())
         exp, iat = claims.get("exp"), claims.get("iat")
+        user_id, grant_id = claims.get("oneup_user_id"), claims.get("grant_id")
         if claims.get("iss") != self._issuer or claims.get("aud") != self._audience:
             raise InvalidToken(check="iss_aud", detail="wrong issuer or audience")
         if not isinstance(exp, int) or exp <= now or not isinstance(iat, int):
@@ -171,4 +185,6 @@ class AccessTokenService:
             jti=str(claims["jti"]),
             organization_id=str(claims["organization"]),
             environment=str(claims["environment"]),
+            user_id=user_id if isinstance(user_id, int) else None,
+            grant_id=str(grant_id) if grant_id is not None else None,
         )

@@ -1,5 +1,6 @@
 """SQLAlchemy tables: organization → environment → client, server keys, opaque tokens, replay
-state and the audit log."""
+state, the audit log, and the per-user delegation of 1upHealth-style applications (application
+users, authorization codes, user grants)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from enum import StrEnum
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     DateTime,
     ForeignKey,
     Integer,
@@ -19,8 +21,10 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
+    "AppUserRow",
     "AuditEventRow",
     "AuthMethod",
+    "AuthorizationCodeRow",
     "Base",
     "ClientRow",
     "ClientStatus",
@@ -32,6 +36,7 @@ __all__ = [
     "RevokedTokenRow",
     "ServerKeyRow",
     "UsedJtiRow",
+    "UserGrantRow",
 ]
 
 
@@ -183,3 +188,66 @@ class RevokedTokenRow(Base):
 
     jti: Mapped[str] = mapped_column(String(64), primary_key=True)
     expires_at: Mapped[int] = mapped_column(Integer, index=True)
+
+
+class AppUserRow(Base):
+    """A user of an application (a secret client), as 1upHealth's user-management API has them:
+    ``app_user_id`` is the developer's name for the user (unique per application, changeable);
+    ``oneup_user_id`` is the server's number for it (never reused: AUTOINCREMENT on SQLite)."""
+
+    __tablename__ = "app_users"
+    __table_args__ = (
+        UniqueConstraint("client_id", "app_user_id"),
+        {"sqlite_autoincrement": True},
+    )
+
+    oneup_user_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    client_id: Mapped[str] = mapped_column(
+        ForeignKey("clients.client_id", ondelete="CASCADE"), index=True
+    )
+    app_user_id: Mapped[str] = mapped_column(String(255))
+    active: Mapped[bool] = mapped_column(Boolean)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class AuthorizationCodeRow(Base):
+    """An authorization code (RFC 6749 §4.1.2), stored only as its SHA-256 hash, bound to the
+    application, the user and the scope. ``grant_id`` names the grant it was redeemed for."""
+
+    __tablename__ = "authorization_codes"
+
+    code_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    client_id: Mapped[str] = mapped_column(
+        ForeignKey("clients.client_id", ondelete="CASCADE"), index=True
+    )
+    oneup_user_id: Mapped[int] = mapped_column(
+        ForeignKey("app_users.oneup_user_id", ondelete="CASCADE"), index=True
+    )
+    scope: Mapped[str] = mapped_column(Text)
+    issued_at: Mapped[int] = mapped_column(Integer)
+    expires_at: Mapped[int] = mapped_column(Integer, index=True)
+    consumed_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    grant_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+
+
+class UserGrantRow(Base):
+    """What one redeemed authorization code granted: a token family (its refresh tokens in
+    ``opaque_tokens`` share ``family_id = grant_id``; its access tokens carry ``grant_id``).
+    Revoking the grant ends every token of the family at once; ``expires_at`` is the family's
+    absolute lifetime."""
+
+    __tablename__ = "user_grants"
+
+    grant_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    client_id: Mapped[str] = mapped_column(
+        ForeignKey("clients.client_id", ondelete="CASCADE"), index=True
+    )
+    oneup_user_id: Mapped[int] = mapped_column(
+        ForeignKey("app_users.oneup_user_id", ondelete="CASCADE"), index=True
+    )
+    scope: Mapped[str] = mapped_column(Text)
+    auth_time: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[int] = mapped_column(Integer)
+    expires_at: Mapped[int] = mapped_column(Integer, index=True)
+    revoked_at: Mapped[int | None] = mapped_column(Integer, nullable=True)

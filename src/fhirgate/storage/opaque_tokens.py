@@ -1,4 +1,5 @@
-"""Opaque tokens — legacy access tokens and refresh tokens — stored only as SHA-256 hashes.
+"""Opaque tokens — legacy access tokens and refresh tokens (legacy API keys and user grants) —
+stored only as SHA-256 hashes.
 
 A token is 256 random bits, so a plain SHA-256 is enough to make a stolen table useless (no
 guessing is possible; DESIGN.md). Tokens issued together share a family; refresh rotation is
@@ -18,7 +19,7 @@ from typing import Any
 from sqlalchemy import Row, and_, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from fhirgate.storage.models import OpaqueKind, OpaqueTokenRow
+from fhirgate.storage.models import OpaqueKind, OpaqueTokenRow, UserGrantRow
 
 __all__ = [
     "REUSE_GRACE",
@@ -81,6 +82,26 @@ _COLUMNS = (
 )
 
 
+def _row(
+    token: str,
+    kind: OpaqueKind,
+    client_id: str,
+    family_id: str,
+    scope: str,
+    issued_at: int,
+    expires_at: int,
+) -> dict[str, Any]:
+    return {
+        "token_hash": hash_token(token),
+        "kind": kind.value,
+        "client_id": client_id,
+        "family_id": family_id,
+        "scope": scope,
+        "issued_at": issued_at,
+        "expires_at": expires_at,
+    }
+
+
 def _token(row: Row[Any]) -> OpaqueToken:
     values: tuple[Any, ...] = tuple(row)
     return OpaqueToken(*values)
@@ -106,19 +127,8 @@ class OpaqueTokenRepo:
         family = family_id or str(uuid.uuid4())
         access, refresh = new_token(), new_token()
         rows = [
-            {
-                "token_hash": hash_token(token),
-                "kind": kind.value,
-                "client_id": client_id,
-                "family_id": family,
-                "scope": scope,
-                "issued_at": now,
-                "expires_at": now + ttl,
-            }
-            for token, kind, ttl in (
-                (access, OpaqueKind.ACCESS, access_ttl),
-                (refresh, OpaqueKind.REFRESH, refresh_ttl),
-            )
+            _row(access, OpaqueKind.ACCESS, client_id, family, scope, now, now + access_ttl),
+            _row(refresh, OpaqueKind.REFRESH, client_id, family, scope, now, now + refresh_ttl),
         ]
         if conn is not None:
             await conn.execute(insert(OpaqueTokenRow), rows)
@@ -126,6 +136,18 @@ class OpaqueTokenRepo:
             async with self._engine.begin() as own:
                 await own.execute(insert(OpaqueTokenRow), rows)
         return IssuedPair(access, now + access_ttl, refresh, family)
+
+    @staticmethod
+    async def insert_refresh(
+        conn: AsyncConnection, client_id: str, family_id: str, scope: str, expires_at: int
+    ) -> str:
+        """A new refresh token of ``family_id``, inside the caller's transaction."""
+        token = new_token()
+        row = _row(
+            token, OpaqueKind.REFRESH, client_id, family_id, scope, int(time.time()), expires_at
+        )
+        await conn.execute(insert(OpaqueTokenRow), [row])
+        return token
 
     async def find(self, token: str) -> OpaqueToken | None:
         """The token's record, whatever its state."""
@@ -137,56 +159,75 @@ class OpaqueTokenRepo:
     async def rotate(
         self, client_id: str, refresh_token: str, access_ttl: int, refresh_ttl: int
     ) -> IssuedPair | None:
-        """Spend ``refresh_token`` of ``client_id`` and issue a new pair in its family.
+        """Spend ``refresh_token`` of ``client_id`` and issue a new pair in its family, in one
+        transaction; ``None`` when it cannot be spent (:meth:`spend`)."""
+        async with self._engine.begin() as conn:
+            spent = await self.spend(conn, client_id, refresh_token)
+            if spent is None:
+                return None
+            family, scope = spent
+            return await self.issue_pair(
+                client_id, scope, access_ttl, refresh_ttl, family, conn=conn
+            )
+
+    async def spend(
+        self, conn: AsyncConnection, client_id: str, refresh_token: str
+    ) -> tuple[str, str] | None:
+        """Mark ``refresh_token`` of ``client_id`` used, inside the caller's transaction;
+        its ``(family_id, scope)``.
 
         ``None`` when the token is unknown, another client's, expired or revoked — or already
-        spent, in which case its whole family is revoked (reuse means it was stolen), unless
-        it was spent within ``REUSE_GRACE`` seconds: that is the same client's concurrent or
-        retried request, refused without ending the session the winner just received."""
+        spent, in which case its whole family is revoked (reuse means it was stolen, RFC 9700
+        §4.14.2), unless it was spent within ``REUSE_GRACE`` seconds: that is the same client's
+        concurrent or retried request, refused without ending the session the winner just
+        received. One conditional ``UPDATE``: of concurrent spends exactly one wins."""
         token_hash, now = hash_token(refresh_token), int(time.time())
         mine = and_(
             OpaqueTokenRow.token_hash == token_hash,
             OpaqueTokenRow.client_id == client_id,
             OpaqueTokenRow.kind == OpaqueKind.REFRESH.value,
         )
-        async with self._engine.begin() as conn:
-            spent = await conn.execute(
-                update(OpaqueTokenRow)
-                .where(
-                    mine,
-                    OpaqueTokenRow.consumed_at.is_(None),
-                    OpaqueTokenRow.revoked_at.is_(None),
-                    OpaqueTokenRow.expires_at > now,
-                )
-                .values(consumed_at=now)
-                .returning(OpaqueTokenRow.family_id, OpaqueTokenRow.scope)
+        spent = await conn.execute(
+            update(OpaqueTokenRow)
+            .where(
+                mine,
+                OpaqueTokenRow.consumed_at.is_(None),
+                OpaqueTokenRow.revoked_at.is_(None),
+                OpaqueTokenRow.expires_at > now,
             )
-            won = spent.first()
-            if won is not None:
-                family, scope = won
-                return await self.issue_pair(
-                    client_id, scope, access_ttl, refresh_ttl, family, conn=conn
+            .values(consumed_at=now)
+            .returning(OpaqueTokenRow.family_id, OpaqueTokenRow.scope)
+        )
+        won = spent.first()
+        if won is not None:
+            return str(won[0]), str(won[1])
+        reused = (
+            await conn.execute(
+                select(OpaqueTokenRow.family_id).where(
+                    mine, OpaqueTokenRow.consumed_at < now - REUSE_GRACE
                 )
-            reused = (
-                await conn.execute(
-                    select(OpaqueTokenRow.family_id).where(
-                        mine, OpaqueTokenRow.consumed_at < now - REUSE_GRACE
-                    )
-                )
-            ).scalar()
-            if reused is not None:
-                await self._revoke_family(conn, reused, now)
+            )
+        ).scalar()
+        if reused is not None:
+            await self.revoke_family_in(conn, reused, now)
         return None
 
     async def revoke_family(self, family_id: str) -> None:
         async with self._engine.begin() as conn:
-            await self._revoke_family(conn, family_id, int(time.time()))
+            await self.revoke_family_in(conn, family_id, int(time.time()))
 
     @staticmethod
-    async def _revoke_family(conn: AsyncConnection, family_id: str, now: int) -> None:
+    async def revoke_family_in(conn: AsyncConnection, family_id: str, now: int) -> None:
+        """Revoke every token of a family; a user grant's family also ends the grant, so the
+        access tokens issued under it fail at the resource guard at once."""
         await conn.execute(
             update(OpaqueTokenRow)
             .where(OpaqueTokenRow.family_id == family_id, OpaqueTokenRow.revoked_at.is_(None))
+            .values(revoked_at=now)
+        )
+        await conn.execute(
+            update(UserGrantRow)
+            .where(UserGrantRow.grant_id == family_id, UserGrantRow.revoked_at.is_(None))
             .values(revoked_at=now)
         )
 

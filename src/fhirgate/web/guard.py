@@ -1,10 +1,18 @@
-"""The resource guard: one dependency that turns a bearer token into a :class:`Principal`.
+"""The resource guard: one dependency that turns a request's credentials into a
+:class:`Principal`.
 
 RFC 6750: the token comes only from the ``Authorization`` header (§2.1; never the query string,
 §2.3 is not supported). A request without credentials gets 401 with a bare ``Bearer`` challenge;
 a bad, expired or revoked token, or one whose client is no longer active, gets 401
 ``invalid_token``; a token whose scope does not cover the request gets 403
-``insufficient_scope`` (§3.1).
+``insufficient_scope`` (§3.1). A user grant's token is refused the moment its grant ends
+(revoked, reused, past its lifetime, or its user deactivated), on every replica: the grant is
+looked up on every request.
+
+1upHealth's system-level access: instead of a token, an application's ``client_id`` and
+``client_secret`` headers (checked, throttled and audited like any client secret) with
+``x-oneup-user-id`` (a user's number, or ``client`` for all its users, reads only) or
+``x-app-user-id``.
 """
 
 from __future__ import annotations
@@ -15,9 +23,19 @@ from typing import Annotated
 from fastapi import Depends, Request
 from starlette.responses import JSONResponse, Response
 
-from fhirgate.oauth.errors import InsufficientScope, InvalidToken, OAuthError
+from fhirgate.oauth.client_auth import SecretCredentials
+from fhirgate.oauth.delegation import APPLICATION_METHODS
+from fhirgate.oauth.errors import (
+    InsufficientScope,
+    InvalidRequest,
+    InvalidToken,
+    OAuthError,
+    TooManyAttempts,
+)
 from fhirgate.oauth.tokens import Principal
 from fhirgate.services import Services
+from fhirgate.storage.models import AuthMethod
+from fhirgate.web.token import source_address
 
 __all__ = ["BearerError", "CurrentPrincipal", "bearer_error_response", "require_scope"]
 
@@ -46,6 +64,8 @@ def _challenge(error: OAuthError | None, scope: str) -> str:
 def bearer_error_response(exc: BearerError) -> Response:
     error = exc.error or InvalidToken("an access token is required", check="missing")
     headers = {"WWW-Authenticate": _challenge(exc.error, exc.scope), "Cache-Control": "no-store"}
+    if isinstance(error, TooManyAttempts):
+        headers["Retry-After"] = str(error.retry_after)
     return JSONResponse(error.body(), status_code=error.status_code, headers=headers)
 
 
@@ -63,9 +83,11 @@ def _bearer_token(request: Request) -> str:
 
 
 async def authenticate(request: Request) -> Principal:
-    """Validate the request's bearer token: an access token JWT (RFC 6750 §2.1, RFC 9068 §4)
-    or an opaque legacy API key token."""
+    """Validate the request's bearer token — an access token JWT (RFC 6750 §2.1, RFC 9068 §4)
+    or an opaque legacy API key token — or 1upHealth's client credentials headers."""
     services: Services = request.app.state.services
+    if "client_id" in request.headers or "client_secret" in request.headers:
+        return await _header_principal(request, services)
     token = _bearer_token(request)
     try:
         if "." not in token:  # opaque: a legacy API key's access token
@@ -74,9 +96,38 @@ async def authenticate(request: Request) -> Principal:
         registered = await services.directory.get(principal.client_id)
         if registered is None or not registered.client.active:
             raise InvalidToken(check="client_inactive", detail="client revoked or deleted")
+        grant_id = principal.grant_id
+        if grant_id is not None and await services.delegation.grants.live(grant_id) is None:
+            raise InvalidToken(check="grant_ended", detail="grant revoked or expired")
     except InvalidToken as error:
         raise BearerError(error) from error
     return principal
+
+
+async def _header_principal(request: Request, services: Services) -> Principal:
+    headers = request.headers
+    client_id, secret = headers.get("client_id"), headers.get("client_secret")
+    try:
+        if "authorization" in headers:
+            raise InvalidRequest(
+                "send either Authorization or the client_id and client_secret headers",
+                check="multiple_credentials",
+            )
+        if client_id is None or secret is None:
+            raise InvalidRequest(
+                "the client_id and client_secret headers go together", check="header_credentials"
+            )
+        client = await services.authenticator.authenticate(
+            SecretCredentials(client_id, secret, AuthMethod.CLIENT_SECRET_POST),
+            None,
+            source_address(request.scope),
+            also=APPLICATION_METHODS,
+        )
+        return await services.delegation.header_principal(
+            client, headers.get("x-oneup-user-id"), headers.get("x-app-user-id"), request.method
+        )
+    except OAuthError as error:
+        raise BearerError(error) from error
 
 
 CurrentPrincipal = Annotated[Principal, Depends(authenticate)]

@@ -20,7 +20,7 @@ from fhirgate.config import Settings
 from fhirgate.oauth.assertions import AssertionRules
 from fhirgate.oauth.client_auth import is_basic
 from fhirgate.oauth.errors import OAuthError, TooManyAttempts
-from fhirgate.oauth.server import TokenPolicy, parse_form
+from fhirgate.oauth.server import ALL_GRANT_TYPES, TokenPolicy, parse_form
 from fhirgate.oauth.tokens import IssuedToken
 from fhirgate.services import Services
 from fhirgate.storage.models import AuthMethod
@@ -93,6 +93,10 @@ def standard_success(issued: IssuedToken) -> Response:
         "expires_in": issued.expires_in,
         "scope": issued.scope,
     }
+    if issued.refresh_token is not None:  # a user grant (RFC 6749 §5.1, OIDC Core §3.1.3.3)
+        body["refresh_token"] = issued.refresh_token
+        if issued.id_token is not None:
+            body["id_token"] = issued.id_token
     return json_response(body)
 
 
@@ -206,6 +210,8 @@ def assertion_rules(settings: Settings, token_path: str, **overrides: object) ->
 STANDARD = TokenDialect(
     name="standard",
     policy=lambda settings: TokenPolicy(
-        assertion_rules(settings, "/oauth2/token"), scope_required=True
+        assertion_rules(settings, "/oauth2/token"),
+        scope_required=True,
+        grant_types=ALL_GRANT_TYPES,
     ),
 )

@@ -21,6 +21,7 @@ from fhirgate.oauth.client_auth import detect_credentials, is_basic
 from fhirgate.oauth.errors import InvalidRequest, OAuthError
 from fhirgate.oauth.server import TokenPolicy, parse_form
 from fhirgate.services import Services
+from fhirgate.storage.models import AuthMethod
 from fhirgate.storage.repos import Client
 from fhirgate.web.token import (
     NO_STORE,
@@ -51,7 +52,7 @@ def _client_app(settings: Settings, path: str, action: Action) -> ASGIApp:
             form = parse_form(request.body, request.content_type)
             credentials = detect_credentials(form, authorization, policy.methods)
             client = await services.authenticator.authenticate(
-                credentials, policy.rules, source, legacy=True
+                credentials, policy.rules, source, also=(AuthMethod.LEGACY_API_KEY,)
             )
             token = form.get("token")
             if token is None:  # RFC 7009 §2.1: the client is authenticated first

@@ -141,17 +141,18 @@ class ClientAuthenticator:
         rules: AssertionRules | None,
         source: str,
         *,
-        legacy: bool = False,
+        also: Collection[str] = (),
     ) -> Client:
         """The authenticated client; ``rules`` apply to assertions (``None``: none accepted);
-        ``legacy`` lets legacy API keys authenticate with Basic or post (their own tokens'
-        introspection and revocation)."""
+        a secret is accepted from clients registered for any method in ``also`` besides the
+        one it was presented by (legacy API keys at introspection and revocation; either
+        secret method for 1upHealth's header, form and query credentials)."""
         claimed_id = None
         try:
             if isinstance(credentials, SecretCredentials):
                 claimed_id = credentials.client_id
                 self.throttle(source, claimed_id)
-                return await self._secret.authenticate(credentials, legacy)
+                return await self._secret.authenticate(credentials, also)
             if rules is None:
                 raise InvalidClient(check="unsupported_auth_method", detail="no assertions here")
             claimed = self._jwt.claim(credentials.assertion, credentials.client_id, rules)

@@ -18,13 +18,13 @@ import hashlib
 import hmac
 import secrets
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from urllib.parse import unquote_plus
 
 from fhirgate.oauth.clients import ClientDirectory
 from fhirgate.oauth.errors import InvalidClient, InvalidRequest
 from fhirgate.oauth.keys import derive_key
-from fhirgate.storage.models import AuthMethod
 from fhirgate.storage.repos import Client
 
 __all__ = ["SecretAuthenticator", "SecretCredentials", "SecretHasher", "is_basic", "parse_basic"]
@@ -109,9 +109,11 @@ class SecretAuthenticator:
         self._clients = clients
         self.hasher = hasher
 
-    async def authenticate(self, presented: SecretCredentials, legacy: bool = False) -> Client:
-        """The client, if ``presented`` is its secret, sent by its registered method — or, with
-        ``legacy``, by Basic or post for a legacy API key (introspection and revocation)."""
+    async def authenticate(
+        self, presented: SecretCredentials, also: Collection[str] = ()
+    ) -> Client:
+        """The client, if ``presented`` is its secret, sent by its registered method or by a
+        client registered for one of the methods ``also``."""
         too_long = max(len(presented.client_id), len(presented.secret)) > _MAX_CREDENTIAL_CHARS
         registered = None if too_long else await self._clients.get(presented.client_id)
         client = registered.client if registered is not None else None
@@ -124,8 +126,7 @@ class SecretAuthenticator:
             raise InvalidClient(check="unknown_client", detail="no such client")
         if not client.active:
             raise InvalidClient(check="client_inactive", detail="client revoked")
-        legacy_here = legacy and client.auth_method == AuthMethod.LEGACY_API_KEY
-        if client.auth_method != presented.method and not legacy_here:
+        if client.auth_method != presented.method and client.auth_method not in also:
             raise InvalidClient(
                 check="unregistered_method",
                 detail=f"registered {client.auth_method}, used {presented.method}",

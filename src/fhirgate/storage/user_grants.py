@@ -1,0 +1,248 @@
+"""Authorization codes and user grants (RFC 6749 §4.1, §6): what a user's application holds.
+
+A code is 256 random bits stored only as its SHA-256 hash, bound to the application, the user
+and the scope, single-use. Redeeming it is one transaction: a conditional ``UPDATE … WHERE
+consumed_at IS NULL`` spends it (of any number of concurrent redemptions exactly one wins, on
+SQLite and PostgreSQL alike), then the grant (the token family) and its first refresh token are
+inserted. So a redemption interrupted before its commit leaves the code unused, and one after
+its commit leaves a spent code whose grant is recorded and revocable: never two live families.
+
+A spent code presented again means it leaked: the grant it produced is revoked with every token
+of its family (RFC 6749 §4.1.2, RFC 9700 §4.5). Refreshing spends the refresh token the same way
+(:meth:`OpaqueTokenRepo.spend`) and adds the next one to the family.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import and_, delete, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from fhirgate.storage.models import AppUserRow, AuthorizationCodeRow, OpaqueTokenRow, UserGrantRow
+from fhirgate.storage.opaque_tokens import OpaqueTokenRepo, hash_token, new_token
+
+__all__ = ["GrantRepo", "Redemption", "UserGrant"]
+
+
+@dataclass(frozen=True, slots=True)
+class UserGrant:
+    """A live grant: the application ``client_id`` acts for user ``oneup_user_id``."""
+
+    grant_id: str
+    client_id: str
+    oneup_user_id: int
+    scope: str
+    auth_time: int
+    expires_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class Redemption:
+    """A code or refresh token spent: the grant, and the family's new refresh token."""
+
+    grant: UserGrant
+    refresh_token: str
+    refresh_expires_at: int
+
+
+_GRANT_COLUMNS = (
+    UserGrantRow.grant_id,
+    UserGrantRow.client_id,
+    UserGrantRow.oneup_user_id,
+    UserGrantRow.scope,
+    UserGrantRow.auth_time,
+    UserGrantRow.expires_at,
+)
+
+
+def _grant(row: Sequence[Any]) -> UserGrant:
+    grant_id, client_id, oneup_user_id, scope, auth_time, expires_at = tuple(row)
+    return UserGrant(grant_id, client_id, int(oneup_user_id), scope, auth_time, expires_at)
+
+
+class GrantRepo:
+    """Issues and redeems codes; refreshes, checks and revokes user grants."""
+
+    def __init__(
+        self, engine: AsyncEngine, opaque: OpaqueTokenRepo, *, family_ttl: int, refresh_ttl: int
+    ) -> None:
+        self._engine = engine
+        self._opaque = opaque
+        self._family_ttl = family_ttl
+        self._refresh_ttl = refresh_ttl
+
+    async def issue_code(self, client_id: str, oneup_user_id: int, scope: str, ttl: int) -> str:
+        """A new single-use code for ``client_id`` acting as ``oneup_user_id``."""
+        code, issued = new_token(), int(time.time())
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                insert(AuthorizationCodeRow).values(
+                    code_hash=hash_token(code),
+                    client_id=client_id,
+                    oneup_user_id=oneup_user_id,
+                    scope=scope,
+                    issued_at=issued,
+                    expires_at=issued + ttl,
+                )
+            )
+        return code
+
+    async def redeem_code(self, client_id: str, code: str) -> Redemption | None:
+        """Spend ``code`` of ``client_id`` and open its grant; ``None`` when the code is
+        unknown, another application's, expired or spent (then its grant is revoked), or its
+        user is inactive."""
+        now, grant_id, code_hash = int(time.time()), str(uuid.uuid4()), hash_token(code)
+        mine = and_(
+            AuthorizationCodeRow.code_hash == code_hash,
+            AuthorizationCodeRow.client_id == client_id,
+        )
+        async with self._engine.begin() as conn:
+            won = (
+                await conn.execute(
+                    update(AuthorizationCodeRow)
+                    .where(
+                        mine,
+                        AuthorizationCodeRow.consumed_at.is_(None),
+                        AuthorizationCodeRow.expires_at > now,
+                    )
+                    .values(consumed_at=now, grant_id=grant_id)
+                    .returning(
+                        AuthorizationCodeRow.oneup_user_id,
+                        AuthorizationCodeRow.scope,
+                        AuthorizationCodeRow.issued_at,
+                    )
+                )
+            ).first()
+            if won is None:
+                await self._revoke_reused_code(conn, mine, now)
+                return None
+            oneup_user_id, scope, issued_at = won
+            if not await self._user_active(conn, int(oneup_user_id)):
+                return None
+            grant = UserGrant(
+                grant_id, client_id, int(oneup_user_id), scope, issued_at, now + self._family_ttl
+            )
+            await conn.execute(
+                insert(UserGrantRow).values(
+                    grant_id=grant_id,
+                    client_id=client_id,
+                    oneup_user_id=grant.oneup_user_id,
+                    scope=scope,
+                    auth_time=issued_at,
+                    created_at=now,
+                    expires_at=grant.expires_at,
+                )
+            )
+            return await self._next_refresh(conn, grant, now)
+
+    async def _revoke_reused_code(self, conn: AsyncConnection, mine: Any, now: int) -> None:
+        spent = (
+            await conn.execute(
+                select(AuthorizationCodeRow.grant_id).where(
+                    mine, AuthorizationCodeRow.consumed_at.is_not(None)
+                )
+            )
+        ).scalar()
+        if spent is not None:
+            await self._opaque.revoke_family_in(conn, spent, now)
+
+    @staticmethod
+    async def _user_active(conn: AsyncConnection, oneup_user_id: int) -> bool:
+        active = (
+            await conn.execute(
+                select(AppUserRow.active).where(AppUserRow.oneup_user_id == oneup_user_id)
+            )
+        ).scalar()
+        return bool(active)
+
+    async def _next_refresh(self, conn: AsyncConnection, grant: UserGrant, now: int) -> Redemption:
+        expires_at = min(now + self._refresh_ttl, grant.expires_at)
+        token = await self._opaque.insert_refresh(
+            conn, grant.client_id, grant.grant_id, grant.scope, expires_at
+        )
+        return Redemption(grant, token, expires_at)
+
+    async def refresh(self, client_id: str, refresh_token: str) -> Redemption | None:
+        """Spend a refresh token of ``client_id`` and issue the next one of its family;
+        ``None`` when it cannot be spent or its grant is no longer live."""
+        now = int(time.time())
+        async with self._engine.begin() as conn:
+            spent = await self._opaque.spend(conn, client_id, refresh_token)
+            if spent is None:
+                return None
+            grant = await self._live(conn, spent[0], now)
+            if grant is None:
+                return None
+            return await self._next_refresh(conn, grant, now)
+
+    async def live(self, grant_id: str) -> UserGrant | None:
+        """The grant, if it is neither revoked nor expired and its user is active."""
+        async with self._engine.connect() as conn:
+            return await self._live(conn, grant_id, int(time.time()))
+
+    @staticmethod
+    async def _live(conn: AsyncConnection, grant_id: str, now: int) -> UserGrant | None:
+        stmt = (
+            select(*_GRANT_COLUMNS)
+            .join(AppUserRow, AppUserRow.oneup_user_id == UserGrantRow.oneup_user_id)
+            .where(
+                UserGrantRow.grant_id == grant_id,
+                UserGrantRow.revoked_at.is_(None),
+                UserGrantRow.expires_at > now,
+                AppUserRow.active.is_(True),
+            )
+        )
+        row = (await conn.execute(stmt)).first()
+        return None if row is None else _grant(row)
+
+    async def revoke_user(
+        self, client_id: str, oneup_user_id: int, conn: AsyncConnection | None = None
+    ) -> None:
+        """End everything ``client_id`` holds for the user: unused codes, grants and their
+        tokens. Codes go first: a redemption racing this either lost its code already or
+        produced a grant that the grant update below then sees (PostgreSQL row locks)."""
+        if conn is None:
+            async with self._engine.begin() as own:
+                await self.revoke_user(client_id, oneup_user_id, own)
+            return
+        now = int(time.time())
+        await conn.execute(
+            update(AuthorizationCodeRow)
+            .where(
+                AuthorizationCodeRow.client_id == client_id,
+                AuthorizationCodeRow.oneup_user_id == oneup_user_id,
+                AuthorizationCodeRow.consumed_at.is_(None),
+            )
+            .values(consumed_at=now)
+        )
+        users_grants = select(UserGrantRow.grant_id).where(
+            UserGrantRow.client_id == client_id, UserGrantRow.oneup_user_id == oneup_user_id
+        )
+        await conn.execute(
+            update(OpaqueTokenRow)
+            .where(OpaqueTokenRow.family_id.in_(users_grants), OpaqueTokenRow.revoked_at.is_(None))
+            .values(revoked_at=now)
+        )
+        await conn.execute(
+            update(UserGrantRow)
+            .where(
+                UserGrantRow.client_id == client_id,
+                UserGrantRow.oneup_user_id == oneup_user_id,
+                UserGrantRow.revoked_at.is_(None),
+            )
+            .values(revoked_at=now)
+        )
+
+    async def purge(self) -> int:
+        """Drop codes that expired a day ago (a reused code is recognised until then)."""
+        cutoff = int(time.time()) - 86_400
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                delete(AuthorizationCodeRow).where(AuthorizationCodeRow.expires_at < cutoff)
+            )
+        return int(result.rowcount)
