@@ -174,6 +174,7 @@ class Services:
             log.exception("could not write the last audit events")
         self.used_jti.close()
         self.revoked.close()
+        await self.delegation.grants.aclose()
         await self.jwks.aclose()
         if self.redis is not None:
             await self.redis.aclose()

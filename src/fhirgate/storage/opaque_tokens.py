@@ -201,16 +201,26 @@ class OpaqueTokenRepo:
         won = spent.first()
         if won is not None:
             return str(won[0]), str(won[1])
+        await self.revoke_if_reused(conn, client_id, token_hash, now)
+        return None
+
+    async def revoke_if_reused(
+        self, conn: AsyncConnection, client_id: str, token_hash: str, now: int
+    ) -> None:
+        """A refresh token of ``client_id`` that could not be spent: if it was spent more than
+        ``REUSE_GRACE`` seconds ago, it is being reused — revoke its family."""
         reused = (
             await conn.execute(
                 select(OpaqueTokenRow.family_id).where(
-                    mine, OpaqueTokenRow.consumed_at < now - REUSE_GRACE
+                    OpaqueTokenRow.token_hash == token_hash,
+                    OpaqueTokenRow.client_id == client_id,
+                    OpaqueTokenRow.kind == OpaqueKind.REFRESH.value,
+                    OpaqueTokenRow.consumed_at < now - REUSE_GRACE,
                 )
             )
         ).scalar()
         if reused is not None:
             await self.revoke_family_in(conn, reused, now)
-        return None
 
     async def revoke_family(self, family_id: str) -> None:
         async with self._engine.begin() as conn:

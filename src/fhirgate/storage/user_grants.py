@@ -9,7 +9,7 @@ its commit leaves a spent code whose grant is recorded and revocable: never two 
 
 A spent code presented again means it leaked: the grant it produced is revoked with every token
 of its family (RFC 6749 §4.1.2, RFC 9700 §4.5). Refreshing spends the refresh token the same way
-(:meth:`OpaqueTokenRepo.spend`) and adds the next one to the family.
+and adds the next one to the family, in one round trip (:mod:`fhirgate.storage.refresh_store`).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from fhirgate.storage.models import AppUserRow, AuthorizationCodeRow, OpaqueTokenRow, UserGrantRow
 from fhirgate.storage.opaque_tokens import OpaqueTokenRepo, hash_token, new_token
+from fhirgate.storage.refresh_store import RefreshStore, refresh_store_for
 
 __all__ = ["GrantRepo", "Redemption", "UserGrant"]
 
@@ -75,6 +76,11 @@ class GrantRepo:
         self._opaque = opaque
         self._family_ttl = family_ttl
         self._refresh_ttl = refresh_ttl
+        self._store: RefreshStore | None = None
+
+    async def aclose(self) -> None:
+        if self._store is not None:
+            await self._store.aclose()
 
     async def issue_code(self, client_id: str, oneup_user_id: int, scope: str, ttl: int) -> str:
         """A new single-use code for ``client_id`` acting as ``oneup_user_id``."""
@@ -168,17 +174,20 @@ class GrantRepo:
         return Redemption(grant, token, expires_at)
 
     async def refresh(self, client_id: str, refresh_token: str) -> Redemption | None:
-        """Spend a refresh token of ``client_id`` and issue the next one of its family;
-        ``None`` when it cannot be spent or its grant is no longer live."""
-        now = int(time.time())
-        async with self._engine.begin() as conn:
-            spent = await self._opaque.spend(conn, client_id, refresh_token)
-            if spent is None:
-                return None
-            grant = await self._live(conn, spent[0], now)
-            if grant is None:
-                return None
-            return await self._next_refresh(conn, grant, now)
+        """Spend a refresh token of ``client_id`` and issue the next one of its family, in one
+        round trip (:mod:`fhirgate.storage.refresh_store`); ``None`` when it cannot be spent
+        (then, if it is being reused, its family is revoked) or its grant is no longer live."""
+        if self._store is None:
+            self._store = refresh_store_for(self._engine)
+        now, token, spent = int(time.time()), new_token(), hash_token(refresh_token)
+        renewed = await self._store.renew(
+            client_id, spent, hash_token(token), now, self._refresh_ttl
+        )
+        if renewed is None:
+            async with self._engine.begin() as conn:
+                await self._opaque.revoke_if_reused(conn, client_id, spent, now)
+            return None
+        return Redemption(_grant(renewed[:6]), token, int(renewed[6]))
 
     async def live(self, grant_id: str) -> UserGrant | None:
         """The grant, if it is neither revoked nor expired and its user is active."""
