@@ -7,12 +7,17 @@ requests ÷ CPU seconds used by the server processes (robust on a shared, noisy 
 
 ``--mode client_secret_basic`` drives client-credentials grants with HTTP Basic instead, and
 ``--mode introspect`` drives ``POST /oauth2/introspect`` (Basic) with one access token.
+``--mode authorization_code`` exchanges codes issued before the timed window (written straight to
+the database, as ``POST /user-management/v1/user/auth-code`` would), and ``--mode refresh_token``
+refreshes: each connection follows its own chain of rotating refresh tokens, so every request
+spends the token the previous answer returned.
 
     python -m bench.token_endpoint --alg RS384 --concurrency 32 --requests 30000
     python -m bench.token_endpoint --alg ES384 --concurrency 32 --requests 40000 --duration 20
     python -m bench.token_endpoint --mode client_secret_basic --requests 60000 --duration 15
     python -m bench.token_endpoint --alg ES384 --database-url postgresql+asyncpg://… \
         --redis-url redis://127.0.0.1:6379/0
+    python -m bench.token_endpoint --mode refresh_token --requests 30000 --duration 15
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -205,15 +210,109 @@ def introspection(port: int, authorization: str, count: int) -> list[bytes]:
     return [request_bytes(f"127.0.0.1:{port}", "/oauth2/introspect", body, authorization)] * count
 
 
-async def read_response(reader: asyncio.StreamReader) -> int:
+def application(env: dict[str, str]) -> tuple[str, str]:
+    """A 1upHealth-style application: a client_secret_post client allowed user scopes."""
+    created = json.loads(
+        fhirgate(
+            env,
+            "clients",
+            "create",
+            "--auth",
+            "client_secret_post",
+            "--scope",
+            "user/*.*",
+            "--name",
+            "app",
+            "--json",
+        )
+    )
+    return created["client_id"], created["client_secret"]
+
+
+def issue_codes(database_url: str, client_id: str, count: int) -> list[str]:
+    """``count`` codes for one user, written in bulk before the timed window (the hashes, as
+    the server stores them)."""
+    from sqlalchemy import insert
+
+    from fhirgate.storage.app_users import AppUserRepo
+    from fhirgate.storage.db import create_engine
+    from fhirgate.storage.models import AuthorizationCodeRow
+    from fhirgate.storage.opaque_tokens import hash_token, new_token
+
+    async def write() -> list[str]:
+        engine = create_engine(database_url)
+        try:
+            user = await AppUserRepo(engine).create(client_id, "bench-user")
+            codes = [new_token() for _ in range(count)]
+            now = int(time.time())
+            rows = [
+                {
+                    "code_hash": hash_token(code),
+                    "client_id": client_id,
+                    "oneup_user_id": user.oneup_user_id,
+                    "scope": "user/*.*",
+                    "issued_at": now,
+                    "expires_at": now + 3600,
+                }
+                for code in codes
+            ]
+            async with engine.begin() as conn:
+                for start in range(0, len(rows), 5000):
+                    await conn.execute(insert(AuthorizationCodeRow), rows[start : start + 5000])
+            return codes
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(write())
+
+
+def grant_form(client_id: str, secret: str, **fields: str) -> bytes:
+    return urlencode({**fields, "client_id": client_id, "client_secret": secret}).encode()
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     head = await reader.readuntil(b"\r\n\r\n")
     status = int(head[9:12])
     length = 0
     for line in head.split(b"\r\n"):
         if line.lower().startswith(b"content-length:"):
             length = int(line.split(b":", 1)[1])
-    await reader.readexactly(length)
-    return status
+    return status, await reader.readexactly(length)
+
+
+async def drive_refresh_chains(
+    port: int,
+    first_tokens: list[str],
+    request: Callable[[str], bytes],
+    count: int,
+    duration: float | None = None,
+) -> tuple[list[float], int]:
+    """One connection per chain: each refresh spends the token the previous answer gave, until
+    ``count`` refreshes in all or ``duration`` seconds. Latencies and errors."""
+    remaining = count
+    deadline = time.perf_counter() + duration if duration else float("inf")
+    latencies: list[float] = []
+    errors = 0
+
+    async def chain(token: str) -> None:
+        nonlocal errors, remaining
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        while remaining > 0:
+            remaining -= 1
+            started = time.perf_counter()
+            if started > deadline:
+                break
+            writer.write(request(token))
+            status, body = await read_response(reader)
+            latencies.append(time.perf_counter() - started)
+            if status != 200:
+                errors += 1
+                break  # a broken chain cannot go on
+            token = json.loads(body)["refresh_token"]
+        writer.close()
+
+    await asyncio.gather(*(chain(token) for token in first_tokens))
+    return latencies, errors
 
 
 async def drive(
@@ -234,7 +333,7 @@ async def drive(
             if started > deadline:
                 break
             writer.write(payload)
-            status = await read_response(reader)
+            status, _ = await read_response(reader)
             latencies.append(time.perf_counter() - started)
             errors += status != 200
         writer.close()
@@ -307,10 +406,26 @@ def run(args: argparse.Namespace) -> Result:
         )
         if args.redis_url:
             env["FHIRGATE_REDIS_URL"] = args.redis_url
+        env["FHIRGATE_USER_MANAGEMENT_RATE_LIMIT"] = "0"
+        host = f"127.0.0.1:{port}"
+        chains: list[str] = []
         if args.mode == "private_key_jwt":
             payloads = jwt_payloads(args, env, tmp, port)
         elif args.mode == "client_secret_basic":
             payloads = secret_payloads(args, env, port)
+        elif args.mode in ("authorization_code", "refresh_token"):
+            client_id, secret = application(env)
+            total = args.requests + args.warmup
+            codes = issue_codes(
+                database_url,
+                client_id,
+                total if args.mode != "refresh_token" else 2 * args.concurrency,
+            )
+            bodies = [
+                grant_form(client_id, secret, grant_type="authorization_code", code=code)
+                for code in codes
+            ]
+            payloads = [request_bytes(host, "/oauth2/token", body) for body in bodies]
         else:
             authorization = secret_client(env)
         server = subprocess.Popen(
@@ -330,17 +445,44 @@ def run(args: argparse.Namespace) -> Result:
             wait_until_up(port, server)
             if args.mode == "introspect":
                 payloads = introspection(port, authorization, args.requests + args.warmup)
+            if args.mode == "refresh_token":
+                chains = [
+                    httpx.post(
+                        f"http://{host}/oauth2/token",
+                        content=body,
+                        headers={"Content-Type": "application/x-www-form-urlencoded"},
+                    ).json()["refresh_token"]
+                    for body in bodies
+                ]
+
+                def refresh(token: str) -> bytes:
+                    return request_bytes(
+                        host,
+                        "/oauth2/token",
+                        grant_form(
+                            client_id, secret, grant_type="refresh_token", refresh_token=token
+                        ),
+                    )
+
             procs = server_processes(psutil.Process(server.pid))
             print(
                 f"warm-up {args.warmup}, then {args.requests} requests at "
                 f"concurrency {args.concurrency}…",
                 file=sys.stderr,
             )
-            uvloop.run(drive(port, payloads[: args.warmup], args.concurrency))
-            cpu_before, wall_before = cpu_seconds(procs), time.perf_counter()
-            latencies, errors = uvloop.run(
-                drive(port, payloads[args.warmup :], args.concurrency, args.duration)
-            )
+            if args.mode == "refresh_token":
+                warm, timed = chains[: args.concurrency], chains[args.concurrency :]
+                uvloop.run(drive_refresh_chains(port, warm, refresh, args.warmup))
+                cpu_before, wall_before = cpu_seconds(procs), time.perf_counter()
+                latencies, errors = uvloop.run(
+                    drive_refresh_chains(port, timed, refresh, args.requests, args.duration)
+                )
+            else:
+                uvloop.run(drive(port, payloads[: args.warmup], args.concurrency))
+                cpu_before, wall_before = cpu_seconds(procs), time.perf_counter()
+                latencies, errors = uvloop.run(
+                    drive(port, payloads[args.warmup :], args.concurrency, args.duration)
+                )
             wall = time.perf_counter() - wall_before
             cpu = cpu_seconds(procs) - cpu_before
             workers = procs[1:] if args.workers > 1 else procs
@@ -374,8 +516,15 @@ def main() -> None:
     parser.add_argument(
         "--mode",
         default="private_key_jwt",
-        choices=["private_key_jwt", "client_secret_basic", "introspect"],
-        help="grants with signed assertions (--alg), grants with HTTP Basic, or introspection",
+        choices=[
+            "private_key_jwt",
+            "client_secret_basic",
+            "introspect",
+            "authorization_code",
+            "refresh_token",
+        ],
+        help="client-credentials grants with signed assertions (--alg) or HTTP Basic, "
+        "introspection, code exchanges or refreshes",
     )
     parser.add_argument("--alg", default="RS384", choices=["RS384", "ES384"])
     parser.add_argument("--concurrency", type=int, default=32)
