@@ -1,4 +1,5 @@
-"""The ``fhirgate`` command: ``serve``, ``db``, ``orgs``, ``clients``, ``keys``, ``token``.
+"""The ``fhirgate`` command: ``serve``, ``db``, ``orgs``, ``clients``, ``keys``, ``token``,
+``users`` (an application's users: 1upHealth per-user delegated access).
 
 Exit codes: 0 success, 1 error (a clear message on stderr), 2 usage error.
 """
@@ -13,6 +14,7 @@ from fhirgate.cli.clients import clients
 from fhirgate.cli.context import Storage, emit, load_settings, run_storage
 from fhirgate.cli.keys import keys
 from fhirgate.cli.token import token
+from fhirgate.cli.users import users
 from fhirgate.logs import log_config
 from fhirgate.storage.db import upgrade
 
@@ -89,6 +91,7 @@ def orgs_create(slug: str, name: str, as_json: bool) -> None:
 cli.add_command(clients)
 cli.add_command(keys)
 cli.add_command(token)
+cli.add_command(users)
 
 
 def main() -> None:
