@@ -234,13 +234,23 @@ async def asend(client: httpx.AsyncClient | None, request: httpx.Request) -> htt
         raise unavailable(exc) from exc
 
 
+_TRANSPORT_HEADERS = frozenset(
+    {"host", "content-length", "connection", "accept-encoding", "user-agent", "accept"}
+)
+
+
 def post_with_requests(request: httpx.Request) -> httpx.Response:
     """Send with ``requests.post`` (for the requests integration), answer as httpx's."""
     import requests  # optional dependency
 
-    headers = {"Content-Type": request.headers["Content-Type"], "Accept": "application/json"}
-    if "Authorization" in request.headers:  # client_secret_basic
-        headers["Authorization"] = request.headers["Authorization"]
+    # the request's own headers (Basic, 1upHealth's client_id/client_secret), but not those
+    # that describe httpx's connection or body encoding: requests sets its own
+    headers = {
+        name: value
+        for name, value in request.headers.items()
+        if name.lower() not in _TRANSPORT_HEADERS
+    }
+    headers["Accept"] = "application/json"
     try:  # an auth of its own, so that requests does not put ~/.netrc credentials instead
         answer = requests.post(str(request.url), data=request.content, headers=headers,
                                timeout=TIMEOUT, auth=_as_built)  # fmt: skip

@@ -40,23 +40,19 @@ Exceptions::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
+from collections.abc import Generator
 from typing import Literal
 
 import httpx
 
 from fhirgate.client._base import CachedTokenAuth, TokenExchange
 from fhirgate.client._errors import (
-    TIMEOUT,
     OAuthError,
     TokenUnavailable,
-    _as_built,
     _fallback,
     _json_object,
     _retry_later,
     parse_token_response,
-    post_with_requests,
-    unavailable,
 )
 from fhirgate.client._secret import basic_authorization
 
@@ -68,7 +64,6 @@ USER_MANAGEMENT_PATH = "/user-management/v1"
 NO_SUCH_USER = "Could not find a user matching this query"
 USER_EXISTS = "this user already exists"
 _MAX_DESCRIPTION = 500
-_FORWARDED = ("Content-Type", "Accept", "Authorization", "client_id", "client_secret")
 
 TokenMethod = Literal["post", "basic"]
 CodeFetch = Generator[httpx.Request, httpx.Response, str]
@@ -201,17 +196,6 @@ class AppUserAuth(CachedTokenAuth):
             self.id_token = id_token
         return self._store(parsed.access_token, parsed.expires_in, started)
 
-    # ------------------------------------------------------------------ requests
-
-    def _locked_token(
-        self, stale: str | None, send: Callable[[httpx.Request], httpx.Response]
-    ) -> str:
-        """As ``CachedTokenAuth``'s; requests sends every header the user-management API
-        needs (``post_with_requests`` keeps only the token endpoint's)."""
-        if send is post_with_requests:
-            send = _post_with_requests
-        return super()._locked_token(stale, send)
-
 
 def _unusable(answer: httpx.Response, member: str) -> TokenUnavailable:
     reason = f"the user-management answer has no usable {member}"
@@ -236,16 +220,3 @@ def _user_management_body(answer: httpx.Response) -> dict[str, object]:
         raise TokenUnavailable(_fallback(status), reason, status_code=status, body=body)
     error = "invalid_client" if status == 401 else "invalid_request"
     raise OAuthError(error, description, status_code=status, body=body)
-
-
-def _post_with_requests(request: httpx.Request) -> httpx.Response:
-    """Send with ``requests.post``, with the headers that matter here; answer as httpx's."""
-    import requests  # optional dependency
-
-    headers = {name: request.headers[name] for name in _FORWARDED if name in request.headers}
-    try:  # an auth of its own, so that requests does not put ~/.netrc credentials instead
-        answer = requests.post(str(request.url), data=request.content, headers=headers,
-                               timeout=TIMEOUT, auth=_as_built)  # fmt: skip
-    except requests.RequestException as exc:
-        raise unavailable(exc) from exc
-    return httpx.Response(answer.status_code, content=answer.content)
