@@ -137,18 +137,6 @@ class OpaqueTokenRepo:
                 await own.execute(insert(OpaqueTokenRow), rows)
         return IssuedPair(access, now + access_ttl, refresh, family)
 
-    @staticmethod
-    async def insert_refresh(
-        conn: AsyncConnection, client_id: str, family_id: str, scope: str, expires_at: int
-    ) -> str:
-        """A new refresh token of ``family_id``, inside the caller's transaction."""
-        token = new_token()
-        row = _row(
-            token, OpaqueKind.REFRESH, client_id, family_id, scope, int(time.time()), expires_at
-        )
-        await conn.execute(insert(OpaqueTokenRow), [row])
-        return token
-
     async def find(self, token: str) -> OpaqueToken | None:
         """The token's record, whatever its state."""
         stmt = select(*_COLUMNS).where(OpaqueTokenRow.token_hash == hash_token(token))

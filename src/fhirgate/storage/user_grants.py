@@ -1,15 +1,16 @@
 """Authorization codes and user grants (RFC 6749 §4.1, §6): what a user's application holds.
 
 A code is 256 random bits stored only as its SHA-256 hash, bound to the application, the user
-and the scope, single-use. Redeeming it is one transaction: a conditional ``UPDATE … WHERE
-consumed_at IS NULL`` spends it (of any number of concurrent redemptions exactly one wins, on
-SQLite and PostgreSQL alike), then the grant (the token family) and its first refresh token are
-inserted. So a redemption interrupted before its commit leaves the code unused, and one after
-its commit leaves a spent code whose grant is recorded and revocable: never two live families.
+and the scope, single-use. Redeeming it is one transaction (one statement on PostgreSQL): a
+conditional ``UPDATE … WHERE consumed_at IS NULL`` spends it (of any number of concurrent
+redemptions exactly one wins, on SQLite and PostgreSQL alike), then the grant (the token family)
+and its first refresh token are inserted. So a redemption interrupted before its commit leaves
+the code unused, and one after its commit leaves a spent code whose grant is recorded and
+revocable: never two live families.
 
 A spent code presented again means it leaked: the grant it produced is revoked with every token
 of its family (RFC 6749 §4.1.2, RFC 9700 §4.5). Refreshing spends the refresh token the same way
-and adds the next one to the family, in one round trip (:mod:`fhirgate.storage.refresh_store`).
+and adds the next one to the family, in one round trip (:mod:`fhirgate.storage.grant_store`).
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from typing import Any
 from sqlalchemy import and_, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from fhirgate.storage.grant_store import GrantStore, grant_store_for
 from fhirgate.storage.models import AppUserRow, AuthorizationCodeRow, OpaqueTokenRow, UserGrantRow
 from fhirgate.storage.opaque_tokens import OpaqueTokenRepo, hash_token, new_token
-from fhirgate.storage.refresh_store import RefreshStore, refresh_store_for
 
 __all__ = ["GrantRepo", "Redemption", "UserGrant"]
 
@@ -76,7 +77,7 @@ class GrantRepo:
         self._opaque = opaque
         self._family_ttl = family_ttl
         self._refresh_ttl = refresh_ttl
-        self._store: RefreshStore | None = None
+        self._store: GrantStore | None = None
 
     async def aclose(self) -> None:
         if self._store is not None:
@@ -99,52 +100,34 @@ class GrantRepo:
         return code
 
     async def redeem_code(self, client_id: str, code: str) -> Redemption | None:
-        """Spend ``code`` of ``client_id`` and open its grant; ``None`` when the code is
-        unknown, another application's, expired or spent (then its grant is revoked), or its
-        user is inactive."""
-        now, grant_id, code_hash = int(time.time()), str(uuid.uuid4()), hash_token(code)
-        mine = and_(
-            AuthorizationCodeRow.code_hash == code_hash,
-            AuthorizationCodeRow.client_id == client_id,
+        """Spend ``code`` of ``client_id`` and open its grant, in one round trip
+        (:mod:`fhirgate.storage.grant_store`); ``None`` when the code is unknown, another
+        application's, expired or spent (then the grant it produced is revoked), or its user is
+        inactive."""
+        now, token, spent = int(time.time()), new_token(), hash_token(code)
+        issued = await self._grant_store().redeem(
+            client_id,
+            spent,
+            hash_token(token),
+            now,
+            self._refresh_ttl,
+            str(uuid.uuid4()),
+            self._family_ttl,
         )
-        async with self._engine.begin() as conn:
-            won = (
-                await conn.execute(
-                    update(AuthorizationCodeRow)
-                    .where(
-                        mine,
-                        AuthorizationCodeRow.consumed_at.is_(None),
-                        AuthorizationCodeRow.expires_at > now,
-                    )
-                    .values(consumed_at=now, grant_id=grant_id)
-                    .returning(
-                        AuthorizationCodeRow.oneup_user_id,
-                        AuthorizationCodeRow.scope,
-                        AuthorizationCodeRow.issued_at,
-                    )
-                )
-            ).first()
-            if won is None:
+        if issued is None:
+            mine = and_(
+                AuthorizationCodeRow.code_hash == spent,
+                AuthorizationCodeRow.client_id == client_id,
+            )
+            async with self._engine.begin() as conn:
                 await self._revoke_reused_code(conn, mine, now)
-                return None
-            oneup_user_id, scope, issued_at = won
-            if not await self._user_active(conn, int(oneup_user_id)):
-                return None
-            grant = UserGrant(
-                grant_id, client_id, int(oneup_user_id), scope, issued_at, now + self._family_ttl
-            )
-            await conn.execute(
-                insert(UserGrantRow).values(
-                    grant_id=grant_id,
-                    client_id=client_id,
-                    oneup_user_id=grant.oneup_user_id,
-                    scope=scope,
-                    auth_time=issued_at,
-                    created_at=now,
-                    expires_at=grant.expires_at,
-                )
-            )
-            return await self._next_refresh(conn, grant, now)
+            return None
+        return Redemption(_grant(issued[:6]), token, int(issued[6]))
+
+    def _grant_store(self) -> GrantStore:
+        if self._store is None:
+            self._store = grant_store_for(self._engine)
+        return self._store
 
     async def _revoke_reused_code(self, conn: AsyncConnection, mine: Any, now: int) -> None:
         spent = (
@@ -157,30 +140,12 @@ class GrantRepo:
         if spent is not None:
             await self._opaque.revoke_family_in(conn, spent, now)
 
-    @staticmethod
-    async def _user_active(conn: AsyncConnection, oneup_user_id: int) -> bool:
-        active = (
-            await conn.execute(
-                select(AppUserRow.active).where(AppUserRow.oneup_user_id == oneup_user_id)
-            )
-        ).scalar()
-        return bool(active)
-
-    async def _next_refresh(self, conn: AsyncConnection, grant: UserGrant, now: int) -> Redemption:
-        expires_at = min(now + self._refresh_ttl, grant.expires_at)
-        token = await self._opaque.insert_refresh(
-            conn, grant.client_id, grant.grant_id, grant.scope, expires_at
-        )
-        return Redemption(grant, token, expires_at)
-
     async def refresh(self, client_id: str, refresh_token: str) -> Redemption | None:
         """Spend a refresh token of ``client_id`` and issue the next one of its family, in one
-        round trip (:mod:`fhirgate.storage.refresh_store`); ``None`` when it cannot be spent
+        round trip (:mod:`fhirgate.storage.grant_store`); ``None`` when it cannot be spent
         (then, if it is being reused, its family is revoked) or its grant is no longer live."""
-        if self._store is None:
-            self._store = refresh_store_for(self._engine)
         now, token, spent = int(time.time()), new_token(), hash_token(refresh_token)
-        renewed = await self._store.renew(
+        renewed = await self._grant_store().renew(
             client_id, spent, hash_token(token), now, self._refresh_ttl
         )
         if renewed is None:

@@ -1,0 +1,299 @@
+"""The grant hot paths in one storage round trip each: redeem an authorization code (spend it,
+open its grant, issue the first refresh token) and refresh (spend a refresh token, check its
+grant, issue the next one).
+
+Refreshing is the write every long-running application makes again and again, so both are
+plain SQL per backend instead of SQLAlchemy's expression layer (docs/benchmarks.md):
+
+* PostgreSQL: one autocommit statement whose data-modifying CTEs do every step — atomic, one
+  round trip — on a small asyncpg pool of its own.
+* SQLite (embedded): the same steps in one ``BEGIN IMMEDIATE`` transaction on a dedicated
+  ``sqlite3`` connection, inline on the event loop (microseconds, no thread hop). The inline
+  attempt never waits for the write lock: if another connection holds it (a transaction of the
+  async engine, which may need this very event loop to finish), the transaction runs in a worker
+  thread on a second connection that may wait.
+
+Each spend is a conditional ``UPDATE … WHERE consumed_at IS NULL``: of concurrent spends exactly
+one wins. The spend and the inserts commit together or not at all (issue 4, crash consistency).
+A code or token that cannot be spent, or whose user or grant is no longer live, gives ``None``;
+:class:`~fhirgate.storage.user_grants.GrantRepo` then tells reuse from error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import asyncpg
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+__all__ = ["GrantStore", "PostgresGrantStore", "SqliteGrantStore", "grant_store_for"]
+
+#: (grant_id, client_id, oneup_user_id, scope, auth_time, grant expires_at, refresh expires_at)
+Issued = Sequence[Any]
+
+#: Every statement's parameters, in asyncpg's ``$n`` order.
+_PARAMETERS = ("client_id", "spent_hash", "new_hash", "now", "ttl", "grant_id", "family_ttl")
+
+_SPEND_REFRESH = """
+    UPDATE opaque_tokens SET consumed_at = :now
+    WHERE token_hash = :spent_hash AND client_id = :client_id AND kind = 'refresh'
+      AND consumed_at IS NULL AND revoked_at IS NULL AND expires_at > :now
+    RETURNING family_id
+"""
+_LIVE_GRANT = """
+    SELECT g.grant_id, g.client_id, g.oneup_user_id, g.scope, g.auth_time, g.expires_at
+    FROM user_grants g JOIN app_users u ON u.oneup_user_id = g.oneup_user_id
+    WHERE g.revoked_at IS NULL AND g.expires_at > :now AND u.active
+"""
+_SPEND_CODE = """
+    UPDATE authorization_codes SET consumed_at = :now, grant_id = :grant_id
+    WHERE code_hash = :spent_hash AND client_id = :client_id
+      AND consumed_at IS NULL AND expires_at > :now
+    RETURNING oneup_user_id, scope, issued_at
+"""
+_OPEN_GRANT = """
+    INSERT INTO user_grants
+        (grant_id, client_id, oneup_user_id, scope, auth_time, created_at, expires_at)
+    SELECT :grant_id, :client_id, u.oneup_user_id, {scope}, {auth_time}, :now, :now + :family_ttl
+    FROM app_users u WHERE u.oneup_user_id = {user} AND u.active
+    RETURNING grant_id, client_id, oneup_user_id, scope, auth_time, expires_at
+"""
+_NEXT_REFRESH = """
+    INSERT INTO opaque_tokens
+        (token_hash, kind, client_id, family_id, scope, issued_at, expires_at)
+    SELECT :new_hash, 'refresh', client_id, grant_id, scope, :now, MIN_OF(:now + :ttl, expires_at)
+    FROM {grant}
+    RETURNING expires_at
+"""
+
+
+def _postgres(sql: str) -> str:
+    """``:name`` parameters as asyncpg's ``$n``; ``MIN_OF`` as PostgreSQL's ``LEAST``."""
+    for number, name in enumerate(_PARAMETERS, 1):
+        sql = sql.replace(f":{name}", f"${number}")
+    return sql.replace("MIN_OF", "LEAST")
+
+
+_PG_RENEW = _postgres(
+    f"""
+    WITH spent AS ({_SPEND_REFRESH}),
+    live AS ({_LIVE_GRANT} AND g.grant_id = (SELECT family_id FROM spent)),
+    renewed AS ({_NEXT_REFRESH.format(grant="live")})
+    SELECT live.*, renewed.expires_at FROM live, renewed
+    """  # noqa: S608 (constant text; every value is a bound parameter)
+)
+_PG_REDEEM = _postgres(
+    f"""
+    WITH spent AS ({_SPEND_CODE}),
+    opened AS ({
+        _OPEN_GRANT.format(
+            scope="(SELECT scope FROM spent)",
+            auth_time="(SELECT issued_at FROM spent)",
+            user="(SELECT oneup_user_id FROM spent)",
+        )
+    }),
+    renewed AS ({_NEXT_REFRESH.format(grant="opened")})
+    SELECT opened.*, renewed.expires_at FROM opened, renewed
+    """  # noqa: S608 (constant text; every value is a bound parameter)
+)
+# SQLite: the same statements one after the other, the previous one's result as parameters
+_SQLITE_LIVE_GRANT = f"{_LIVE_GRANT} AND g.grant_id = :family"
+_SQLITE_OPEN_GRANT = _OPEN_GRANT.format(scope=":scope", auth_time=":auth_time", user=":user")
+_SQLITE_NEXT_REFRESH = _NEXT_REFRESH.format(grant="user_grants WHERE grant_id = :family").replace(
+    "MIN_OF", "MIN"
+)
+
+
+class GrantStore(Protocol):
+    async def redeem(
+        self,
+        client_id: str,
+        code_hash: str,
+        new_hash: str,
+        now: int,
+        ttl: int,
+        grant_id: str,
+        family_ttl: int,
+    ) -> Issued | None:
+        """Spend the code, open grant ``grant_id`` (``family_ttl`` seconds) if its user is
+        active, and give it the refresh token ``new_hash`` (``ttl`` seconds, never beyond the
+        grant)."""
+        ...
+
+    async def renew(
+        self, client_id: str, token_hash: str, new_hash: str, now: int, ttl: int
+    ) -> Issued | None:
+        """Spend the refresh token and give its grant, if live, the refresh token
+        ``new_hash``."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+def _params(
+    client_id: str,
+    spent_hash: str,
+    new_hash: str,
+    now: int,
+    ttl: int,
+    grant_id: str = "",
+    family_ttl: int = 0,
+) -> tuple[Any, ...]:
+    return (client_id, spent_hash, new_hash, now, ttl, grant_id, family_ttl)
+
+
+class PostgresGrantStore:
+    """One autocommit statement per operation on an asyncpg pool of its own (no pre-ping, no
+    ``BEGIN``/``COMMIT`` round trips, no reset query)."""
+
+    def __init__(self, url: str, max_size: int = 10) -> None:
+        self._url = url
+        self._max_size = max_size
+        self._pool: asyncpg.Pool | None = None
+        self._opening = asyncio.Lock()
+
+    async def _connections(self) -> asyncpg.Pool:
+        async with self._opening:
+            if self._pool is None:
+                self._pool = await asyncpg.create_pool(
+                    self._url, min_size=1, max_size=self._max_size, reset=_keep_session
+                )
+        return self._pool
+
+    async def _fetch(self, statement: str, params: tuple[Any, ...]) -> Issued | None:
+        pool = self._pool or await self._connections()
+        row: Issued | None = await pool.fetchrow(statement, *params)
+        return row
+
+    async def redeem(
+        self,
+        client_id: str,
+        code_hash: str,
+        new_hash: str,
+        now: int,
+        ttl: int,
+        grant_id: str,
+        family_ttl: int,
+    ) -> Issued | None:
+        params = _params(client_id, code_hash, new_hash, now, ttl, grant_id, family_ttl)
+        return await self._fetch(_PG_REDEEM, params)
+
+    async def renew(
+        self, client_id: str, token_hash: str, new_hash: str, now: int, ttl: int
+    ) -> Issued | None:
+        params = _params(client_id, token_hash, new_hash, now, ttl)
+        return await self._fetch(_PG_RENEW, params[:5])  # it uses the first five only
+
+    async def aclose(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+
+
+async def _keep_session(_connection: asyncpg.Connection) -> None:
+    """Return a connection to the pool as it is: the store runs single statements that change
+    no session state, so asyncpg's default reset (a ``RESET ALL; UNLISTEN *; …`` round trip per
+    use) is pure cost."""
+
+
+Step = Any  # (sqlite3.Connection, parameters) -> Issued | None
+
+
+class SqliteGrantStore:
+    """One ``BEGIN IMMEDIATE`` transaction per operation, inline when the write lock is free."""
+
+    def __init__(self, path: str | Path) -> None:
+        self._inline = self._connect(path, busy_ms=0)
+        self._waiting = self._connect(path, busy_ms=10_000)
+        self._waiting_lock = threading.Lock()
+
+    @staticmethod
+    def _connect(path: str | Path, busy_ms: int) -> sqlite3.Connection:
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA foreign_keys=ON")
+        db.execute(f"PRAGMA busy_timeout={busy_ms}")
+        db.execute("PRAGMA wal_autocheckpoint=0")  # the engine's background job checkpoints
+        return db
+
+    async def redeem(
+        self,
+        client_id: str,
+        code_hash: str,
+        new_hash: str,
+        now: int,
+        ttl: int,
+        grant_id: str,
+        family_ttl: int,
+    ) -> Issued | None:
+        params = _params(client_id, code_hash, new_hash, now, ttl, grant_id, family_ttl)
+        return await self._transaction(_redeem, params)
+
+    async def renew(
+        self, client_id: str, token_hash: str, new_hash: str, now: int, ttl: int
+    ) -> Issued | None:
+        return await self._transaction(_renew, _params(client_id, token_hash, new_hash, now, ttl))
+
+    async def _transaction(self, steps: Step, params: tuple[Any, ...]) -> Issued | None:
+        named = dict(zip(_PARAMETERS, params, strict=True))
+        try:
+            return _in_transaction(self._inline, steps, named)
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+        return await asyncio.to_thread(self._waiting_transaction, steps, named)
+
+    def _waiting_transaction(self, steps: Step, named: dict[str, Any]) -> Issued | None:
+        with self._waiting_lock:
+            return _in_transaction(self._waiting, steps, named)
+
+    async def aclose(self) -> None:
+        self._inline.close()
+        self._waiting.close()
+
+
+def _in_transaction(db: sqlite3.Connection, steps: Step, named: dict[str, Any]) -> Issued | None:
+    db.execute("BEGIN IMMEDIATE")  # raises at once if locked (inline: busy_timeout 0)
+    try:
+        issued: Issued | None = steps(db, named)
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    return issued
+
+
+def _issue_refresh(db: sqlite3.Connection, named: dict[str, Any], grant: Issued) -> Issued:
+    expires = db.execute(_SQLITE_NEXT_REFRESH, {**named, "family": grant[0]}).fetchone()
+    return (*grant, expires[0])
+
+
+def _renew(db: sqlite3.Connection, named: dict[str, Any]) -> Issued | None:
+    spent = db.execute(_SPEND_REFRESH, named).fetchone()
+    if spent is None:
+        return None
+    grant = db.execute(_SQLITE_LIVE_GRANT, {**named, "family": spent[0]}).fetchone()
+    return None if grant is None else _issue_refresh(db, named, grant)
+
+
+def _redeem(db: sqlite3.Connection, named: dict[str, Any]) -> Issued | None:
+    spent = db.execute(_SPEND_CODE, named).fetchone()
+    if spent is None:
+        return None
+    user, scope, auth_time = spent
+    opened = {**named, "user": user, "scope": scope, "auth_time": auth_time}
+    grant = db.execute(_SQLITE_OPEN_GRANT, opened).fetchone()
+    return None if grant is None else _issue_refresh(db, named, grant)
+
+
+def grant_store_for(engine: AsyncEngine) -> GrantStore:
+    """The store for ``engine``'s backend (a path for SQLite, a URL for asyncpg)."""
+    if engine.dialect.name == "sqlite":
+        return SqliteGrantStore(str(engine.url.database))
+    url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    return PostgresGrantStore(url)
