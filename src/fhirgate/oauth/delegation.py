@@ -124,11 +124,19 @@ class Delegation:
         self, client: Client, refresh_token: str, wanted: ScopeSet | None
     ) -> IssuedToken:
         """``grant_type=refresh_token`` (RFC 6749 §6): a too-wide scope is refused before the
-        refresh token is spent, so the client keeps it."""
+        refresh token is spent, so the client keeps it; a token that cannot be spent (unknown,
+        foreign, revoked, reused) is ``invalid_grant`` whatever scope was asked."""
         scope = None
         if wanted is not None:
             record = await self._opaque.find(refresh_token)
-            if record is not None and record.kind == OpaqueKind.REFRESH:
+            spendable = (
+                record is not None
+                and record.kind == OpaqueKind.REFRESH
+                and record.client_id == client.client_id
+                and record.live(time.time())
+            )
+            if spendable:  # else the refresh below refuses it (and detects reuse)
+                assert record is not None
                 scope = self._narrow(wanted, record.scope)
         redemption = await self.grants.refresh(client.client_id, refresh_token)
         if redemption is None:
@@ -143,7 +151,9 @@ class Delegation:
         try:
             return narrow(wanted, parse_scopes(original))
         except ScopeError as exc:
-            raise InvalidScope(str(exc), check="scope_widened") from exc
+            raise InvalidScope(
+                f"beyond the scope originally granted: {exc}", check="scope_widened"
+            ) from exc
 
     def _issue(self, client: Client, redemption: Redemption, scope: ScopeSet) -> IssuedToken:
         grant = redemption.grant
