@@ -66,6 +66,8 @@ def _merge(params: dict[str, str], pairs: Iterable[tuple[str, Any]]) -> None:
     for name, raw in pairs:
         if raw is None:
             continue
+        if not isinstance(raw, str | int | bool):  # JSON: only scalars are parameters
+            raise UserManagementError(400, f"parameter {name} must be a string or a number")
         value = str(raw).lower() if isinstance(raw, bool) else str(raw)
         if params.setdefault(name, value) != value:
             raise UserManagementError(400, f"parameter {name} is given twice, differently")

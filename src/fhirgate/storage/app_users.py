@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import false, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -22,6 +22,8 @@ from fhirgate.storage.repos import Conflict, NotFound, now
 
 __all__ = ["AppUser", "AppUserRepo", "UserPage", "validate_app_user_id"]
 
+#: ``oneup_user_id`` is a 32-bit integer column: a larger number names no user.
+MAX_USER_NUMBER = 2**31 - 1
 #: Printable characters without controls; 1upHealth's examples are plain identifiers.
 _APP_USER_ID = re.compile(r"[^\x00-\x1f\x7f]{1,255}")
 
@@ -129,11 +131,12 @@ class AppUserRepo:
 
     @staticmethod
     def _filters(client_id: str, app_user_id: str | None, oneup_user_id: int | None) -> list[Any]:
-        filters = [AppUserRow.client_id == client_id]
+        filters: list[Any] = [AppUserRow.client_id == client_id]
         if app_user_id is not None:
             filters.append(AppUserRow.app_user_id == app_user_id)
         if oneup_user_id is not None:
-            filters.append(AppUserRow.oneup_user_id == oneup_user_id)
+            in_range = 0 < oneup_user_id <= MAX_USER_NUMBER
+            filters.append(AppUserRow.oneup_user_id == oneup_user_id if in_range else false())
         return filters
 
     async def list(
