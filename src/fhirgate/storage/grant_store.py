@@ -8,10 +8,8 @@ plain SQL per backend instead of SQLAlchemy's expression layer (docs/benchmarks.
 * PostgreSQL: one autocommit statement whose data-modifying CTEs do every step — atomic, one
   round trip — on a small asyncpg pool of its own.
 * SQLite (embedded): the same steps in one ``BEGIN IMMEDIATE`` transaction on a dedicated
-  ``sqlite3`` connection, inline on the event loop (microseconds, no thread hop). The inline
-  attempt never waits for the write lock: if another connection holds it (a transaction of the
-  async engine, which may need this very event loop to finish), the transaction runs in a worker
-  thread on a second connection that may wait.
+  ``sqlite3`` connection, inline on the event loop (microseconds, no thread hop), never waiting
+  there for the write lock (:mod:`fhirgate.storage.sqlite_inline`).
 
 Each spend is a conditional ``UPDATE … WHERE consumed_at IS NULL``: of concurrent spends exactly
 one wins. The spend and the inserts commit together or not at all (issue 4, crash consistency).
@@ -23,13 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+from fhirgate.storage.sqlite_inline import InlineSqlite
 
 __all__ = ["GrantStore", "PostgresGrantStore", "SqliteGrantStore", "grant_store_for"]
 
@@ -204,22 +203,11 @@ Step = Any  # (sqlite3.Connection, parameters) -> Issued | None
 
 
 class SqliteGrantStore:
-    """One ``BEGIN IMMEDIATE`` transaction per operation, inline when the write lock is free."""
+    """One ``BEGIN IMMEDIATE`` transaction per operation, inline when the write lock is free
+    (:class:`InlineSqlite`)."""
 
     def __init__(self, path: str | Path) -> None:
-        self._inline = self._connect(path, busy_ms=0)
-        self._waiting = self._connect(path, busy_ms=10_000)
-        self._waiting_lock = threading.Lock()
-
-    @staticmethod
-    def _connect(path: str | Path, busy_ms: int) -> sqlite3.Connection:
-        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.execute("PRAGMA foreign_keys=ON")
-        db.execute(f"PRAGMA busy_timeout={busy_ms}")
-        db.execute("PRAGMA wal_autocheckpoint=0")  # the engine's background job checkpoints
-        return db
+        self._db = InlineSqlite(path)
 
     async def redeem(
         self,
@@ -241,20 +229,10 @@ class SqliteGrantStore:
 
     async def _transaction(self, steps: Step, params: tuple[Any, ...]) -> Issued | None:
         named = dict(zip(_PARAMETERS, params, strict=True))
-        try:
-            return _in_transaction(self._inline, steps, named)
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) and "busy" not in str(exc):
-                raise
-        return await asyncio.to_thread(self._waiting_transaction, steps, named)
-
-    def _waiting_transaction(self, steps: Step, named: dict[str, Any]) -> Issued | None:
-        with self._waiting_lock:
-            return _in_transaction(self._waiting, steps, named)
+        return await self._db.run(lambda db: _in_transaction(db, steps, named))
 
     async def aclose(self) -> None:
-        self._inline.close()
-        self._waiting.close()
+        self._db.close()
 
 
 def _in_transaction(db: sqlite3.Connection, steps: Step, named: dict[str, Any]) -> Issued | None:

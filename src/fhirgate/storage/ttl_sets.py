@@ -4,9 +4,10 @@ Three backends with one contract. In the database a key is a primary-key row, so
 insert wins atomically on every replica; in Redis it is ``SET key 1 NX PX ttl``. Keys are digests
 of the caller's values, so their length is bounded whatever a client sends.
 
-On SQLite (embedded mode) the set uses its own ``sqlite3`` connection and runs each statement
-inline on the event loop: an autocommit insert in WAL mode costs microseconds, far less than a
-hop to aiosqlite's thread, and it is the one storage write of every token request.
+On SQLite (embedded mode) the set uses its own ``sqlite3`` connections and runs each statement
+inline on the event loop (:mod:`fhirgate.storage.sqlite_inline`): an autocommit insert in WAL
+mode costs microseconds, far less than a hop to aiosqlite's thread, and it is the one storage
+write of every token request.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from fhirgate.storage.models import RevokedTokenRow, UsedJtiRow
+from fhirgate.storage.sqlite_inline import InlineSqlite
 
 __all__ = ["RedisTTLSet", "SqlTTLSet", "SqliteTTLSet", "TTLSet", "digest"]
 
@@ -103,9 +105,10 @@ class SqlTTLSet:
 
 
 class SqliteTTLSet:
-    """A TTL set in a SQLite table, written inline through a dedicated connection.
+    """A TTL set in a SQLite table, written inline (:class:`InlineSqlite`: never waiting on
+    the event loop for the write lock).
 
-    Nothing slow runs on the event loop: this connection never checkpoints the WAL itself
+    Nothing slow runs on the event loop: these connections never checkpoint the WAL themselves
     (:meth:`checkpoint` does, in a thread, from a background job), and :meth:`purge` deletes in
     batches, yielding between them.
     """
@@ -114,11 +117,7 @@ class SqliteTTLSet:
 
     def __init__(self, path: str | Path, table: str, key_column: str) -> None:
         self._path = path
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=2000")
-        self._db.execute("PRAGMA wal_autocheckpoint=0")
+        self._db = InlineSqlite(path)
         # table and column names come from the models below, never from input
         self._insert = (
             f"INSERT INTO {table} ({key_column}, expires_at) VALUES (?, ?) "  # noqa: S608
@@ -133,15 +132,18 @@ class SqliteTTLSet:
 
     async def add(self, key: str, expires_at: int) -> bool:
         """Insert, or take over an expired row; ``False`` when a live row exists."""
-        return self._db.execute(self._insert, (key, expires_at, int(time.time()))).rowcount == 1
+        values = (key, expires_at, int(time.time()))
+        return await self._db.run(lambda db: db.execute(self._insert, values).rowcount == 1)
 
     async def contains(self, key: str) -> bool:
-        row = self._db.execute(self._select, (key,)).fetchone()
+        row = await self._db.run(lambda db: db.execute(self._select, (key,)).fetchone())
         return row is not None and int(row[0]) >= int(time.time())
 
     async def purge(self) -> int:
         now, purged = int(time.time()), 0
-        while (batch := self._db.execute(self._purge, (now,)).rowcount) > 0:
+        while (
+            batch := await self._db.run(lambda db: db.execute(self._purge, (now,)).rowcount)
+        ) > 0:
             purged += batch
             await asyncio.sleep(0)  # let requests in between batches
         return purged

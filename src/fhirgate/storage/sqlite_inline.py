@@ -1,0 +1,66 @@
+"""SQLite writes inline on the event loop, without ever waiting there for the write lock.
+
+An autocommit write in WAL mode costs microseconds, far less than a hop to aiosqlite's thread,
+so the hot paths (single-use ``jti``, the grant store) run their statements inline. But the
+async engine's transactions hold SQLite's write lock across ``await``s: a statement that waited
+for the lock inline would block the very event loop that transaction needs to commit, and both
+would stall until the busy timeout. So the inline connection never waits (``busy_timeout=0``);
+when the lock is taken, the same work runs in a worker thread on a second connection that may
+wait for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+__all__ = ["InlineSqlite"]
+
+_T = TypeVar("_T")
+WAIT_MS = 10_000
+
+
+def _connect(path: str | Path, busy_ms: int) -> sqlite3.Connection:
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.execute("PRAGMA foreign_keys=ON")
+    db.execute(f"PRAGMA busy_timeout={busy_ms}")
+    db.execute("PRAGMA wal_autocheckpoint=0")  # a background job checkpoints, off the loop
+    return db
+
+
+def _locked(exc: sqlite3.OperationalError) -> bool:
+    message = str(exc)
+    return "locked" in message or "busy" in message
+
+
+class InlineSqlite:
+    """Two connections to one SQLite file: one used inline, one in a thread when locked."""
+
+    def __init__(self, path: str | Path) -> None:
+        self._inline = _connect(path, busy_ms=0)
+        self._waiting = _connect(path, busy_ms=WAIT_MS)
+        self._waiting_lock = threading.Lock()
+
+    async def run(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        """``work(connection)`` inline, or in a worker thread if the write lock is taken.
+        ``work`` must leave no transaction open when it raises."""
+        try:
+            return work(self._inline)
+        except sqlite3.OperationalError as exc:
+            if not _locked(exc):
+                raise
+        return await asyncio.to_thread(self._run_waiting, work)
+
+    def _run_waiting(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        with self._waiting_lock:
+            return work(self._waiting)
+
+    def close(self) -> None:
+        self._inline.close()
+        self._waiting.close()
