@@ -43,6 +43,20 @@ APPLICATION_METHODS = (AuthMethod.CLIENT_SECRET_BASIC, AuthMethod.CLIENT_SECRET_
 _USER_NUMBER = re.compile(r"[0-9]{1,18}")
 
 
+def _user_scopes(client: Client) -> ScopeSet:
+    """The application's scopes a user principal may hold: all but ``system/`` ones (a header
+    principal acts as users, never as the backend system)."""
+    scopes = parse_scopes(client.scope)
+    kept = [scope.text for scope in scopes.resource_scopes if scope.context != "system"] + list(
+        scopes.other_scopes
+    )
+    if not kept:
+        raise InsufficientScope(
+            "this application may not act for its users (no user scopes)", check="no_user_scopes"
+        )
+    return parse_scopes(" ".join(kept))
+
+
 class UserInactive(ValueError):
     """The user is deactivated: no code can be issued for it."""
 
@@ -168,11 +182,12 @@ class Delegation:
     ) -> Principal:
         """The principal of 1upHealth's system-level headers: ``x-oneup-user-id: <id>`` (or
         ``x-app-user-id``) acts as that user of the application; ``x-oneup-user-id: client``
-        acts over all of its users, for reads only."""
+        acts over all of its users, for reads only. Either way with the application's scopes
+        except ``system/`` ones."""
         base = Principal(
             client_id=client.client_id,
             subject=client.client_id,
-            scopes=parse_scopes(client.scope),
+            scopes=_user_scopes(client),
             expires_at=int(time.time()),
             issued_at=int(time.time()),
             jti="",
