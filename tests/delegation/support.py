@@ -62,7 +62,5 @@ class Application:
 async def register_application(
     services: Services, http: httpx.AsyncClient, scope: str = "user/*.* system/*.rs"
 ) -> Application:
-    client_id, secret = await register_secret_client(
-        services, "client_secret_post", scope=scope
-    )
+    client_id, secret = await register_secret_client(services, "client_secret_post", scope=scope)
     return Application(http, client_id, secret)
