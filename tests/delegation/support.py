@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from tests.support import register_secret_client
+from tests.support import Running, register_secret_client, start
 
+from fhirgate.config import Settings
+from fhirgate.oauth.jose import b64url_decode
 from fhirgate.services import Services
 
-__all__ = ["Application", "register_application"]
+__all__ = [
+    "Application",
+    "assert_oauth_error",
+    "claims_of",
+    "register_application",
+    "started",
+    "whoami",
+]
 
 USER_MANAGEMENT = "/user-management/v1"
 
@@ -64,3 +76,27 @@ async def register_application(
 ) -> Application:
     client_id, secret = await register_secret_client(services, "client_secret_post", scope=scope)
     return Application(http, client_id, secret)
+
+
+@contextlib.asynccontextmanager
+async def started(settings: Settings) -> AsyncIterator[Running]:
+    running, stack = await start(settings)
+    try:
+        yield running
+    finally:
+        await stack.aclose()
+
+
+def claims_of(token: str) -> dict[str, Any]:
+    claims: dict[str, Any] = json.loads(b64url_decode(token.split(".")[1]))
+    return claims
+
+
+async def whoami(http: httpx.AsyncClient, token: str) -> httpx.Response:
+    return await http.get("/whoami", headers={"Authorization": f"Bearer {token}"})
+
+
+def assert_oauth_error(response: httpx.Response, status: int, error: str) -> None:
+    assert response.status_code == status, response.text
+    assert response.json()["error"] == error, response.text
+    assert response.headers["cache-control"] == "no-store"

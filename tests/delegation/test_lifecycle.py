@@ -9,18 +9,16 @@ then ended through one, and must fail on both.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
-from tests.delegation.support import Application, register_application
+from tests.delegation.support import Application, claims_of, register_application, whoami
 from tests.support import BASE, Running, start
 
 from fhirgate.config import Settings
-from fhirgate.oauth.jose import b64url_decode
 
 USER_MANAGEMENT = "/user-management/v1"
 INACTIVE = {"active": False}
@@ -52,15 +50,6 @@ async def replicas(server: Running, backend_settings: Settings) -> AsyncIterator
         yield Replicas(server, second, app, Application(second.http, app.client_id, app.secret))
     finally:
         await stack.aclose()
-
-
-def claims_of(token: str) -> dict[str, Any]:
-    claims: dict[str, Any] = json.loads(b64url_decode(token.split(".")[1]))
-    return claims
-
-
-async def whoami(http: httpx.AsyncClient, token: str) -> httpx.Response:
-    return await http.get("/whoami", headers={"Authorization": f"Bearer {token}"})
 
 
 async def assert_works_everywhere(replicas: Replicas, access_token: str) -> None:

@@ -8,48 +8,27 @@ import asyncio
 import base64
 import contextlib
 import hashlib
-import json
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 import pytest
 from sqlalchemy import func, select, update
-from tests.delegation.support import Application, register_application
-from tests.support import Running, start
+from tests.delegation.support import (
+    Application,
+    assert_oauth_error,
+    claims_of,
+    register_application,
+    started,
+    whoami,
+)
+from tests.support import Running
 
 from fhirgate.config import Settings
-from fhirgate.oauth.jose import b64url_decode
 from fhirgate.services import Services
 from fhirgate.storage.models import OpaqueTokenRow, UserGrantRow
 from fhirgate.storage.opaque_tokens import REUSE_GRACE, hash_token
 
 # --------------------------------------------------------------------------- helpers
-
-
-@contextlib.asynccontextmanager
-async def started(settings: Settings) -> AsyncIterator[Running]:
-    running, stack = await start(settings)
-    try:
-        yield running
-    finally:
-        await stack.aclose()
-
-
-def claims_of(token: str) -> dict[str, Any]:
-    claims: dict[str, Any] = json.loads(b64url_decode(token.split(".")[1]))
-    return claims
-
-
-async def whoami(http: httpx.AsyncClient, token: str) -> httpx.Response:
-    return await http.get("/whoami", headers={"Authorization": f"Bearer {token}"})
-
-
-def assert_oauth_error(response: httpx.Response, status: int, error: str) -> None:
-    assert response.status_code == status, response.text
-    assert response.json()["error"] == error, response.text
-    assert response.headers["cache-control"] == "no-store"
 
 
 async def refreshed(app: Application, refresh_token: str, **extra: str) -> dict[str, Any]:

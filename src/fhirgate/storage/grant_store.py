@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, astuple, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -30,7 +31,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from fhirgate.storage.sqlite_inline import InlineSqlite
 
-__all__ = ["GrantStore", "PostgresGrantStore", "SqliteGrantStore", "grant_store_for"]
+__all__ = [
+    "GrantStore",
+    "PostgresGrantStore",
+    "Spend",
+    "SqliteGrantStore",
+    "grant_store_for",
+]
 
 #: (grant_id, client_id, oneup_user_id, scope, auth_time, grant expires_at, refresh expires_at)
 Issued = Sequence[Any]
@@ -108,42 +115,32 @@ _SQLITE_NEXT_REFRESH = _NEXT_REFRESH.format(grant="user_grants WHERE grant_id = 
 )
 
 
+@dataclass(frozen=True, slots=True)
+class Spend:
+    """One redemption or refresh: spend ``spent_hash`` (a code's or a refresh token's hash) of
+    ``client_id`` at ``now``; the new refresh token ``new_hash`` lasts ``ttl`` seconds, never
+    beyond its grant. A redemption opens grant ``grant_id`` for ``family_ttl`` seconds. The
+    fields are in the order of :data:`_PARAMETERS`."""
+
+    client_id: str
+    spent_hash: str
+    new_hash: str
+    now: int
+    ttl: int
+    grant_id: str = ""
+    family_ttl: int = 0
+
+
 class GrantStore(Protocol):
-    async def redeem(
-        self,
-        client_id: str,
-        code_hash: str,
-        new_hash: str,
-        now: int,
-        ttl: int,
-        grant_id: str,
-        family_ttl: int,
-    ) -> Issued | None:
-        """Spend the code, open grant ``grant_id`` (``family_ttl`` seconds) if its user is
-        active, and give it the refresh token ``new_hash`` (``ttl`` seconds, never beyond the
-        grant)."""
+    async def redeem(self, spend: Spend) -> Issued | None:
+        """Spend the code and, if its user is active, open the grant with its refresh token."""
         ...
 
-    async def renew(
-        self, client_id: str, token_hash: str, new_hash: str, now: int, ttl: int
-    ) -> Issued | None:
-        """Spend the refresh token and give its grant, if live, the refresh token
-        ``new_hash``."""
+    async def renew(self, spend: Spend) -> Issued | None:
+        """Spend the refresh token and, if its grant is live, give it the next one."""
         ...
 
     async def aclose(self) -> None: ...
-
-
-def _params(
-    client_id: str,
-    spent_hash: str,
-    new_hash: str,
-    now: int,
-    ttl: int,
-    grant_id: str = "",
-    family_ttl: int = 0,
-) -> tuple[Any, ...]:
-    return (client_id, spent_hash, new_hash, now, ttl, grant_id, family_ttl)
 
 
 class PostgresGrantStore:
@@ -169,24 +166,11 @@ class PostgresGrantStore:
         row: Issued | None = await pool.fetchrow(statement, *params)
         return row
 
-    async def redeem(
-        self,
-        client_id: str,
-        code_hash: str,
-        new_hash: str,
-        now: int,
-        ttl: int,
-        grant_id: str,
-        family_ttl: int,
-    ) -> Issued | None:
-        params = _params(client_id, code_hash, new_hash, now, ttl, grant_id, family_ttl)
-        return await self._fetch(_PG_REDEEM, params)
+    async def redeem(self, spend: Spend) -> Issued | None:
+        return await self._fetch(_PG_REDEEM, astuple(spend))
 
-    async def renew(
-        self, client_id: str, token_hash: str, new_hash: str, now: int, ttl: int
-    ) -> Issued | None:
-        params = _params(client_id, token_hash, new_hash, now, ttl)
-        return await self._fetch(_PG_RENEW, params[:5])  # it uses the first five only
+    async def renew(self, spend: Spend) -> Issued | None:
+        return await self._fetch(_PG_RENEW, astuple(spend)[:5])  # it uses the first five
 
     async def aclose(self) -> None:
         if self._pool is not None:
@@ -199,7 +183,7 @@ async def _keep_session(_connection: asyncpg.Connection) -> None:
     use) is pure cost."""
 
 
-Step = Any  # (sqlite3.Connection, parameters) -> Issued | None
+Steps = Callable[[sqlite3.Connection, dict[str, Any]], Issued | None]
 
 
 class SqliteGrantStore:
@@ -209,33 +193,21 @@ class SqliteGrantStore:
     def __init__(self, path: str | Path) -> None:
         self._db = InlineSqlite(path)
 
-    async def redeem(
-        self,
-        client_id: str,
-        code_hash: str,
-        new_hash: str,
-        now: int,
-        ttl: int,
-        grant_id: str,
-        family_ttl: int,
-    ) -> Issued | None:
-        params = _params(client_id, code_hash, new_hash, now, ttl, grant_id, family_ttl)
-        return await self._transaction(_redeem, params)
+    async def redeem(self, spend: Spend) -> Issued | None:
+        return await self._transaction(_redeem, spend)
 
-    async def renew(
-        self, client_id: str, token_hash: str, new_hash: str, now: int, ttl: int
-    ) -> Issued | None:
-        return await self._transaction(_renew, _params(client_id, token_hash, new_hash, now, ttl))
+    async def renew(self, spend: Spend) -> Issued | None:
+        return await self._transaction(_renew, spend)
 
-    async def _transaction(self, steps: Step, params: tuple[Any, ...]) -> Issued | None:
-        named = dict(zip(_PARAMETERS, params, strict=True))
+    async def _transaction(self, steps: Steps, spend: Spend) -> Issued | None:
+        named = asdict(spend)
         return await self._db.run(lambda db: _in_transaction(db, steps, named))
 
     async def aclose(self) -> None:
         self._db.close()
 
 
-def _in_transaction(db: sqlite3.Connection, steps: Step, named: dict[str, Any]) -> Issued | None:
+def _in_transaction(db: sqlite3.Connection, steps: Steps, named: dict[str, Any]) -> Issued | None:
     db.execute("BEGIN IMMEDIATE")  # raises at once if locked (inline: busy_timeout 0)
     try:
         issued: Issued | None = steps(db, named)

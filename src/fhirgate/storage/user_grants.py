@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy import and_, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from fhirgate.storage.grant_store import GrantStore, grant_store_for
+from fhirgate.storage.grant_store import GrantStore, Spend, grant_store_for
 from fhirgate.storage.models import AppUserRow, AuthorizationCodeRow, OpaqueTokenRow, UserGrantRow
 from fhirgate.storage.opaque_tokens import OpaqueTokenRepo, hash_token, new_token
 
@@ -106,13 +106,15 @@ class GrantRepo:
         inactive."""
         now, token, spent = int(time.time()), new_token(), hash_token(code)
         issued = await self._grant_store().redeem(
-            client_id,
-            spent,
-            hash_token(token),
-            now,
-            self._refresh_ttl,
-            str(uuid.uuid4()),
-            self._family_ttl,
+            Spend(
+                client_id,
+                spent,
+                hash_token(token),
+                now,
+                self._refresh_ttl,
+                str(uuid.uuid4()),
+                self._family_ttl,
+            )
         )
         if issued is None:
             mine = and_(
@@ -146,7 +148,7 @@ class GrantRepo:
         (then, if it is being reused, its family is revoked) or its grant is no longer live."""
         now, token, spent = int(time.time()), new_token(), hash_token(refresh_token)
         renewed = await self._grant_store().renew(
-            client_id, spent, hash_token(token), now, self._refresh_ttl
+            Spend(client_id, spent, hash_token(token), now, self._refresh_ttl)
         )
         if renewed is None:
             async with self._engine.begin() as conn:
