@@ -139,7 +139,7 @@ class Services:
             hasher,
             audit,
             authenticator,
-            TokenEndpoint(authenticator, tokens, delegation),
+            TokenEndpoint(authenticator, tokens, delegation, audit),
             opaque,
             LegacyKeyService(
                 authenticator,

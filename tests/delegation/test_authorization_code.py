@@ -273,3 +273,15 @@ async def test_twenty_parallel_exchanges_of_one_code_yield_exactly_one_token(
         assert statuses.count(200) == 1, statuses
         assert statuses.count(400) == 19, statuses
         assert all(r.json()["error"] == "invalid_grant" for r in responses if r.status_code != 200)
+
+
+async def test_a_reused_code_is_audited(running: Running) -> None:
+    app = await register_application(running.services, running.http)
+    code, _ = await new_code(app, "audited")
+    assert (await app.exchange(code)).status_code == 200
+    assert (await app.exchange(code)).status_code == 400
+    await running.services.audit.flush()
+    events = await running.services.audit.recent(app.client_id)
+    failures = [event for event in events if event.event == "grant.failure"]
+    assert [event.detail for event in failures] == ["code_invalid"]
+    assert all(code not in event.detail for event in events)  # the code itself is never kept

@@ -10,7 +10,8 @@ client's allowed scope and issues the access token; ``authorization_code`` and
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import unquote_plus
@@ -18,9 +19,10 @@ from urllib.parse import unquote_plus
 from fhirgate.oauth.assertions import AssertionRules
 from fhirgate.oauth.client_auth import ClientAuthenticator, detect_credentials
 from fhirgate.oauth.delegation import Delegation
-from fhirgate.oauth.errors import InvalidRequest, InvalidScope, UnsupportedGrantType
+from fhirgate.oauth.errors import InvalidGrant, InvalidRequest, InvalidScope, UnsupportedGrantType
 from fhirgate.oauth.scopes import ScopeError, narrow, parse_scopes
 from fhirgate.oauth.tokens import AccessTokenService, IssuedToken
+from fhirgate.storage.audit import AuditLog
 from fhirgate.storage.models import AuthMethod
 from fhirgate.storage.repos import Client
 
@@ -131,10 +133,12 @@ class TokenEndpoint:
         authenticator: ClientAuthenticator,
         tokens: AccessTokenService,
         delegation: Delegation,
+        audit: AuditLog,
     ):
         self._authenticator = authenticator
         self._tokens = tokens
         self._delegation = delegation
+        self._audit = audit
 
     async def handle(
         self, form: Mapping[str, str], authorization: str | None, policy: TokenPolicy, source: str
@@ -144,7 +148,8 @@ class TokenEndpoint:
         if grant_type == AUTHORIZATION_CODE:
             code = _required(form, "code")  # the code carries its scope (RFC 6749 §4.1.3)
             client = await self._client(form, authorization, policy, source)
-            return await self._delegation.exchange_code(client, code)
+            with self._audited(client, source):
+                return await self._delegation.exchange_code(client, code)
         if requested is None and policy.scope_required and grant_type == CLIENT_CREDENTIALS:
             raise InvalidRequest("scope is required", check="scope_missing")
         try:  # syntax first: a malformed request burns no jti
@@ -154,13 +159,25 @@ class TokenEndpoint:
         if grant_type == REFRESH_TOKEN:
             refresh_token = _required(form, "refresh_token")
             client = await self._client(form, authorization, policy, source)
-            return await self._delegation.refresh(client, refresh_token, wanted)
+            with self._audited(client, source):
+                return await self._delegation.refresh(client, refresh_token, wanted)
         client = await self._client(form, authorization, policy, source)
         try:
             granted = narrow(wanted, parse_scopes(client.scope))
         except ScopeError as exc:
             raise InvalidScope(str(exc), check="scope_not_allowed") from exc
         return self._tokens.issue(client, str(granted))
+
+    @contextlib.contextmanager
+    def _audited(self, client: Client, source: str) -> Iterator[None]:
+        """Audit a refused code or refresh token (reuse among them: the grant was revoked)."""
+        try:
+            yield
+        except InvalidGrant as error:
+            self._audit.enqueue(
+                "grant.failure", client_id=client.client_id, source=source, detail=error.check
+            )
+            raise
 
     async def _client(
         self, form: Mapping[str, str], authorization: str | None, policy: TokenPolicy, source: str
