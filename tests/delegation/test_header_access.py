@@ -203,7 +203,10 @@ async def test_a_wrong_secret_is_401(running: Running) -> None:
         "client_secret": SecretHasher.generate(),
         "x-oneup-user-id": str(alice),
     }
-    assert_guard_error(await whoami(running, headers), 401, "invalid_client")
+    response = await whoami(running, headers)
+    assert_guard_error(response, 401, "invalid_client")
+    # invalid_client is no RFC 6750 §3.1 code: the challenge stays bare
+    assert response.headers["www-authenticate"] == 'Bearer realm="fhirgate"'
 
 
 async def test_an_unknown_client_id_is_401_like_a_wrong_secret(running: Running) -> None:

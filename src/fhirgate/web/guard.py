@@ -50,8 +50,12 @@ class BearerError(Exception):
         self.scope = scope
 
 
+#: The error codes a Bearer challenge may carry (RFC 6750 §3.1); others get a bare challenge.
+_BEARER_ERRORS = frozenset({"invalid_request", "invalid_token", "insufficient_scope"})
+
+
 def _challenge(error: OAuthError | None, scope: str) -> str:
-    if error is None:
+    if error is None or error.error not in _BEARER_ERRORS:
         return f'Bearer realm="{REALM}"'
     parts = [f'realm="{REALM}"', f'error="{error.error}"']
     if error.description:
