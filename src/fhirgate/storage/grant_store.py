@@ -1,6 +1,6 @@
 """The grant hot paths in one storage round trip each: redeem an authorization code (spend it,
-open its grant, issue the first refresh token) and refresh (spend a refresh token, check its
-grant, issue the next one).
+open its grant, issue the first refresh token), refresh (spend a refresh token, check its grant,
+issue the next one), and the resource guard's check that a user token's grant is still live.
 
 Refreshing is the write every long-running application makes again and again, so both are
 plain SQL per backend instead of SQLAlchemy's expression layer (docs/benchmarks.md):
@@ -107,6 +107,7 @@ _PG_REDEEM = _postgres(
     SELECT opened.*, renewed.expires_at FROM opened, renewed
     """  # noqa: S608 (constant text; every value is a bound parameter)
 )
+_PG_LIVE = f"{_LIVE_GRANT.replace(':now', '$1')} AND g.grant_id = $2"
 # SQLite: the same statements one after the other, the previous one's result as parameters
 _SQLITE_LIVE_GRANT = f"{_LIVE_GRANT} AND g.grant_id = :family"
 _SQLITE_OPEN_GRANT = _OPEN_GRANT.format(scope=":scope", auth_time=":auth_time", user=":user")
@@ -138,6 +139,11 @@ class GrantStore(Protocol):
 
     async def renew(self, spend: Spend) -> Issued | None:
         """Spend the refresh token and, if its grant is live, give it the next one."""
+        ...
+
+    async def live(self, grant_id: str, now: int) -> Issued | None:
+        """The grant (its first six columns) if it is not revoked, not expired and its user is
+        active: the resource guard asks on every request with a user's token."""
         ...
 
     async def aclose(self) -> None: ...
@@ -172,6 +178,9 @@ class PostgresGrantStore:
     async def renew(self, spend: Spend) -> Issued | None:
         return await self._fetch(_PG_RENEW, astuple(spend)[:5])  # it uses the first five
 
+    async def live(self, grant_id: str, now: int) -> Issued | None:
+        return await self._fetch(_PG_LIVE, (now, grant_id))
+
     async def aclose(self) -> None:
         if self._pool is not None:
             await self._pool.close()
@@ -198,6 +207,13 @@ class SqliteGrantStore:
 
     async def renew(self, spend: Spend) -> Issued | None:
         return await self._transaction(_renew, spend)
+
+    async def live(self, grant_id: str, now: int) -> Issued | None:
+        named = {"family": grant_id, "now": now}
+        row: Issued | None = await self._db.run(
+            lambda db: db.execute(_SQLITE_LIVE_GRANT, named).fetchone()
+        )
+        return row
 
     async def _transaction(self, steps: Steps, spend: Spend) -> Issued | None:
         named = asdict(spend)

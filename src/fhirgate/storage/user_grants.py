@@ -25,7 +25,7 @@ from sqlalchemy import and_, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from fhirgate.storage.grant_store import GrantStore, Spend, grant_store_for
-from fhirgate.storage.models import AppUserRow, AuthorizationCodeRow, OpaqueTokenRow, UserGrantRow
+from fhirgate.storage.models import AuthorizationCodeRow, OpaqueTokenRow, UserGrantRow
 from fhirgate.storage.opaque_tokens import OpaqueTokenRepo, hash_token, new_token
 
 __all__ = ["GrantRepo", "Redemption", "UserGrant"]
@@ -157,23 +157,9 @@ class GrantRepo:
         return Redemption(_grant(renewed[:6]), token, int(renewed[6]))
 
     async def live(self, grant_id: str) -> UserGrant | None:
-        """The grant, if it is neither revoked nor expired and its user is active."""
-        async with self._engine.connect() as conn:
-            return await self._live(conn, grant_id, int(time.time()))
-
-    @staticmethod
-    async def _live(conn: AsyncConnection, grant_id: str, now: int) -> UserGrant | None:
-        stmt = (
-            select(*_GRANT_COLUMNS)
-            .join(AppUserRow, AppUserRow.oneup_user_id == UserGrantRow.oneup_user_id)
-            .where(
-                UserGrantRow.grant_id == grant_id,
-                UserGrantRow.revoked_at.is_(None),
-                UserGrantRow.expires_at > now,
-                AppUserRow.active.is_(True),
-            )
-        )
-        row = (await conn.execute(stmt)).first()
+        """The grant, if it is neither revoked nor expired and its user is active (one round
+        trip through the grant store: the guard asks on every request)."""
+        row = await self._grant_store().live(grant_id, int(time.time()))
         return None if row is None else _grant(row)
 
     async def revoke_user(
