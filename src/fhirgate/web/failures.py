@@ -11,6 +11,7 @@ import logging
 import secrets
 import sqlite3
 
+import asyncpg
 from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -36,6 +37,8 @@ log = logging.getLogger("fhirgate.errors")
 
 STORAGE_ERRORS: tuple[type[Exception], ...] = (
     DBAPIError,
+    asyncpg.PostgresError,  # the grant store's own asyncpg pool (storage/grant_store.py)
+    asyncpg.InterfaceError,
     sqlite3.Error,
     PoolTimeout,
     RedisError,
