@@ -350,3 +350,24 @@ async def test_live_is_none_for_an_expired_or_unknown_grant(server: Running) -> 
     assert await grants(server).live(redemption.grant.grant_id) is None
     assert await grants(server).refresh(client_id, redemption.refresh_token) is None
     assert await grants(server).live("00000000-0000-0000-0000-000000000000") is None
+
+
+async def test_purge_drops_codes_and_grants_ended_a_day_ago_only(server: Running) -> None:
+    client_id = await application(server)
+    user = await users(server).create(client_id, "purged")
+    old = await redeemed(server, client_id, user.oneup_user_id)
+    recent = await redeemed(server, client_id, user.oneup_user_id)
+    two_days_ago = int(time.time()) - 2 * 86_400
+    async with server.services.engine.begin() as conn:
+        await conn.execute(
+            update(UserGrantRow)
+            .where(UserGrantRow.grant_id == old.grant.grant_id)
+            .values(expires_at=two_days_ago)
+        )
+        await conn.execute(update(AuthorizationCodeRow).values(expires_at=two_days_ago))
+    assert await grants(server).purge() == 3  # two codes, one grant
+    async with server.services.engine.connect() as conn:
+        left = (await conn.execute(select(UserGrantRow.grant_id))).scalars().all()
+        codes = (await conn.execute(select(AuthorizationCodeRow.code_hash))).scalars().all()
+    assert left == [recent.grant.grant_id] and codes == []
+    assert await grants(server).live(recent.grant.grant_id) is not None

@@ -201,10 +201,14 @@ class GrantRepo:
         )
 
     async def purge(self) -> int:
-        """Drop codes that expired a day ago (a reused code is recognised until then)."""
+        """Drop codes and grants that ended a day ago (a reused code or refresh token is
+        recognised, and its grant revoked, until then)."""
         cutoff = int(time.time()) - 86_400
         async with self._engine.begin() as conn:
-            result = await conn.execute(
+            codes = await conn.execute(
                 delete(AuthorizationCodeRow).where(AuthorizationCodeRow.expires_at < cutoff)
             )
-        return int(result.rowcount)
+            grants = await conn.execute(
+                delete(UserGrantRow).where(UserGrantRow.expires_at < cutoff)
+            )
+        return int(codes.rowcount) + int(grants.rowcount)
