@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from fhirgate.storage.sqlite_inline import InlineSqlite
 
 __all__ = [
+    "ASYNCPG_ERRORS",
     "GrantStore",
     "PostgresGrantStore",
     "Spend",
@@ -41,6 +42,15 @@ __all__ = [
 
 #: (grant_id, client_id, oneup_user_id, scope, auth_time, grant expires_at, refresh expires_at)
 Issued = Sequence[Any]
+
+#: What asyncpg raises when the database or the connection fails (storage faults: 503).
+ASYNCPG_ERRORS: tuple[type[Exception], ...] = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
+#: Of those, the ones after which a connection's state is unknown: it is closed, not reused.
+_BROKEN = (asyncpg.InterfaceError, asyncpg.InternalClientError, OSError)
 
 #: Every statement's parameters, in asyncpg's ``$n`` order.
 _PARAMETERS = ("client_id", "spent_hash", "new_hash", "now", "ttl", "grant_id", "family_ttl")
@@ -169,7 +179,12 @@ class PostgresGrantStore:
 
     async def _fetch(self, statement: str, params: tuple[Any, ...]) -> Issued | None:
         pool = self._pool or await self._connections()
-        row: Issued | None = await pool.fetchrow(statement, *params)
+        async with pool.acquire() as connection:
+            try:
+                row: Issued | None = await connection.fetchrow(statement, *params)
+            except _BROKEN:
+                connection.terminate()  # the pool opens a new one next time
+                raise
         return row
 
     async def redeem(self, spend: Spend) -> Issued | None:

@@ -11,7 +11,6 @@ import logging
 import secrets
 import sqlite3
 
-import asyncpg
 from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -21,6 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fhirgate.oauth.errors import ServiceUnavailable
+from fhirgate.storage.grant_store import ASYNCPG_ERRORS
 
 __all__ = [
     "STORAGE_ERRORS",
@@ -37,8 +37,7 @@ log = logging.getLogger("fhirgate.errors")
 
 STORAGE_ERRORS: tuple[type[Exception], ...] = (
     DBAPIError,
-    asyncpg.PostgresError,  # the grant store's own asyncpg pool (storage/grant_store.py)
-    asyncpg.InterfaceError,
+    *ASYNCPG_ERRORS,  # the grant store's own asyncpg pool (storage/grant_store.py)
     sqlite3.Error,
     PoolTimeout,
     RedisError,
