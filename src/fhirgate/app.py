@@ -18,9 +18,10 @@ from fhirgate.config import Settings
 from fhirgate.dialects import oneup, redox_legacy
 from fhirgate.dialects.pattern import PATTERN
 from fhirgate.dialects.redox import REDOX
+from fhirgate.fhir.errors import FhirError
 from fhirgate.logs import lean_records
 from fhirgate.services import Services
-from fhirgate.web import discovery
+from fhirgate.web import discovery, fhir
 from fhirgate.web.failures import (
     STORAGE_ERRORS,
     BodyLimitMiddleware,
@@ -127,6 +128,9 @@ def create_app(settings: Settings | None = None) -> FhirgateApp:
         app.router.routes.append(Route(path, endpoint, methods=["POST"]))
     app.include_router(discovery.router)
     app.include_router(oneup.router)
+    for router in fhir.routers():
+        app.include_router(router)
+    app.add_exception_handler(FhirError, fhir.fhir_error_response)
     app.add_exception_handler(oneup.UserManagementError, oneup.error_response)
     if settings.legacy_api_keys:
         app.include_router(redox_legacy.router)

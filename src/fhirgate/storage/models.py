@@ -18,6 +18,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
@@ -30,6 +31,9 @@ __all__ = [
     "ClientStatus",
     "EnvironmentKind",
     "EnvironmentRow",
+    "FhirPermissionRow",
+    "FhirResourceRow",
+    "FhirVersionRow",
     "OpaqueKind",
     "OpaqueTokenRow",
     "OrganizationRow",
@@ -251,3 +255,66 @@ class UserGrantRow(Base):
     created_at: Mapped[int] = mapped_column(Integer)
     expires_at: Mapped[int] = mapped_column(Integer, index=True)
     revoked_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+#: FHIR resource content: JSONB on PostgreSQL, JSON text on SQLite.
+FhirJSON = JSON().with_variant(JSONB(), "postgresql")
+
+
+class FhirResourceRow(Base):
+    """The current version of a FHIR resource, in one environment and one FHIR version.
+
+    Who may see it: every system principal of the environment; and, when ``application_id`` is
+    set (a 1upHealth-style application's user data), the application over all its users, the
+    owning user ``owner_user_id``, and the users it is shared with (``fhir_permissions``).
+    """
+
+    __tablename__ = "fhir_resources"
+    __table_args__ = (
+        UniqueConstraint("environment_id", "fhir_version", "resource_type", "resource_id"),
+    )
+
+    row_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    environment_id: Mapped[str] = mapped_column(ForeignKey("environments.id", ondelete="CASCADE"))
+    fhir_version: Mapped[str] = mapped_column(String(8))
+    resource_type: Mapped[str] = mapped_column(String(64))
+    resource_id: Mapped[str] = mapped_column(String(64))
+    version_id: Mapped[int] = mapped_column(Integer)
+    last_updated: Mapped[datetime]
+    deleted: Mapped[bool] = mapped_column(Boolean)
+    application_id: Mapped[str | None] = mapped_column(
+        ForeignKey("clients.client_id", ondelete="CASCADE"), nullable=True, index=True
+    )
+    owner_user_id: Mapped[int | None] = mapped_column(
+        ForeignKey("app_users.oneup_user_id", ondelete="CASCADE"), nullable=True, index=True
+    )
+    content: Mapped[dict[str, object]] = mapped_column(FhirJSON)
+
+
+class FhirVersionRow(Base):
+    """Every version of every resource (instance history, vread); a delete is a version too."""
+
+    __tablename__ = "fhir_resource_versions"
+
+    row_id: Mapped[int] = mapped_column(
+        ForeignKey("fhir_resources.row_id", ondelete="CASCADE"), primary_key=True
+    )
+    version_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    last_updated: Mapped[datetime]
+    method: Mapped[str] = mapped_column(String(8))
+    deleted: Mapped[bool] = mapped_column(Boolean)
+    content: Mapped[dict[str, object] | None] = mapped_column(FhirJSON, nullable=True)
+
+
+class FhirPermissionRow(Base):
+    """A user's read access to another user's resource of the same application
+    (1upHealth's ``PUT …/{Type}/{id}/_permission/{oneup_user_id}``)."""
+
+    __tablename__ = "fhir_permissions"
+
+    row_id: Mapped[int] = mapped_column(
+        ForeignKey("fhir_resources.row_id", ondelete="CASCADE"), primary_key=True
+    )
+    oneup_user_id: Mapped[int] = mapped_column(
+        ForeignKey("app_users.oneup_user_id", ondelete="CASCADE"), primary_key=True, index=True
+    )

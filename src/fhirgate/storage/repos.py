@@ -183,6 +183,17 @@ class OrganizationRepo:
             raise NotFound(f"no organization with slug {slug!r}")
         return Environment(*row)
 
+    async def environment_of(self, organization_id: str, kind: str) -> Environment | None:
+        """The environment ``kind`` of the organization with id ``organization_id``."""
+        stmt = (
+            select(EnvironmentRow.id, EnvironmentRow.kind, OrganizationRow.id, OrganizationRow.slug)
+            .join(OrganizationRow, OrganizationRow.id == EnvironmentRow.organization_id)
+            .where(OrganizationRow.id == organization_id, EnvironmentRow.kind == kind)
+        )
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(stmt)).first()
+        return None if row is None else Environment(*row)
+
     async def default_environment(self, kind: str = EnvironmentKind.DEVELOPMENT) -> Environment:
         """The default organization's environment, creating the organization on first use."""
         try:

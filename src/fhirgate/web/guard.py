@@ -37,7 +37,14 @@ from fhirgate.services import Services
 from fhirgate.storage.models import AuthMethod
 from fhirgate.web.token import source_address
 
-__all__ = ["BearerError", "CurrentPrincipal", "bearer_error_response", "require_scope"]
+__all__ = [
+    "BearerError",
+    "CurrentPrincipal",
+    "authenticate",
+    "bearer_error_parts",
+    "bearer_error_response",
+    "require_scope",
+]
 
 REALM = "fhirgate"
 
@@ -65,11 +72,18 @@ def _challenge(error: OAuthError | None, scope: str) -> str:
     return "Bearer " + ", ".join(parts)
 
 
-def bearer_error_response(exc: BearerError) -> Response:
+def bearer_error_parts(exc: BearerError) -> tuple[OAuthError, dict[str, str]]:
+    """The error and the headers (the RFC 6750 challenge, ``Retry-After``) of a refusal, for
+    each surface to render in its own format."""
     error = exc.error or InvalidToken("an access token is required", check="missing")
     headers = {"WWW-Authenticate": _challenge(exc.error, exc.scope), "Cache-Control": "no-store"}
     if isinstance(error, TooManyAttempts):
         headers["Retry-After"] = str(error.retry_after)
+    return error, headers
+
+
+def bearer_error_response(exc: BearerError) -> Response:
+    error, headers = bearer_error_parts(exc)
     return JSONResponse(error.body(), status_code=error.status_code, headers=headers)
 
 

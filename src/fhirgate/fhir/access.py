@@ -1,0 +1,92 @@
+"""Who may do what on the FHIR API: a principal's partition and the SMART scope check of every
+interaction (SMART App Launch 2.x, scopes-and-launch-context §fhir-resource-scope-syntax).
+
+* Interactions map to SMART v2 permissions: ``c`` create; ``r`` read, vread, instance history;
+  ``u`` update (update-as-create too); ``d`` delete; ``s`` search.
+* A principal that acts for application users (a user grant's token, or 1upHealth's headers)
+  is judged by its ``user/`` and ``patient/`` scopes, confined to its user's partition; any
+  other principal (backend services, secret and legacy clients) by its ``system/`` scopes, over
+  its environment. A scope with ``?param=value`` restrictions does not grant an interaction
+  here (fail closed) until searches can evaluate restrictions.
+* A user's write may reference only Patients that user owns (one user's data never points into
+  another's).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from fhirgate.fhir.errors import FhirError, Forbidden
+from fhirgate.fhir.store import Partition, ResourceStore
+from fhirgate.oauth.tokens import Principal
+
+__all__ = ["PERMISSIONS", "Access", "InsufficientScope", "patient_references"]
+
+PERMISSIONS = {
+    "create": "c",
+    "read": "r",
+    "vread": "r",
+    "history": "r",
+    "update": "u",
+    "delete": "d",
+    "search": "s",
+}
+USER_CONTEXTS = ("user", "patient")
+_PATIENT_REFERENCE = re.compile(r"(?:^|/)Patient/([A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?$")
+
+
+class InsufficientScope(FhirError):
+    """403 with ``WWW-Authenticate: Bearer error="insufficient_scope"`` (RFC 6750 §3.1)."""
+
+    status_code = 403
+    code = "forbidden"
+
+    def __init__(self, scope: str) -> None:
+        super().__init__(f"the access token does not grant {scope}")
+        self.scope = scope
+
+
+def patient_references(content: Any) -> Iterator[str]:
+    """The ids of every ``Patient`` a resource references (relative or absolute URLs)."""
+    if isinstance(content, dict):
+        reference = content.get("reference")
+        if isinstance(reference, str):
+            match = _PATIENT_REFERENCE.search(reference)
+            if match:
+                yield match.group(1)
+        for value in content.values():
+            yield from patient_references(value)
+    elif isinstance(content, list):
+        for item in content:
+            yield from patient_references(item)
+
+
+@dataclass(frozen=True, slots=True)
+class Access:
+    """A principal on the FHIR API: its partition and its scopes."""
+
+    principal: Principal
+    partition: Partition
+
+    @property
+    def acts_for_users(self) -> bool:
+        return self.principal.user_id is not None or self.principal.all_users
+
+    def require(self, resource_type: str, interaction: str) -> None:
+        """Refuse (403 ``insufficient_scope``) an interaction no scope of the token grants."""
+        permission = PERMISSIONS[interaction]
+        contexts = USER_CONTEXTS if self.acts_for_users else ("system",)
+        scopes = self.principal.scopes
+        if not any(scopes.allows(context, resource_type, permission) for context in contexts):
+            raise InsufficientScope(f"{contexts[0]}/{resource_type}.{permission}")
+
+    async def check_references(self, store: ResourceStore, content: dict[str, Any]) -> None:
+        """A user's write may point only at Patients the same user owns."""
+        if self.partition.user_id is None:
+            return
+        for patient_id in set(patient_references(content)):
+            if not await store.owns(self.partition, "Patient", patient_id):
+                raise Forbidden(f"Patient/{patient_id} is not this user's to reference")

@@ -1,0 +1,78 @@
+"""FHIR API errors, each rendered as an OperationOutcome (FHIR R4 §3.1.0 RESTful API, "Error
+handling"; OperationOutcome.issue.code from the IssueType value set).
+
+``diagnostics`` is safe to show the client; nothing internal (no SQL, no stack) ever goes in it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+__all__ = [
+    "Conflict",
+    "FhirError",
+    "Forbidden",
+    "Gone",
+    "Invalid",
+    "NotFound",
+    "PreconditionFailed",
+    "UnsupportedMediaType",
+    "operation_outcome",
+]
+
+
+def operation_outcome(code: str, diagnostics: str, severity: str = "error") -> dict[str, Any]:
+    """An OperationOutcome with one issue."""
+    return {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": severity, "code": code, "diagnostics": diagnostics}],
+    }
+
+
+class FhirError(Exception):
+    status_code: ClassVar[int] = 400
+    code: ClassVar[str] = "invalid"
+
+    def __init__(self, diagnostics: str) -> None:
+        super().__init__(diagnostics)
+        self.diagnostics = diagnostics
+
+    def outcome(self) -> dict[str, Any]:
+        return operation_outcome(self.code, self.diagnostics)
+
+
+class Invalid(FhirError):
+    status_code = 400
+    code = "invalid"
+
+
+class Forbidden(FhirError):
+    status_code = 403
+    code = "forbidden"
+
+
+class NotFound(FhirError):
+    """Unknown — or not visible to the caller: the two are answered identically."""
+
+    status_code = 404
+    code = "not-found"
+
+
+class Gone(FhirError):
+    status_code = 410
+    code = "deleted"
+
+
+class Conflict(FhirError):
+    status_code = 409
+    code = "conflict"
+
+
+class UnsupportedMediaType(FhirError):
+    status_code = 415
+    code = "not-supported"
+
+
+class PreconditionFailed(FhirError):
+    status_code = 412
+    code = "conflict"

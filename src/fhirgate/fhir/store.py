@@ -1,0 +1,324 @@
+"""The FHIR resource store: current versions, history and partitions, in the main database.
+
+Every read and write is confined to a :class:`Partition` in the SQL itself, so a resource
+outside it is indistinguishable from one that does not exist:
+
+* a system partition (backend services, secret and legacy clients) is a whole environment;
+* an application partition (1upHealth's ``x-oneup-user-id: client``) is the data of every user
+  of one application in that environment;
+* a user partition is one user's data, plus the resources other users of the same application
+  shared with it (``fhir_permissions``) — shared ones for reading only.
+
+Each write bumps ``meta.versionId`` and sets ``meta.lastUpdated`` (FHIR R4 §3.1.0.4, "version
+history"), keeps the previous version in ``fhir_resource_versions``, and checks ``If-Match``
+against the current version inside the same transaction.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import and_, exists, false, insert, or_, select, true, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from fhirgate.fhir.errors import Forbidden, PreconditionFailed
+from fhirgate.storage.models import FhirPermissionRow, FhirResourceRow, FhirVersionRow
+
+__all__ = ["Partition", "ResourceStore", "StoredResource"]
+
+
+@dataclass(frozen=True, slots=True)
+class Partition:
+    """Whose data a request may reach in one environment."""
+
+    environment_id: str
+    application_id: str | None = None  # None: the whole environment (a system principal)
+    user_id: int | None = None  # with an application: one user; None: all its users
+
+    def visible(self, *, for_writing: bool = False) -> Any:
+        """The SQL condition that keeps a resource row inside this partition."""
+        row = FhirResourceRow
+        if self.application_id is None:
+            return true()
+        mine = row.application_id == self.application_id
+        if self.user_id is None:
+            return false() if for_writing else mine
+        owned = and_(mine, row.owner_user_id == self.user_id)
+        if for_writing:
+            return owned
+        shared = exists().where(
+            FhirPermissionRow.row_id == row.row_id,
+            FhirPermissionRow.oneup_user_id == self.user_id,
+        )
+        return or_(owned, and_(mine, shared))
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResource:
+    row_id: int
+    resource_type: str
+    resource_id: str
+    version_id: int
+    last_updated: datetime
+    deleted: bool
+    content: dict[str, Any] | None
+
+
+def _as_utc(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def fhir_instant(value: datetime) -> str:
+    """An ``instant`` (FHIR R4 §2.24.0.1): UTC, milliseconds, ``Z``."""
+    return _as_utc(value).astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _with_meta(
+    content: dict[str, Any], resource_id: str, version: int, at: datetime
+) -> dict[str, Any]:
+    meta = dict(content.get("meta") or {})
+    meta["versionId"] = str(version)
+    meta["lastUpdated"] = fhir_instant(at)
+    return {**content, "id": resource_id, "meta": meta}
+
+
+_CURRENT = (
+    FhirResourceRow.row_id,
+    FhirResourceRow.resource_type,
+    FhirResourceRow.resource_id,
+    FhirResourceRow.version_id,
+    FhirResourceRow.last_updated,
+    FhirResourceRow.deleted,
+    FhirResourceRow.content,
+)
+
+
+def _resource(
+    row_id: int,
+    resource_type: str,
+    resource_id: str,
+    version_id: int,
+    last_updated: datetime,
+    deleted: bool,
+    content: dict[str, Any] | None,
+) -> StoredResource:
+    return StoredResource(
+        int(row_id),
+        resource_type,
+        resource_id,
+        int(version_id),
+        _as_utc(last_updated),
+        bool(deleted),
+        None if deleted else content,
+    )
+
+
+class ResourceStore:
+    """Resources of one FHIR version (``R4``, ``STU3``, ``DSTU2``)."""
+
+    def __init__(self, engine: AsyncEngine, fhir_version: str) -> None:
+        self._engine = engine
+        self.fhir_version = fhir_version
+
+    def _key(self, partition: Partition, resource_type: str, resource_id: str) -> Any:
+        row = FhirResourceRow
+        return and_(
+            row.environment_id == partition.environment_id,
+            row.fhir_version == self.fhir_version,
+            row.resource_type == resource_type,
+            row.resource_id == resource_id,
+        )
+
+    async def read(
+        self, partition: Partition, resource_type: str, resource_id: str
+    ) -> StoredResource | None:
+        """The current version (possibly a deletion) if the partition may see it."""
+        stmt = select(*_CURRENT).where(
+            self._key(partition, resource_type, resource_id), partition.visible()
+        )
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(stmt)).first()
+        return None if row is None else _resource(*row)
+
+    async def owns(self, partition: Partition, resource_type: str, resource_id: str) -> bool:
+        """Whether the resource exists, is not deleted, and the partition may write it."""
+        stmt = select(FhirResourceRow.row_id).where(
+            self._key(partition, resource_type, resource_id),
+            partition.visible(for_writing=True),
+            FhirResourceRow.deleted.is_(False),
+        )
+        async with self._engine.connect() as conn:
+            return (await conn.execute(stmt)).first() is not None
+
+    async def history(
+        self, partition: Partition, resource_type: str, resource_id: str
+    ) -> list[StoredResource]:
+        """Every version, newest first ([] when the partition may not see the resource)."""
+        version = FhirVersionRow
+        stmt = (
+            select(
+                version.row_id,
+                version.version_id,
+                version.last_updated,
+                version.deleted,
+                version.content,
+            )
+            .join(FhirResourceRow, FhirResourceRow.row_id == version.row_id)
+            .where(self._key(partition, resource_type, resource_id), partition.visible())
+            .order_by(version.version_id.desc())
+        )
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return [
+            _resource(row_id, resource_type, resource_id, version, at, deleted, content)
+            for row_id, version, at, deleted, content in rows
+        ]
+
+    async def create(
+        self, partition: Partition, resource_type: str, content: dict[str, Any]
+    ) -> StoredResource:
+        """A new resource with a server-assigned id (FHIR R4 §3.1.0.7: the body's id is
+        ignored), owned by the partition's user."""
+        resource_id = str(uuid.uuid4())
+        async with self._engine.begin() as conn:
+            return await self._insert(conn, partition, resource_type, resource_id, content)
+
+    async def _insert(
+        self,
+        conn: AsyncConnection,
+        partition: Partition,
+        resource_type: str,
+        resource_id: str,
+        content: dict[str, Any],
+    ) -> StoredResource:
+        if partition.application_id is not None and partition.user_id is None:
+            raise Forbidden("acting for all users of an application allows reading only")
+        now = datetime.now(UTC)
+        body = _with_meta(content, resource_id, 1, now)
+        row_id = (
+            await conn.execute(
+                insert(FhirResourceRow)
+                .values(
+                    environment_id=partition.environment_id,
+                    fhir_version=self.fhir_version,
+                    resource_type=resource_type,
+                    resource_id=resource_id,
+                    version_id=1,
+                    last_updated=now,
+                    deleted=False,
+                    application_id=partition.application_id,
+                    owner_user_id=partition.user_id,
+                    content=body,
+                )
+                .returning(FhirResourceRow.row_id)
+            )
+        ).scalar_one()
+        await self._add_version(conn, int(row_id), 1, now, "create", body)
+        return StoredResource(int(row_id), resource_type, resource_id, 1, now, False, body)
+
+    @staticmethod
+    async def _add_version(
+        conn: AsyncConnection,
+        row_id: int,
+        version: int,
+        at: datetime,
+        method: str,
+        content: dict[str, Any] | None,
+    ) -> None:
+        await conn.execute(
+            insert(FhirVersionRow).values(
+                row_id=row_id,
+                version_id=version,
+                last_updated=at,
+                method=method,
+                deleted=content is None,
+                content=content,
+            )
+        )
+
+    async def _current_for_writing(
+        self, conn: AsyncConnection, partition: Partition, resource_type: str, resource_id: str
+    ) -> tuple[int, int, bool, bool, bool] | None:
+        """(row_id, version, deleted, visible, writable) of the resource, locked until the
+        transaction ends; ``None`` when there is no such resource at all."""
+        stmt = (
+            select(
+                FhirResourceRow.row_id,
+                FhirResourceRow.version_id,
+                FhirResourceRow.deleted,
+                partition.visible(),
+                partition.visible(for_writing=True),
+            )
+            .where(self._key(partition, resource_type, resource_id))
+            .with_for_update()
+        )
+        row = (await conn.execute(stmt)).first()
+        if row is None:
+            return None
+        row_id, version, deleted, visible, writable = row
+        return int(row_id), int(version), bool(deleted), bool(visible), bool(writable)
+
+    async def update(
+        self,
+        partition: Partition,
+        resource_type: str,
+        resource_id: str,
+        content: dict[str, Any],
+        if_match: int | None = None,
+    ) -> tuple[StoredResource, bool]:
+        """Update, or create with the client's id (update-as-create, FHIR R4 §3.1.0.4.3);
+        ``(resource, created)``."""
+        async with self._engine.begin() as conn:
+            current = await self._current_for_writing(conn, partition, resource_type, resource_id)
+            if current is None:
+                if if_match is not None:
+                    raise PreconditionFailed(f"{resource_type}/{resource_id} does not exist")
+                stored = await self._insert(conn, partition, resource_type, resource_id, content)
+                return stored, True
+            row_id, version, _, _, writable = current
+            if not writable:  # another partition's id: it cannot be taken over, nor revealed
+                raise Forbidden(f"{resource_type}/{resource_id} may not be written by this token")
+            if if_match is not None and if_match != version:
+                raise PreconditionFailed(
+                    f"If-Match version {if_match} is not the current version {version}"
+                )
+            now, new_version = datetime.now(UTC), version + 1
+            body = _with_meta(content, resource_id, new_version, now)
+            await self._write(conn, row_id, new_version, now, "update", body)
+        return StoredResource(
+            row_id, resource_type, resource_id, new_version, now, False, body
+        ), False
+
+    async def _write(
+        self,
+        conn: AsyncConnection,
+        row_id: int,
+        version: int,
+        at: datetime,
+        method: str,
+        content: dict[str, Any] | None,
+    ) -> None:
+        values: dict[str, Any] = {"version_id": version, "last_updated": at}
+        values["deleted"] = content is None
+        if content is not None:
+            values["content"] = content
+        await conn.execute(
+            update(FhirResourceRow).where(FhirResourceRow.row_id == row_id).values(**values)
+        )
+        await self._add_version(conn, row_id, version, at, method, content)
+
+    async def delete(self, partition: Partition, resource_type: str, resource_id: str) -> bool:
+        """Delete (a new version marked deleted; history stays); ``False`` when there is no
+        live resource the partition can see."""
+        async with self._engine.begin() as conn:
+            current = await self._current_for_writing(conn, partition, resource_type, resource_id)
+            if current is None or not current[3] or current[2]:  # unknown, unseen or deleted
+                return False
+            row_id, version, _, _, writable = current
+            if not writable:
+                raise Forbidden(f"{resource_type}/{resource_id} may not be deleted by this token")
+            await self._write(conn, row_id, version + 1, datetime.now(UTC), "delete", None)
+        return True

@@ -1,0 +1,279 @@
+"""The FHIR R4 REST API (FHIR R4 §3.1.0 "RESTful API"): read, vread, instance history, create,
+update (and update-as-create), delete — at ``/fhir/R4`` and at the vendors' aliases ``/r4``
+(1upHealth) and ``/fhir/R4/{organization}/{Environment}`` (Redox).
+
+Every request is authorized before the store is touched (:mod:`fhirgate.fhir.access`) and the
+store only ever sees the caller's partition (:mod:`fhirgate.fhir.store`), so another user's or
+organization's resource answers exactly like a missing one. Every error, authentication
+failures included, is an OperationOutcome (``application/fhir+json``).
+"""
+
+from __future__ import annotations
+
+import re
+from email.utils import format_datetime
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, Request
+from starlette.responses import Response
+
+from fhirgate.fhir.access import Access, InsufficientScope
+from fhirgate.fhir.errors import (
+    FhirError,
+    Forbidden,
+    Gone,
+    Invalid,
+    NotFound,
+    UnsupportedMediaType,
+)
+from fhirgate.fhir.resource_types import R4_RESOURCE_TYPES
+from fhirgate.fhir.store import Partition, ResourceStore, StoredResource
+from fhirgate.oauth.tokens import Principal
+from fhirgate.services import Services
+from fhirgate.web.guard import BearerError, authenticate, bearer_error_parts
+
+__all__ = ["FHIR_JSON", "FhirAuthError", "fhir_error_response", "routers"]
+
+FHIR_JSON = "application/fhir+json; charset=utf-8"
+_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")  # FHIR R4 §2.24.0.1 id
+_ACCEPTED_BODIES = ("application/fhir+json", "application/json")
+
+
+class FhirAuthError(FhirError):
+    """The resource guard's refusal (401, 403, 429), as an OperationOutcome with the same
+    status and ``WWW-Authenticate`` challenge."""
+
+    def __init__(self, exc: BearerError) -> None:
+        error, self.headers = bearer_error_parts(exc)
+        super().__init__(error.description or error.error)
+        self.status_code = error.status_code  # type: ignore[misc]
+        self.code = "login" if error.status_code == 401 else "forbidden"  # type: ignore[misc]
+
+
+def fhir_response(
+    body: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    return Response(orjson.dumps(body), status, headers, FHIR_JSON)
+
+
+def fhir_error_response(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, FhirError)
+    headers = dict(getattr(exc, "headers", {}))
+    if isinstance(exc, InsufficientScope):
+        headers["WWW-Authenticate"] = (
+            f'Bearer realm="fhirgate", error="insufficient_scope", scope="{exc.scope}"'
+        )
+    return fhir_response(exc.outcome(), exc.status_code, headers)
+
+
+async def _principal(request: Request) -> Principal:
+    try:
+        return await authenticate(request)
+    except BearerError as exc:
+        raise FhirAuthError(exc) from exc
+
+
+async def _access(request: Request, principal: Annotated[Principal, Depends(_principal)]) -> Access:
+    services: Services = request.app.state.services
+    environment = await services.organizations.environment_of(
+        principal.organization_id, principal.environment
+    )
+    if environment is None:  # the client's organization is gone
+        raise Forbidden("the token's environment no longer exists")
+    tenant = request.path_params.get("organization")
+    if tenant is not None:  # the Redox path names the organization and environment
+        named = request.path_params["environment"].lower()
+        if (tenant, named) != (environment.organization_slug, environment.kind):
+            raise Forbidden("the token is not for this organization and environment")
+    if principal.user_id is not None or principal.all_users:
+        partition = Partition(environment.id, principal.client_id, principal.user_id)
+    else:
+        partition = Partition(environment.id)
+    return Access(principal, partition)
+
+
+CurrentAccess = Annotated[Access, Depends(_access)]
+
+
+def _store(request: Request) -> ResourceStore:
+    services: Services = request.app.state.services
+    return services.fhir
+
+
+def _checked(resource_type: str, resource_id: str | None = None) -> None:
+    if resource_type not in R4_RESOURCE_TYPES:
+        raise NotFound(f"unknown resource type {resource_type[:64]!r}")
+    if resource_id is not None and not _ID.fullmatch(resource_id):
+        raise Invalid("a resource id is 1-64 letters, digits, '-' or '.'")
+
+
+def _base(request: Request) -> str:
+    """This request's FHIR base URL: the public URL and the base path it came through (the
+    matched route's prefix, with the Redox alias's organization and environment filled in)."""
+    services: Services = request.app.state.services
+    prefix: str = request.scope["route"].path.split("/{resource_type}", 1)[0]
+    return services.settings.url(prefix.format_map(request.path_params))
+
+
+def _headers(request: Request, stored: StoredResource, location: bool = False) -> dict[str, str]:
+    headers = {
+        "ETag": f'W/"{stored.version_id}"',
+        "Last-Modified": format_datetime(stored.last_updated, usegmt=True),
+    }
+    if location:
+        headers["Location"] = (
+            f"{_base(request)}/{stored.resource_type}/{stored.resource_id}"
+            f"/_history/{stored.version_id}"
+        )
+    return headers
+
+
+async def _body(request: Request, resource_type: str) -> dict[str, Any]:
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media_type not in _ACCEPTED_BODIES:
+        raise UnsupportedMediaType("send the resource as application/fhir+json")
+    try:
+        content = orjson.loads(await request.body())
+    except orjson.JSONDecodeError as exc:
+        raise Invalid("the body is not JSON") from exc
+    if not isinstance(content, dict):
+        raise Invalid("the body is not a JSON object")
+    if content.get("resourceType") != resource_type:
+        raise Invalid(f"the body's resourceType must be {resource_type}")
+    return content
+
+
+def _if_match(request: Request) -> int | None:
+    value = request.headers.get("if-match")
+    if value is None:
+        return None
+    match = re.fullmatch(r'(?:W/)?"(\d{1,9})"', value.strip())
+    if match is None:
+        raise Invalid('If-Match must be a version ETag like W/"3"')
+    return int(match.group(1))
+
+
+def _routes(router: APIRouter) -> None:
+    @router.get("/{resource_type}/{resource_id}")
+    async def read(
+        request: Request, access: CurrentAccess, resource_type: str, resource_id: str
+    ) -> Response:
+        """read (FHIR R4 §3.1.0.2)."""
+        _checked(resource_type, resource_id)
+        access.require(resource_type, "read")
+        stored = await _store(request).read(access.partition, resource_type, resource_id)
+        if stored is None:
+            raise NotFound(f"{resource_type}/{resource_id} is not known")
+        if stored.content is None:
+            raise Gone(f"{resource_type}/{resource_id} was deleted")
+        return fhir_response(stored.content, headers=_headers(request, stored))
+
+    @router.get("/{resource_type}/{resource_id}/_history/{version_id}")
+    async def vread(
+        request: Request,
+        access: CurrentAccess,
+        resource_type: str,
+        resource_id: str,
+        version_id: str,
+    ) -> Response:
+        """vread (FHIR R4 §3.1.0.3)."""
+        _checked(resource_type, resource_id)
+        access.require(resource_type, "vread")
+        history = await _store(request).history(access.partition, resource_type, resource_id)
+        for stored in history:
+            if str(stored.version_id) == version_id:
+                if stored.content is None:
+                    raise Gone(f"{resource_type}/{resource_id} was deleted in that version")
+                return fhir_response(stored.content, headers=_headers(request, stored))
+        raise NotFound(f"{resource_type}/{resource_id}/_history/{version_id[:16]} is not known")
+
+    @router.get("/{resource_type}/{resource_id}/_history")
+    async def history(
+        request: Request, access: CurrentAccess, resource_type: str, resource_id: str
+    ) -> Response:
+        """Instance history (FHIR R4 §3.1.0.11): a ``history`` Bundle, newest first."""
+        _checked(resource_type, resource_id)
+        access.require(resource_type, "history")
+        versions = await _store(request).history(access.partition, resource_type, resource_id)
+        if not versions:
+            raise NotFound(f"{resource_type}/{resource_id} is not known")
+        base = _base(request)
+        entries = [_history_entry(base, stored) for stored in versions]
+        bundle = {
+            "resourceType": "Bundle",
+            "type": "history",
+            "total": len(entries),
+            "entry": entries,
+        }
+        return fhir_response(bundle)
+
+    @router.post("/{resource_type}")
+    async def create(request: Request, access: CurrentAccess, resource_type: str) -> Response:
+        """create (FHIR R4 §3.1.0.7): 201 with ``Location``; the body's ``id`` is replaced."""
+        _checked(resource_type)
+        access.require(resource_type, "create")
+        content = await _body(request, resource_type)
+        store = _store(request)
+        await access.check_references(store, content)
+        stored = await store.create(access.partition, resource_type, content)
+        assert stored.content is not None
+        return fhir_response(stored.content, 201, _headers(request, stored, location=True))
+
+    @router.put("/{resource_type}/{resource_id}")
+    async def update(
+        request: Request, access: CurrentAccess, resource_type: str, resource_id: str
+    ) -> Response:
+        """update (FHIR R4 §3.1.0.4), update-as-create when there is no such resource, and
+        version-aware update with ``If-Match`` (§3.1.0.4.2)."""
+        _checked(resource_type, resource_id)
+        access.require(resource_type, "update")
+        content = await _body(request, resource_type)
+        if content.get("id") != resource_id:
+            raise Invalid("the body's id must equal the id in the URL")
+        store = _store(request)
+        await access.check_references(store, content)
+        stored, created = await store.update(
+            access.partition, resource_type, resource_id, content, _if_match(request)
+        )
+        assert stored.content is not None
+        status = 201 if created else 200
+        return fhir_response(stored.content, status, _headers(request, stored, location=created))
+
+    @router.delete("/{resource_type}/{resource_id}")
+    async def delete(
+        request: Request, access: CurrentAccess, resource_type: str, resource_id: str
+    ) -> Response:
+        """delete (FHIR R4 §3.1.0.6): 204; an unknown (or unseen) resource is 404."""
+        _checked(resource_type, resource_id)
+        access.require(resource_type, "delete")
+        if not await _store(request).delete(access.partition, resource_type, resource_id):
+            raise NotFound(f"{resource_type}/{resource_id} is not known")
+        return Response(status_code=204)
+
+
+def _history_entry(base: str, stored: StoredResource) -> dict[str, Any]:
+    url = f"{base}/{stored.resource_type}/{stored.resource_id}"
+    entry: dict[str, Any] = {"fullUrl": url}
+    if stored.content is not None:
+        entry["resource"] = stored.content
+    method = "DELETE" if stored.deleted else ("POST" if stored.version_id == 1 else "PUT")
+    entry["request"] = {"method": method, "url": f"{stored.resource_type}/{stored.resource_id}"}
+    entry["response"] = {
+        "status": "204" if stored.deleted else ("201" if stored.version_id == 1 else "200"),
+        "etag": f'W/"{stored.version_id}"',
+        "lastModified": stored.last_updated.isoformat(),
+    }
+    return entry
+
+
+def routers() -> list[APIRouter]:
+    """The canonical base first (its literal ``_history`` segments must match before the Redox
+    alias's organization and environment segments are tried), then the aliases."""
+    bases = ["/fhir/R4", "/r4", "/fhir/R4/{organization}/{environment}"]
+    made = []
+    for base in bases:
+        router = APIRouter(prefix=base, tags=["FHIR R4"])
+        _routes(router)
+        made.append(router)
+    return made
