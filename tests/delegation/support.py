@@ -9,11 +9,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from tests.support import Running, register_secret_client, start
 
 from fhirgate.config import Settings
 from fhirgate.oauth.jose import b64url_decode
 from fhirgate.services import Services
+from tests.support import Running, register_secret_client, start
 
 __all__ = [
     "Application",

@@ -11,6 +11,11 @@ import time
 
 import pytest
 from sqlalchemy import update
+
+from fhirgate.config import Settings
+from fhirgate.oauth.jose import b64url_decode
+from fhirgate.storage.models import AuthorizationCodeRow
+from fhirgate.storage.opaque_tokens import hash_token
 from tests.delegation.support import (
     Application,
     assert_oauth_error,
@@ -20,11 +25,6 @@ from tests.delegation.support import (
     whoami,
 )
 from tests.support import Running, register_secret_client
-
-from fhirgate.config import Settings
-from fhirgate.oauth.jose import b64url_decode
-from fhirgate.storage.models import AuthorizationCodeRow
-from fhirgate.storage.opaque_tokens import hash_token
 
 USER_MANAGEMENT = "/user-management/v1"
 TOKEN_KEYS = {"access_token", "token_type", "expires_in", "refresh_token", "scope"}

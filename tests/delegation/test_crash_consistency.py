@@ -55,9 +55,9 @@ import asyncpg
 import httpx
 import psutil  # type: ignore[import-untyped]
 import pytest
-from tests.support import PG_URL, fresh_postgres_database, require_service
 
 from fhirgate.storage.opaque_tokens import REUSE_GRACE, hash_token
+from tests.support import PG_URL, fresh_postgres_database, require_service
 
 FHIRGATE = str(Path(sys.executable).with_name("fhirgate"))
 #: One issuer for every server of a test, so that tokens of a killed server are checked by the

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+
 from tests.delegation.support import register_application
 from tests.support import Running
 

@@ -9,12 +9,12 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.delegation.support import Application, register_application
-from tests.support import Running, register_client, register_secret_client, start
 
 from fhirgate.config import Settings
 from fhirgate.oauth.client_auth import SecretHasher
 from fhirgate.web.guard import CurrentPrincipal
+from tests.delegation.support import Application, register_application
+from tests.support import Running, register_client, register_secret_client, start
 
 WRITE = "/test-write"
 

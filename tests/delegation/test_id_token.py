@@ -8,10 +8,10 @@ import time
 from typing import Any
 
 import httpx
-from tests.delegation.support import register_application
-from tests.support import BASE, Running
 
 from fhirgate.oauth.jose import parse_compact, public_key_from_jwk, verify_signature
+from tests.delegation.support import register_application
+from tests.support import BASE, Running
 
 # --------------------------------------------------------------------------- helpers
 

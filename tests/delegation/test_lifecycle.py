@@ -15,10 +15,10 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.delegation.support import Application, claims_of, register_application, whoami
-from tests.support import BASE, Running, start
 
 from fhirgate.config import Settings
+from tests.delegation.support import Application, claims_of, register_application, whoami
+from tests.support import BASE, Running, start
 
 USER_MANAGEMENT = "/user-management/v1"
 INACTIVE = {"active": False}

@@ -13,6 +13,11 @@ from typing import Any
 
 import pytest
 from sqlalchemy import func, select, update
+
+from fhirgate.config import Settings
+from fhirgate.services import Services
+from fhirgate.storage.models import OpaqueTokenRow, UserGrantRow
+from fhirgate.storage.opaque_tokens import REUSE_GRACE, hash_token
 from tests.delegation.support import (
     Application,
     assert_oauth_error,
@@ -22,11 +27,6 @@ from tests.delegation.support import (
     whoami,
 )
 from tests.support import Running
-
-from fhirgate.config import Settings
-from fhirgate.services import Services
-from fhirgate.storage.models import OpaqueTokenRow, UserGrantRow
-from fhirgate.storage.opaque_tokens import REUSE_GRACE, hash_token
 
 # --------------------------------------------------------------------------- helpers
 

@@ -7,10 +7,10 @@ import asyncio
 
 import asyncpg
 import pytest
-from tests.delegation.support import register_application
-from tests.support import Running
 
 from fhirgate.config import Settings
+from tests.delegation.support import register_application
+from tests.support import Running
 
 
 async def _waiting_backend(admin: asyncpg.Connection) -> int:

@@ -14,6 +14,7 @@ __all__ = [
     "Forbidden",
     "Gone",
     "Invalid",
+    "InvalidResource",
     "NotFound",
     "PreconditionFailed",
     "UnsupportedMediaType",
@@ -39,6 +40,25 @@ class FhirError(Exception):
 
     def outcome(self) -> dict[str, Any]:
         return operation_outcome(self.code, self.diagnostics)
+
+
+class InvalidResource(FhirError):
+    """A resource that fails validation: one issue per problem, each with its FHIRPath-like
+    ``expression`` (FHIR R4 §3.1.0.1.5: 400 for a resource that fails basic validation)."""
+
+    status_code = 400
+    code = "structure"
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        super().__init__(f"{len(problems)} problem(s) in the resource")
+        self.problems = problems
+
+    def outcome(self) -> dict[str, Any]:
+        issues = [
+            {"severity": "error", "code": self.code, "diagnostics": text, "expression": [path]}
+            for path, text in self.problems
+        ]
+        return {"resourceType": "OperationOutcome", "issue": issues}
 
 
 class Invalid(FhirError):

@@ -29,6 +29,7 @@ from fhirgate.fhir.errors import (
 )
 from fhirgate.fhir.resource_types import R4_RESOURCE_TYPES
 from fhirgate.fhir.store import Partition, ResourceStore, StoredResource
+from fhirgate.fhir.validation import validate
 from fhirgate.oauth.tokens import Principal
 from fhirgate.services import Services
 from fhirgate.web.guard import BearerError, authenticate, bearer_error_parts
@@ -141,6 +142,7 @@ async def _body(request: Request, resource_type: str) -> dict[str, Any]:
         raise Invalid("the body is not a JSON object")
     if content.get("resourceType") != resource_type:
         raise Invalid(f"the body's resourceType must be {resource_type}")
+    validate(resource_type, content)
     return content
 
 
