@@ -322,3 +322,27 @@ class ResourceStore:
                 raise Forbidden(f"{resource_type}/{resource_id} may not be deleted by this token")
             await self._write(conn, row_id, version + 1, datetime.now(UTC), "delete", None)
         return True
+
+    async def share(
+        self, partition: Partition, resource_type: str, resource_id: str, user_id: int
+    ) -> str:
+        """Let ``user_id`` (a user of the same application) read a resource the partition's
+        user owns: ``"shared"`` (sharing twice is harmless), ``"owner"`` when ``user_id`` is
+        the owner, ``"unknown"`` when the partition owns no such live resource."""
+        async with self._engine.begin() as conn:
+            current = await self._current_for_writing(conn, partition, resource_type, resource_id)
+            if current is None or not current[4] or current[2]:  # not owned here, or deleted
+                return "unknown"
+            if user_id == partition.user_id:
+                return "owner"
+            known = await conn.execute(
+                select(FhirPermissionRow.row_id).where(
+                    FhirPermissionRow.row_id == current[0],
+                    FhirPermissionRow.oneup_user_id == user_id,
+                )
+            )
+            if known.first() is None:
+                await conn.execute(
+                    insert(FhirPermissionRow).values(row_id=current[0], oneup_user_id=user_id)
+                )
+        return "shared"

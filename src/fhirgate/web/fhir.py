@@ -39,6 +39,7 @@ __all__ = ["FHIR_JSON", "FhirAuthError", "fhir_error_response", "routers"]
 FHIR_JSON = "application/fhir+json; charset=utf-8"
 _ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")  # FHIR R4 §2.24.0.1 id
 _ACCEPTED_BODIES = ("application/fhir+json", "application/json")
+_USER_NUMBER = re.compile(r"[0-9]{1,9}")
 
 
 class FhirAuthError(FhirError):
@@ -254,6 +255,42 @@ def _routes(router: APIRouter) -> None:
         return Response(status_code=204)
 
 
+def _share_routes(router: APIRouter) -> None:
+    @router.put("/{resource_type}/{resource_id}/_permission/{oneup_user_id}")
+    async def share(
+        request: Request,
+        access: CurrentAccess,
+        resource_type: str,
+        resource_id: str,
+        oneup_user_id: str,
+    ) -> Response:
+        """1upHealth's sharing: the owning user lets another user of the same application read
+        the resource. Answers in 1upHealth's shape: ``{"success": true}``, or for the owner
+        itself ``{"error": "the resource owner permissions cannot be altered", "success":
+        false}``."""
+        _checked(resource_type, resource_id)
+        access.require(resource_type, "update")
+        if access.partition.user_id is None:
+            raise Forbidden("only an application user shares its resources")
+        if not _USER_NUMBER.fullmatch(oneup_user_id):
+            raise Invalid("oneup_user_id must be a number")
+        services: Services = request.app.state.services
+        target = await services.delegation.users.find(
+            access.principal.client_id, oneup_user_id=int(oneup_user_id)
+        )
+        if target is None:
+            raise NotFound(f"no user {oneup_user_id} in this application")
+        outcome = await _store(request).share(
+            access.partition, resource_type, resource_id, target.oneup_user_id
+        )
+        if outcome == "unknown":
+            raise NotFound(f"{resource_type}/{resource_id} is not known")
+        if outcome == "owner":
+            body = {"error": "the resource owner permissions cannot be altered", "success": False}
+            return Response(orjson.dumps(body), 400, media_type="application/json")
+        return Response(orjson.dumps({"success": True}), 200, media_type="application/json")
+
+
 def _history_entry(base: str, stored: StoredResource) -> dict[str, Any]:
     url = f"{base}/{stored.resource_type}/{stored.resource_id}"
     entry: dict[str, Any] = {"fullUrl": url}
@@ -277,5 +314,6 @@ def routers() -> list[APIRouter]:
     for base in bases:
         router = APIRouter(prefix=base, tags=["FHIR R4"])
         _routes(router)
+        _share_routes(router)
         made.append(router)
     return made
