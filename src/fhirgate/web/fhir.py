@@ -19,6 +19,7 @@ from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
 from fhirgate.fhir.access import Access, InsufficientScope
+from fhirgate.fhir.capabilities import capability_statement
 from fhirgate.fhir.errors import (
     FhirError,
     Forbidden,
@@ -32,6 +33,7 @@ from fhirgate.fhir.store import Partition, ResourceStore, StoredResource
 from fhirgate.fhir.validation import validate
 from fhirgate.oauth.tokens import Principal
 from fhirgate.services import Services
+from fhirgate.web.discovery import smart_configuration
 from fhirgate.web.guard import BearerError, authenticate, bearer_error_parts
 
 __all__ = ["FHIR_JSON", "FhirAuthError", "fhir_error_response", "routers"]
@@ -40,6 +42,7 @@ FHIR_JSON = "application/fhir+json; charset=utf-8"
 _ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")  # FHIR R4 §2.24.0.1 id
 _ACCEPTED_BODIES = ("application/fhir+json", "application/json")
 _USER_NUMBER = re.compile(r"[0-9]{1,9}")
+_CORS = {"Access-Control-Allow-Origin": "*"}
 
 
 class FhirAuthError(FhirError):
@@ -112,9 +115,9 @@ def _checked(resource_type: str, resource_id: str | None = None) -> None:
 
 def _base(request: Request) -> str:
     """This request's FHIR base URL: the public URL and the base path it came through (the
-    matched route's prefix, with the Redox alias's organization and environment filled in)."""
+    router's prefix, with the Redox alias's organization and environment filled in)."""
     services: Services = request.app.state.services
-    prefix: str = request.scope["route"].path.split("/{resource_type}", 1)[0]
+    prefix: str = request.scope["fhir_base"]
     return services.settings.url(prefix.format_map(request.path_params))
 
 
@@ -306,14 +309,41 @@ def _history_entry(base: str, stored: StoredResource) -> dict[str, Any]:
     return entry
 
 
+def _at_base(prefix: str) -> Any:
+    """A dependency that records the base path a request came through (for URLs it returns)."""
+
+    async def record(request: Request) -> None:
+        request.scope["fhir_base"] = prefix
+
+    return Depends(record)
+
+
 def routers() -> list[APIRouter]:
     """The canonical base first (its literal ``_history`` segments must match before the Redox
-    alias's organization and environment segments are tried), then the aliases."""
+    alias's organization and environment segments are tried), then the aliases. ``metadata``
+    and the SMART configuration come first in each, before the ``{resource_type}`` routes."""
     bases = ["/fhir/R4", "/r4", "/fhir/R4/{organization}/{environment}"]
     made = []
     for base in bases:
-        router = APIRouter(prefix=base, tags=["FHIR R4"])
+        router = APIRouter(prefix=base, tags=["FHIR R4"], dependencies=[_at_base(base)])
+        _metadata_routes(router)
         _routes(router)
         _share_routes(router)
         made.append(router)
     return made
+
+
+def _metadata_routes(router: APIRouter) -> None:
+    @router.get("/metadata")
+    async def metadata(request: Request) -> Response:
+        """The CapabilityStatement (FHIR R4 §3.1.0.15); public, like every FHIR server's."""
+        services: Services = request.app.state.services
+        statement = capability_statement(services.settings, _base(request), "R4")
+        return fhir_response(statement)
+
+    @router.get("/.well-known/smart-configuration")
+    async def smart_configuration_here(request: Request) -> Response:
+        """SMART discovery under the FHIR base too (SMART App Launch §conformance)."""
+        services: Services = request.app.state.services
+        body = smart_configuration(services.settings)
+        return Response(orjson.dumps(body), headers=_CORS, media_type="application/json")

@@ -1,0 +1,83 @@
+"""The CapabilityStatement a FHIR base serves at ``metadata`` (FHIR R4 §3.1.0.15 "capabilities"),
+with the SMART security service and its ``oauth-uris`` extension (SMART App Launch,
+conformance §using-cors / "capability statement").
+
+It lists what this server really does — the interactions of :mod:`fhirgate.web.fhir`, nothing
+more — so that a FHIR client that reads it does not try what would fail.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from fhirgate import __version__
+from fhirgate.config import Settings
+from fhirgate.fhir.resource_types import R4_RESOURCE_TYPES
+
+__all__ = ["FHIR_VERSIONS", "INTERACTIONS", "capability_statement"]
+
+#: The FHIR version each store speaks (``fhirVersion``).
+FHIR_VERSIONS = {"R4": "4.0.1"}
+INTERACTIONS = ("read", "vread", "update", "delete", "history-instance", "create")
+SMART_SERVICE = {
+    "coding": [
+        {
+            "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+            "code": "SMART-on-FHIR",
+        }
+    ],
+    "text": "OAuth 2.0 with SMART on FHIR scopes",
+}
+OAUTH_URIS = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
+
+
+def _security(settings: Settings) -> dict[str, Any]:
+    uris = {
+        "token": "/oauth2/token",
+        "revoke": "/oauth2/revoke",
+        "introspect": "/oauth2/introspect",
+    }
+    return {
+        "cors": True,
+        "service": [SMART_SERVICE],
+        "extension": [
+            {
+                "url": OAUTH_URIS,
+                "extension": [
+                    {"url": name, "valueUri": settings.url(path)} for name, path in uris.items()
+                ],
+            }
+        ],
+    }
+
+
+def _resource(resource_type: str) -> dict[str, Any]:
+    return {
+        "type": resource_type,
+        "versioning": "versioned-update",
+        "readHistory": True,
+        "updateCreate": True,
+        "interaction": [{"code": code} for code in INTERACTIONS],
+    }
+
+
+def capability_statement(settings: Settings, base_url: str, version: str) -> dict[str, Any]:
+    """The CapabilityStatement of the ``version`` store served at ``base_url``."""
+    return {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": datetime.now(UTC).date().isoformat(),  # as generated, for this instance
+        "kind": "instance",
+        "software": {"name": "fhirgate", "version": __version__},
+        "implementation": {"description": "fhirgate FHIR API", "url": base_url},
+        "fhirVersion": FHIR_VERSIONS[version],
+        "format": ["application/fhir+json", "json"],
+        "rest": [
+            {
+                "mode": "server",
+                "security": _security(settings),
+                "resource": [_resource(name) for name in sorted(R4_RESOURCE_TYPES)],
+            }
+        ],
+    }
