@@ -36,6 +36,7 @@ __all__ = [
 ]
 
 DEFAULT_ORG_SLUG = "default"
+_MAX_CACHED_ENVIRONMENTS = 10_000
 _SLUG = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 
 
@@ -139,6 +140,7 @@ class OrganizationRepo:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
+        self._environments: dict[tuple[str, str], Environment] = {}
 
     async def create(self, slug: str, name: str) -> str:
         """Create an organization with its environments; returns its id."""
@@ -184,7 +186,13 @@ class OrganizationRepo:
         return Environment(*row)
 
     async def environment_of(self, organization_id: str, kind: str) -> Environment | None:
-        """The environment ``kind`` of the organization with id ``organization_id``."""
+        """The environment ``kind`` of the organization with id ``organization_id``; cached
+        for the life of the process once found (an environment never changes: it is created
+        with its organization and goes only with it, its clients and data together)."""
+        key = (organization_id, kind)
+        known = self._environments.get(key)
+        if known is not None:
+            return known
         stmt = (
             select(EnvironmentRow.id, EnvironmentRow.kind, OrganizationRow.id, OrganizationRow.slug)
             .join(OrganizationRow, OrganizationRow.id == EnvironmentRow.organization_id)
@@ -192,7 +200,12 @@ class OrganizationRepo:
         )
         async with self._engine.connect() as conn:
             row = (await conn.execute(stmt)).first()
-        return None if row is None else Environment(*row)
+        if row is None:
+            return None
+        if len(self._environments) >= _MAX_CACHED_ENVIRONMENTS:
+            self._environments.clear()
+        environment = self._environments[key] = Environment(*row)
+        return environment
 
     async def default_environment(self, kind: str = EnvironmentKind.DEVELOPMENT) -> Environment:
         """The default organization's environment, creating the organization on first use."""
