@@ -26,8 +26,13 @@ async def test_the_capability_statement_describes_this_base(running: Running, ba
     assert uris["token"] == f"{BASE}/oauth2/token"
     patient = next(r for r in rest["resource"] if r["type"] == "Patient")
     codes = {interaction["code"] for interaction in patient["interaction"]}
-    assert codes == {"read", "vread", "update", "delete", "history-instance", "create"}
+    assert codes == {
+        "read", "vread", "update", "delete", "history-instance", "create", "search-type",
+    }  # fmt: skip
     assert patient["versioning"] == "versioned-update" and patient["updateCreate"] is True
+    params = {param["name"]: param["type"] for param in patient["searchParam"]}
+    assert params["family"] == "string" and params["birthdate"] == "date"
+    assert params["_lastUpdated"] == "date" and params["identifier"] == "token"
 
 
 @pytest.mark.parametrize("base", BASES)

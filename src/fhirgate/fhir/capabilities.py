@@ -14,12 +14,19 @@ from typing import Any
 from fhirgate import __version__
 from fhirgate.config import Settings
 from fhirgate.fhir.resource_types import R4_RESOURCE_TYPES
+from fhirgate.fhir.search_params import PARAMETERS
 
 __all__ = ["FHIR_VERSIONS", "INTERACTIONS", "capability_statement"]
 
 #: The FHIR version each store speaks (``fhirVersion``).
 FHIR_VERSIONS = {"R4": "4.0.1"}
-INTERACTIONS = ("read", "vread", "update", "delete", "history-instance", "create")
+INTERACTIONS = ("read", "vread", "update", "delete", "history-instance", "create", "search-type")
+_COMMON_PARAMS = (
+    ("_id", "token"),
+    ("_lastUpdated", "date"),
+    ("_tag", "token"),
+    ("_profile", "token"),
+)
 SMART_SERVICE = {
     "coding": [
         {
@@ -53,12 +60,14 @@ def _security(settings: Settings) -> dict[str, Any]:
 
 
 def _resource(resource_type: str) -> dict[str, Any]:
+    params = [(param.name, param.type) for param in PARAMETERS.get(resource_type, ())]
     return {
         "type": resource_type,
         "versioning": "versioned-update",
         "readHistory": True,
         "updateCreate": True,
         "interaction": [{"code": code} for code in INTERACTIONS],
+        "searchParam": [{"name": name, "type": kind} for name, kind in [*params, *_COMMON_PARAMS]],
     }
 
 

@@ -21,11 +21,21 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, exists, false, insert, or_, select, true, update
+from sqlalchemy import and_, delete, exists, false, func, insert, or_, select, true, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from fhirgate.fhir.errors import Forbidden, PreconditionFailed
-from fhirgate.storage.models import FhirPermissionRow, FhirResourceRow, FhirVersionRow
+from fhirgate.fhir.indexing import index
+from fhirgate.fhir.search import SearchRequest
+from fhirgate.storage.models import (
+    FhirDateIndexRow,
+    FhirPermissionRow,
+    FhirReferenceIndexRow,
+    FhirResourceRow,
+    FhirStringIndexRow,
+    FhirTokenIndexRow,
+    FhirVersionRow,
+)
 
 __all__ = ["Partition", "ResourceStore", "StoredResource"]
 
@@ -114,6 +124,40 @@ def _resource(
         bool(deleted),
         None if deleted else content,
     )
+
+
+_INDEX_TABLES = (FhirStringIndexRow, FhirTokenIndexRow, FhirReferenceIndexRow, FhirDateIndexRow)
+
+
+async def _reindex(
+    conn: AsyncConnection, row_id: int, resource_type: str, content: dict[str, Any] | None
+) -> None:
+    """Replace the search values of a resource (none once it is deleted), in the write's own
+    transaction: a search never sees a version its index does not describe."""
+    for table in _INDEX_TABLES:
+        await conn.execute(delete(table).where(table.row_id == row_id))
+    if content is None:
+        return
+    entries = index(resource_type, content)
+    batches: list[tuple[Any, list[dict[str, Any]]]] = [
+        (FhirStringIndexRow, [
+            {"row_id": row_id, "name": n, "normalized": v, "exact": e}
+            for n, v, e in entries.strings
+        ]),
+        (FhirTokenIndexRow, [
+            {"row_id": row_id, "name": n, "system": s, "code": c} for n, s, c in entries.tokens
+        ]),
+        (FhirReferenceIndexRow, [
+            {"row_id": row_id, "name": n, "target_type": t, "target_id": i}
+            for n, t, i in entries.references
+        ]),
+        (FhirDateIndexRow, [
+            {"row_id": row_id, "name": n, "low": lo, "high": hi} for n, lo, hi in entries.dates
+        ]),
+    ]  # fmt: skip
+    for table, rows in batches:
+        if rows:
+            await conn.execute(insert(table), rows)
 
 
 class ResourceStore:
@@ -217,6 +261,7 @@ class ResourceStore:
             )
         ).scalar_one()
         await self._add_version(conn, int(row_id), 1, now, "create", body)
+        await _reindex(conn, int(row_id), resource_type, body)
         return StoredResource(int(row_id), resource_type, resource_id, 1, now, False, body)
 
     @staticmethod
@@ -288,6 +333,7 @@ class ResourceStore:
             now, new_version = datetime.now(UTC), version + 1
             body = _with_meta(content, resource_id, new_version, now)
             await self._write(conn, row_id, new_version, now, "update", body)
+            await _reindex(conn, row_id, resource_type, body)
         return StoredResource(
             row_id, resource_type, resource_id, new_version, now, False, body
         ), False
@@ -321,6 +367,7 @@ class ResourceStore:
             if not writable:
                 raise Forbidden(f"{resource_type}/{resource_id} may not be deleted by this token")
             await self._write(conn, row_id, version + 1, datetime.now(UTC), "delete", None)
+            await _reindex(conn, row_id, resource_type, None)  # a deleted resource is not found
         return True
 
     async def share(
@@ -346,3 +393,33 @@ class ResourceStore:
                     insert(FhirPermissionRow).values(row_id=current[0], oneup_user_id=user_id)
                 )
         return "shared"
+
+    async def search(
+        self, partition: Partition, resource_type: str, request: SearchRequest
+    ) -> tuple[list[StoredResource], bool, int | None]:
+        """One page of the live resources of ``resource_type`` in the partition matching the
+        request: ``(page, more_after_it, total or None)``."""
+        row = FhirResourceRow
+        where = [
+            row.environment_id == partition.environment_id,
+            row.fhir_version == self.fhir_version,
+            row.resource_type == resource_type,
+            row.deleted.is_(False),
+            partition.visible(),
+            *request.conditions,
+        ]
+        page = (
+            select(*_CURRENT)
+            .where(*where)
+            .order_by(*request.order)
+            .offset(request.offset)
+            .limit(request.count + 1)
+        )
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(page)).all() if request.count else []
+            total = None
+            if request.total:
+                count = select(func.count()).select_from(row).where(*where)
+                total = int((await conn.execute(count)).scalar_one())
+        found = [_resource(*item) for item in rows[: request.count]]
+        return found, len(rows) > request.count, total

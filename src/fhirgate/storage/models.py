@@ -9,9 +9,11 @@ from enum import StrEnum
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     String,
@@ -31,8 +33,12 @@ __all__ = [
     "ClientStatus",
     "EnvironmentKind",
     "EnvironmentRow",
+    "FhirDateIndexRow",
     "FhirPermissionRow",
+    "FhirReferenceIndexRow",
     "FhirResourceRow",
+    "FhirStringIndexRow",
+    "FhirTokenIndexRow",
     "FhirVersionRow",
     "OpaqueKind",
     "OpaqueTokenRow",
@@ -318,3 +324,54 @@ class FhirPermissionRow(Base):
     oneup_user_id: Mapped[int] = mapped_column(
         ForeignKey("app_users.oneup_user_id", ondelete="CASCADE"), primary_key=True, index=True
     )
+
+
+# Search indexes (fhirgate.fhir.indexing): written with each version, read by searches.
+
+
+def _row_id() -> Mapped[int]:
+    return mapped_column(ForeignKey("fhir_resources.row_id", ondelete="CASCADE"), index=True)
+
+
+class FhirStringIndexRow(Base):
+    __tablename__ = "fhir_index_strings"
+    __table_args__ = (Index("ix_fhir_index_strings_value", "name", "normalized"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    row_id: Mapped[int] = _row_id()
+    name: Mapped[str] = mapped_column(String(64))
+    normalized: Mapped[str] = mapped_column(String(255))
+    exact: Mapped[str] = mapped_column(String(255))
+
+
+class FhirTokenIndexRow(Base):
+    __tablename__ = "fhir_index_tokens"
+    __table_args__ = (Index("ix_fhir_index_tokens_value", "name", "code", "system"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    row_id: Mapped[int] = _row_id()
+    name: Mapped[str] = mapped_column(String(64))
+    system: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    code: Mapped[str] = mapped_column(String(255))
+
+
+class FhirReferenceIndexRow(Base):
+    __tablename__ = "fhir_index_references"
+    __table_args__ = (Index("ix_fhir_index_references_target", "name", "target_type", "target_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    row_id: Mapped[int] = _row_id()
+    name: Mapped[str] = mapped_column(String(64))
+    target_type: Mapped[str] = mapped_column(String(64))
+    target_id: Mapped[str] = mapped_column(String(64))
+
+
+class FhirDateIndexRow(Base):
+    __tablename__ = "fhir_index_dates"
+    __table_args__ = (Index("ix_fhir_index_dates_range", "name", "low", "high"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    row_id: Mapped[int] = _row_id()
+    name: Mapped[str] = mapped_column(String(64))
+    low: Mapped[int] = mapped_column(BigInteger)
+    high: Mapped[int] = mapped_column(BigInteger)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from email.utils import format_datetime
 from typing import Annotated, Any
+from urllib.parse import parse_qsl, urlencode
 
 import orjson
 from fastapi import APIRouter, Depends, Request
@@ -29,6 +30,7 @@ from fhirgate.fhir.errors import (
     UnsupportedMediaType,
 )
 from fhirgate.fhir.resource_types import R4_RESOURCE_TYPES
+from fhirgate.fhir.search import parse_search
 from fhirgate.fhir.store import Partition, ResourceStore, StoredResource
 from fhirgate.fhir.validation import validate
 from fhirgate.oauth.tokens import Principal
@@ -158,6 +160,64 @@ def _if_match(request: Request) -> int | None:
     if match is None:
         raise Invalid('If-Match must be a version ETag like W/"3"')
     return int(match.group(1))
+
+
+def _search_routes(router: APIRouter) -> None:
+    @router.get("/{resource_type}")
+    async def search(request: Request, access: CurrentAccess, resource_type: str) -> Response:
+        """Type search (FHIR R4 §3.1.1) by GET."""
+        return await _search(request, access, resource_type, request.query_params.multi_items())
+
+    @router.post("/{resource_type}/_search")
+    async def search_by_post(
+        request: Request, access: CurrentAccess, resource_type: str
+    ) -> Response:
+        """Type search by ``POST [type]/_search`` with a form body (FHIR R4 §3.1.1.3.2);
+        query and body parameters combine."""
+        media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if media_type != "application/x-www-form-urlencoded":
+            raise UnsupportedMediaType("POST _search takes application/x-www-form-urlencoded")
+        try:
+            body = parse_qsl((await request.body()).decode(), strict_parsing=False)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise Invalid("the body is not a valid form") from exc
+        pairs = [*request.query_params.multi_items(), *body]
+        return await _search(request, access, resource_type, pairs)
+
+
+async def _search(
+    request: Request, access: Access, resource_type: str, pairs: list[tuple[str, str]]
+) -> Response:
+    _checked(resource_type)
+    access.require(resource_type, "search")
+    prefer = request.headers.get("prefer", "").replace(" ", "").lower()
+    wanted = parse_search(resource_type, pairs, lenient="handling=lenient" in prefer)
+    found, more, total = await _store(request).search(access.partition, resource_type, wanted)
+    base = _base(request)
+
+    def page(offset: int) -> dict[str, str]:
+        query = [*wanted.used, *wanted.controls, ("_count", str(wanted.count))]
+        query.append(("_offset", str(offset)))
+        return {"url": f"{base}/{resource_type}?{urlencode(query)}"}
+
+    links = [{"relation": "self", **page(wanted.offset)}]
+    if more:
+        links.append({"relation": "next", **page(wanted.offset + wanted.count)})
+    if wanted.offset > 0:
+        links.append({"relation": "previous", **page(max(0, wanted.offset - wanted.count))})
+    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
+    if total is not None:
+        bundle["total"] = total
+    bundle["link"] = links
+    bundle["entry"] = [
+        {
+            "fullUrl": f"{base}/{stored.resource_type}/{stored.resource_id}",
+            "resource": stored.content,
+            "search": {"mode": "match"},
+        }
+        for stored in found
+    ]
+    return fhir_response(bundle)
 
 
 def _routes(router: APIRouter) -> None:
@@ -327,6 +387,7 @@ def routers() -> list[APIRouter]:
     for base in bases:
         router = APIRouter(prefix=base, tags=["FHIR R4"], dependencies=[_at_base(base)])
         _metadata_routes(router)
+        _search_routes(router)
         _routes(router)
         _share_routes(router)
         made.append(router)
