@@ -199,3 +199,34 @@ async def test_a_user_searches_only_its_own_partition(server: Running) -> None:
     everyone = {**app.credentials, "x-oneup-user-id": "client"}
     assert ids(await server.http.get("/r4/Patient", headers=everyone)) == {mine, theirs}
     assert len(ids(await server.http.get("/r4/Patient?_count=10", headers=system))) == 3
+
+
+async def test_include_and_revinclude_add_what_the_token_may_see(server: Running) -> None:
+    app = await register_application(server.services, server.http)
+    alice, bob = await app.user_tokens("alice"), await app.user_tokens("bob")
+    as_alice = {"Authorization": f"Bearer {alice['access_token']}"}
+    as_bob = {"Authorization": f"Bearer {bob['access_token']}"}
+    patient = await create(server.http, as_alice, {"resourceType": "Patient"})
+    observation = await create(server.http, as_alice, {
+        "resourceType": "Observation", "status": "final", "code": {"text": "pulse"},
+        "subject": {"reference": f"Patient/{patient}"},
+    })  # fmt: skip
+    bobs = await create(server.http, as_bob, {"resourceType": "Patient"})
+    await create(server.http, as_bob, {
+        "resourceType": "Observation", "status": "final", "code": {"text": "pulse"},
+        "subject": {"reference": f"Patient/{bobs}"},
+    })  # fmt: skip
+
+    included = await server.http.get(
+        "/r4/Observation?_include=Observation:patient", headers=as_alice
+    )
+    modes = {(e["resource"]["id"], e["search"]["mode"]) for e in included.json()["entry"]}
+    assert modes == {(observation, "match"), (patient, "include")}
+    assert included.json()["total"] == 1  # included resources are not counted
+
+    reverse = await server.http.get("/r4/Patient?_revinclude=Observation:subject", headers=as_alice)
+    modes = {(e["resource"]["id"], e["search"]["mode"]) for e in reverse.json()["entry"]}
+    assert modes == {(patient, "match"), (observation, "include")}
+
+    bad = await server.http.get("/r4/Observation?_include=Patient:organization", headers=as_alice)
+    assert bad.status_code == 400

@@ -11,7 +11,8 @@ parameters combine with AND, comma-separated values with OR (§3.1.1.3). Semanti
   whole of its year, month or day (§3.1.1.5.3);
 * ``_id``, ``_lastUpdated``, ``_tag``, ``_profile``; ``_count`` (default 50, at most 500),
   ``_offset`` (fhirgate's paging cursor), ``_total`` (``none`` skips counting), ``_sort`` by
-  ``_id`` or ``_lastUpdated`` (``-`` for descending).
+  ``_id`` or ``_lastUpdated`` (``-`` for descending), ``_include`` and ``_revinclude`` (not
+  iterating; the included resources are confined to the caller's partition like the matches).
 
 An unknown parameter, modifier or malformed value is a 400 OperationOutcome — unless the request
 carries ``Prefer: handling=lenient``, when unknown parameters are ignored (§3.1.1.3.1).
@@ -63,6 +64,9 @@ class SearchRequest:
     #: Bundle's links repeat them.
     used: list[tuple[str, str]] = field(default_factory=list)
     controls: list[tuple[str, str]] = field(default_factory=list)
+    #: ``_include`` / ``_revinclude``: (source type, reference parameter, target type or None).
+    includes: list[tuple[str, str, str | None]] = field(default_factory=list)
+    revincludes: list[tuple[str, str, str | None]] = field(default_factory=list)
 
 
 def _escape_like(text: str) -> str:
@@ -205,6 +209,25 @@ def _control(request: SearchRequest, name: str, value: str) -> None:
             request.order.append(found.desc() if key.startswith("-") else found.asc())
 
 
+def _inclusion(request: SearchRequest, resource_type: str, name: str, value: str) -> None:
+    """``_include=Source:param[:Target]`` (Source must be the searched type) or
+    ``_revinclude=Source:param[:Target]`` (FHIR R4 §3.1.1.5.4; not iterating)."""
+    parts = value.split(":")
+    if len(parts) not in (2, 3) or ":iterate" in name:
+        raise Invalid(f"{name} takes Type:parameter[:targetType]")
+    source, param_name = parts[0], parts[1]
+    target = parts[2] if len(parts) == 3 else None
+    param = parameter(source, param_name)
+    if param is None or param.type != "reference":
+        raise Invalid(f"{source[:64]}:{param_name[:64]} is not a reference search parameter")
+    if name == "_include":
+        if source != resource_type:
+            raise Invalid(f"_include must name the searched type {resource_type}")
+        request.includes.append((source, param_name, target))
+    else:
+        request.revincludes.append((source, param_name, target or resource_type))
+
+
 def parse_search(
     resource_type: str, pairs: Sequence[tuple[str, str]], lenient: bool
 ) -> SearchRequest:
@@ -216,8 +239,10 @@ def parse_search(
             if name in ("_sort", "_total"):
                 request.controls.append((name, value))
             continue
-        if name in ("_include", "_revinclude") and not lenient:
-            raise Invalid(f"{name} is not supported yet")
+        if name in ("_include", "_revinclude"):
+            _inclusion(request, resource_type, name, value)
+            request.controls.append((name, value))
+            continue
         condition = _condition(resource_type, name, value, lenient)
         if condition is not None:
             request.conditions.append(condition)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, exists, false, func, insert, or_, select, true, update
+from sqlalchemy import and_, delete, exists, false, func, insert, or_, select, true, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from fhirgate.fhir.errors import Forbidden, PreconditionFailed
@@ -37,7 +37,10 @@ from fhirgate.storage.models import (
     FhirVersionRow,
 )
 
-__all__ = ["Partition", "ResourceStore", "StoredResource"]
+__all__ = ["MAX_INCLUDED", "Partition", "ResourceStore", "StoredResource"]
+
+#: The most resources one ``_include`` or ``_revinclude`` adds to a page.
+MAX_INCLUDED = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -423,3 +426,54 @@ class ResourceStore:
                 total = int((await conn.execute(count)).scalar_one())
         found = [_resource(*item) for item in rows[: request.count]]
         return found, len(rows) > request.count, total
+
+    async def included(
+        self, partition: Partition, matches: list[StoredResource], request: SearchRequest
+    ) -> list[StoredResource]:
+        """The resources ``_include`` and ``_revinclude`` add to a page of ``matches`` — only
+        those the partition may see, none twice, none already a match (FHIR R4 §3.1.1.5.4)."""
+        if not matches or not (request.includes or request.revincludes):
+            return []
+        row, ref = FhirResourceRow, FhirReferenceIndexRow
+        match_rows = [match.row_id for match in matches]
+        live = [
+            row.environment_id == partition.environment_id,
+            row.fhir_version == self.fhir_version,
+            row.deleted.is_(False),
+            partition.visible(),
+        ]
+        found: dict[int, StoredResource] = {}
+        async with self._engine.connect() as conn:
+            for _source, param, target in request.includes:
+                pointed = select(ref.target_type, ref.target_id).where(
+                    ref.row_id.in_(match_rows), ref.name == param
+                )
+                if target is not None:
+                    pointed = pointed.where(ref.target_type == target)
+                stmt = (
+                    select(*_CURRENT)
+                    .where(*live, tuple_(row.resource_type, row.resource_id).in_(pointed))
+                    .limit(MAX_INCLUDED)
+                )
+                for item in (await conn.execute(stmt)).all():
+                    found.setdefault(int(item[0]), _resource(*item))
+            for source, param, target in request.revincludes:
+                keys = [
+                    (match.resource_type, match.resource_id)
+                    for match in matches
+                    if match.resource_type == target
+                ]
+                if not keys:
+                    continue
+                pointing = select(ref.row_id).where(
+                    ref.name == param, tuple_(ref.target_type, ref.target_id).in_(keys)
+                )
+                stmt = (
+                    select(*_CURRENT)
+                    .where(*live, row.resource_type == source, row.row_id.in_(pointing))
+                    .limit(MAX_INCLUDED)
+                )
+                for item in (await conn.execute(stmt)).all():
+                    found.setdefault(int(item[0]), _resource(*item))
+        already = set(match_rows)
+        return [resource for row_id, resource in found.items() if row_id not in already]

@@ -192,7 +192,9 @@ async def _search(
     access.require(resource_type, "search")
     prefer = request.headers.get("prefer", "").replace(" ", "").lower()
     wanted = parse_search(resource_type, pairs, lenient="handling=lenient" in prefer)
-    found, more, total = await _store(request).search(access.partition, resource_type, wanted)
+    store = _store(request)
+    found, more, total = await store.search(access.partition, resource_type, wanted)
+    extra = await store.included(access.partition, found, wanted)
     base = _base(request)
 
     def page(offset: int) -> dict[str, str]:
@@ -213,11 +215,23 @@ async def _search(
         {
             "fullUrl": f"{base}/{stored.resource_type}/{stored.resource_id}",
             "resource": stored.content,
-            "search": {"mode": "match"},
+            "search": {"mode": mode},
         }
-        for stored in found
+        for stored, mode in [
+            *((item, "match") for item in found),
+            *((item, "include") for item in extra if _may_read(access, item.resource_type)),
+        ]
     ]
     return fhir_response(bundle)
+
+
+def _may_read(access: Access, resource_type: str) -> bool:
+    """Included resources appear only where the token may read their type."""
+    try:
+        access.require(resource_type, "read")
+    except InsufficientScope:
+        return False
+    return True
 
 
 def _routes(router: APIRouter) -> None:
