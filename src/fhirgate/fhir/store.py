@@ -477,3 +477,29 @@ class ResourceStore:
                     found.setdefault(int(item[0]), _resource(*item))
         already = set(match_rows)
         return [resource for row_id, resource in found.items() if row_id not in already]
+
+    async def compartment(
+        self, partition: Partition, patient_id: str, offset: int, count: int
+    ) -> tuple[list[StoredResource], bool]:
+        """One page of the live resources the partition may see that reference
+        ``Patient/{patient_id}`` (its compartment, for ``$everything``): ``(page, more)``."""
+        row, ref = FhirResourceRow, FhirReferenceIndexRow
+        pointing = select(ref.row_id).where(
+            ref.target_type == "Patient", ref.target_id == patient_id
+        )
+        stmt = (
+            select(*_CURRENT)
+            .where(
+                row.environment_id == partition.environment_id,
+                row.fhir_version == self.fhir_version,
+                row.deleted.is_(False),
+                partition.visible(),
+                row.row_id.in_(pointing),
+            )
+            .order_by(row.row_id)
+            .offset(offset)
+            .limit(count + 1)
+        )
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return [_resource(*item) for item in rows[:count]], len(rows) > count

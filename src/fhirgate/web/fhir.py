@@ -30,7 +30,7 @@ from fhirgate.fhir.errors import (
     UnsupportedMediaType,
 )
 from fhirgate.fhir.resource_types import R4_RESOURCE_TYPES
-from fhirgate.fhir.search import parse_search
+from fhirgate.fhir.search import DEFAULT_COUNT, MAX_COUNT, parse_search
 from fhirgate.fhir.store import Partition, ResourceStore, StoredResource
 from fhirgate.fhir.validation import validate
 from fhirgate.oauth.tokens import Principal
@@ -234,6 +234,45 @@ def _may_read(access: Access, resource_type: str) -> bool:
     return True
 
 
+def _operation_routes(router: APIRouter) -> None:
+    @router.get("/Patient/{resource_id}/$everything")
+    async def everything(request: Request, access: CurrentAccess, resource_id: str) -> Response:
+        """``Patient/{id}/$everything`` (FHIR R4 patient-operation-everything): the Patient and
+        every resource of its compartment the token may read, paged with ``_count`` and
+        ``_offset``."""
+        _checked("Patient", resource_id)
+        access.require("Patient", "read")
+        store = _store(request)
+        patient = await store.read(access.partition, "Patient", resource_id)
+        if patient is None or patient.content is None:
+            raise NotFound(f"Patient/{resource_id} is not known")
+        params = dict(request.query_params)
+        count = _page_number(params.get("_count", str(DEFAULT_COUNT)), MAX_COUNT)
+        offset = _page_number(params.get("_offset", "0"), 10**9)
+        page, more = await store.compartment(access.partition, resource_id, offset, count)
+        base = _base(request)
+        url = f"{base}/Patient/{resource_id}/$everything"
+        links = [{"relation": "self", "url": f"{url}?_count={count}&_offset={offset}"}]
+        if more:
+            links.append(
+                {"relation": "next", "url": f"{url}?_count={count}&_offset={offset + count}"}
+            )
+        members = [patient] if offset == 0 else []
+        members += [item for item in page if _may_read(access, item.resource_type)]
+        entries = [
+            {"fullUrl": f"{base}/{item.resource_type}/{item.resource_id}", "resource": item.content}
+            for item in members
+        ]
+        bundle = {"resourceType": "Bundle", "type": "searchset", "link": links, "entry": entries}
+        return fhir_response(bundle)
+
+
+def _page_number(value: str, top: int) -> int:
+    if not value.isdigit() or len(value) > 9:
+        raise Invalid("_count and _offset must be whole numbers")
+    return min(int(value), top)
+
+
 def _routes(router: APIRouter) -> None:
     @router.get("/{resource_type}/{resource_id}")
     async def read(
@@ -401,6 +440,7 @@ def routers() -> list[APIRouter]:
     for base in bases:
         router = APIRouter(prefix=base, tags=["FHIR R4"], dependencies=[_at_base(base)])
         _metadata_routes(router)
+        _operation_routes(router)
         _search_routes(router)
         _routes(router)
         _share_routes(router)
