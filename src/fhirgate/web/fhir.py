@@ -44,6 +44,8 @@ FHIR_JSON = "application/fhir+json; charset=utf-8"
 _ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")  # FHIR R4 §2.24.0.1 id
 _ACCEPTED_BODIES = ("application/fhir+json", "application/json")
 _USER_NUMBER = re.compile(r"[0-9]{1,9}")
+#: Deeper than any real resource (nested extensions included), shallow enough for every walk.
+MAX_DEPTH = 64
 _CORS = {"Access-Control-Allow-Origin": "*"}
 
 
@@ -146,10 +148,27 @@ async def _body(request: Request, resource_type: str) -> dict[str, Any]:
         raise Invalid("the body is not JSON") from exc
     if not isinstance(content, dict):
         raise Invalid("the body is not a JSON object")
+    if _depth(content) > MAX_DEPTH:
+        raise Invalid(f"the resource nests deeper than {MAX_DEPTH} levels")
     if content.get("resourceType") != resource_type:
         raise Invalid(f"the body's resourceType must be {resource_type}")
     validate(resource_type, content)
     return content
+
+
+def _depth(content: Any) -> int:
+    """How deeply JSON nests, measured without recursion (the validators and the reference
+    walk recurse: a body the JSON parser accepts must not exhaust their stack)."""
+    deepest, stack = 0, [(content, 1)]
+    while stack:
+        value, level = stack.pop()
+        deepest = max(deepest, level)
+        if level > MAX_DEPTH:
+            break
+        children = value.values() if isinstance(value, dict) else value
+        if isinstance(value, dict | list):
+            stack.extend((child, level + 1) for child in children)
+    return deepest
 
 
 def _if_match(request: Request) -> int | None:
