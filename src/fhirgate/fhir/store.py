@@ -16,7 +16,9 @@ against the current version inside the same transaction.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -170,6 +172,21 @@ class ResourceStore:
         self._engine = engine
         self.fhir_version = fhir_version
 
+    @contextlib.asynccontextmanager
+    async def _using(
+        self, conn: AsyncConnection | None, *, write: bool
+    ) -> AsyncIterator[AsyncConnection]:
+        """The caller's connection (a transaction Bundle's), or a new one: a transaction to
+        write in, a plain connection to read with."""
+        if conn is not None:
+            yield conn
+        elif write:
+            async with self._engine.begin() as own:
+                yield own
+        else:
+            async with self._engine.connect() as own:
+                yield own
+
     def _key(self, partition: Partition, resource_type: str, resource_id: str) -> Any:
         row = FhirResourceRow
         return and_(
@@ -180,24 +197,36 @@ class ResourceStore:
         )
 
     async def read(
-        self, partition: Partition, resource_type: str, resource_id: str
+        self,
+        partition: Partition,
+        resource_type: str,
+        resource_id: str,
+        *,
+        conn: AsyncConnection | None = None,
     ) -> StoredResource | None:
         """The current version (possibly a deletion) if the partition may see it."""
         stmt = select(*_CURRENT).where(
             self._key(partition, resource_type, resource_id), partition.visible()
         )
-        async with self._engine.connect() as conn:
+        async with self._using(conn, write=False) as conn:
             row = (await conn.execute(stmt)).first()
         return None if row is None else _resource(*row)
 
-    async def owns(self, partition: Partition, resource_type: str, resource_id: str) -> bool:
+    async def owns(
+        self,
+        partition: Partition,
+        resource_type: str,
+        resource_id: str,
+        *,
+        conn: AsyncConnection | None = None,
+    ) -> bool:
         """Whether the resource exists, is not deleted, and the partition may write it."""
         stmt = select(FhirResourceRow.row_id).where(
             self._key(partition, resource_type, resource_id),
             partition.visible(for_writing=True),
             FhirResourceRow.deleted.is_(False),
         )
-        async with self._engine.connect() as conn:
+        async with self._using(conn, write=False) as conn:
             return (await conn.execute(stmt)).first() is not None
 
     async def history(
@@ -225,12 +254,17 @@ class ResourceStore:
         ]
 
     async def create(
-        self, partition: Partition, resource_type: str, content: dict[str, Any]
+        self,
+        partition: Partition,
+        resource_type: str,
+        content: dict[str, Any],
+        *,
+        conn: AsyncConnection | None = None,
     ) -> StoredResource:
         """A new resource with a server-assigned id (FHIR R4 §3.1.0.7: the body's id is
         ignored), owned by the partition's user."""
         resource_id = str(uuid.uuid4())
-        async with self._engine.begin() as conn:
+        async with self._using(conn, write=True) as conn:
             return await self._insert(conn, partition, resource_type, resource_id, content)
 
     async def _insert(
@@ -316,10 +350,12 @@ class ResourceStore:
         resource_id: str,
         content: dict[str, Any],
         if_match: int | None = None,
+        *,
+        conn: AsyncConnection | None = None,
     ) -> tuple[StoredResource, bool]:
         """Update, or create with the client's id (update-as-create, FHIR R4 §3.1.0.4.3);
         ``(resource, created)``."""
-        async with self._engine.begin() as conn:
+        async with self._using(conn, write=True) as conn:
             current = await self._current_for_writing(conn, partition, resource_type, resource_id)
             if current is None:
                 if if_match is not None:
@@ -359,10 +395,17 @@ class ResourceStore:
         )
         await self._add_version(conn, row_id, version, at, method, content)
 
-    async def delete(self, partition: Partition, resource_type: str, resource_id: str) -> bool:
+    async def delete(
+        self,
+        partition: Partition,
+        resource_type: str,
+        resource_id: str,
+        *,
+        conn: AsyncConnection | None = None,
+    ) -> bool:
         """Delete (a new version marked deleted; history stays); ``False`` when there is no
         live resource the partition can see."""
-        async with self._engine.begin() as conn:
+        async with self._using(conn, write=True) as conn:
             current = await self._current_for_writing(conn, partition, resource_type, resource_id)
             if current is None or not current[3] or current[2]:  # unknown, unseen or deleted
                 return False
@@ -398,7 +441,12 @@ class ResourceStore:
         return "shared"
 
     async def search(
-        self, partition: Partition, resource_type: str, request: SearchRequest
+        self,
+        partition: Partition,
+        resource_type: str,
+        request: SearchRequest,
+        *,
+        conn: AsyncConnection | None = None,
     ) -> tuple[list[StoredResource], bool, int | None]:
         """One page of the live resources of ``resource_type`` in the partition matching the
         request: ``(page, more_after_it, total or None)``."""
@@ -418,7 +466,7 @@ class ResourceStore:
             .offset(request.offset)
             .limit(request.count + 1)
         )
-        async with self._engine.connect() as conn:
+        async with self._using(conn, write=False) as conn:
             rows = (await conn.execute(page)).all() if request.count else []
             total = None
             if request.total:
