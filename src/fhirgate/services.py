@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from fhirgate.config import MAX_TOKEN_LIFETIME, Settings
+from fhirgate.fhir.interactions import Interactions
 from fhirgate.fhir.store import ResourceStore
 from fhirgate.oauth.client_auth import (
     ClientAuthenticator,
@@ -69,7 +70,7 @@ class Services:
     inspector: TokenInspector
     delegation: Delegation
     user_management_quota: CallQuota
-    fhir: ResourceStore
+    fhir: Interactions
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -153,7 +154,7 @@ class Services:
             TokenInspector(tokens, opaque, grants, settings.issuer),
             delegation,
             CallQuota(settings.user_management_rate_limit, 3600, redis, "fhirgate:um:"),
-            ResourceStore(engine, "R4"),
+            Interactions(ResourceStore(engine, "R4")),
         )
 
     def background_jobs(self) -> list[tuple[float, Callable[[], Awaitable[object]]]]:

@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from fhirgate.fhir.errors import FhirError, Forbidden
 from fhirgate.fhir.store import Partition, ResourceStore
 from fhirgate.oauth.tokens import Principal
@@ -83,10 +85,12 @@ class Access:
         if not any(scopes.allows(context, resource_type, permission) for context in contexts):
             raise InsufficientScope(f"{contexts[0]}/{resource_type}.{permission}")
 
-    async def check_references(self, store: ResourceStore, content: dict[str, Any]) -> None:
+    async def check_references(
+        self, store: ResourceStore, content: dict[str, Any], conn: AsyncConnection | None = None
+    ) -> None:
         """A user's write may point only at Patients the same user owns."""
         if self.partition.user_id is None:
             return
         for patient_id in set(patient_references(content)):
-            if not await store.owns(self.partition, "Patient", patient_id):
+            if not await store.owns(self.partition, "Patient", patient_id, conn=conn):
                 raise Forbidden(f"Patient/{patient_id} is not this user's to reference")

@@ -260,10 +260,12 @@ class ResourceStore:
         content: dict[str, Any],
         *,
         conn: AsyncConnection | None = None,
+        resource_id: str | None = None,
     ) -> StoredResource:
         """A new resource with a server-assigned id (FHIR R4 §3.1.0.7: the body's id is
-        ignored), owned by the partition's user."""
-        resource_id = str(uuid.uuid4())
+        ignored; a transaction assigns it ahead, to resolve ``urn:uuid`` references), owned
+        by the partition's user."""
+        resource_id = resource_id or str(uuid.uuid4())
         async with self._using(conn, write=True) as conn:
             return await self._insert(conn, partition, resource_type, resource_id, content)
 

@@ -29,10 +29,9 @@ from fhirgate.fhir.errors import (
     NotFound,
     UnsupportedMediaType,
 )
-from fhirgate.fhir.resource_types import R4_RESOURCE_TYPES
+from fhirgate.fhir.interactions import Interactions, checked
 from fhirgate.fhir.search import DEFAULT_COUNT, MAX_COUNT, parse_search
 from fhirgate.fhir.store import Partition, ResourceStore, StoredResource
-from fhirgate.fhir.validation import validate
 from fhirgate.oauth.tokens import Principal
 from fhirgate.services import Services
 from fhirgate.web.discovery import smart_configuration
@@ -41,11 +40,8 @@ from fhirgate.web.guard import BearerError, authenticate, bearer_error_parts
 __all__ = ["FHIR_JSON", "FhirAuthError", "fhir_error_response", "routers"]
 
 FHIR_JSON = "application/fhir+json; charset=utf-8"
-_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")  # FHIR R4 §2.24.0.1 id
 _ACCEPTED_BODIES = ("application/fhir+json", "application/json")
 _USER_NUMBER = re.compile(r"[0-9]{1,9}")
-#: Deeper than any real resource (nested extensions included), shallow enough for every walk.
-MAX_DEPTH = 64
 _CORS = {"Access-Control-Allow-Origin": "*"}
 
 
@@ -105,16 +101,13 @@ async def _access(request: Request, principal: Annotated[Principal, Depends(_pri
 CurrentAccess = Annotated[Access, Depends(_access)]
 
 
-def _store(request: Request) -> ResourceStore:
+def _interactions(request: Request) -> Interactions:
     services: Services = request.app.state.services
     return services.fhir
 
 
-def _checked(resource_type: str, resource_id: str | None = None) -> None:
-    if resource_type not in R4_RESOURCE_TYPES:
-        raise NotFound(f"unknown resource type {resource_type[:64]!r}")
-    if resource_id is not None and not _ID.fullmatch(resource_id):
-        raise Invalid("a resource id is 1-64 letters, digits, '-' or '.'")
+def _store(request: Request) -> ResourceStore:
+    return _interactions(request).store
 
 
 def _base(request: Request) -> str:
@@ -138,37 +131,15 @@ def _headers(request: Request, stored: StoredResource, location: bool = False) -
     return headers
 
 
-async def _body(request: Request, resource_type: str) -> dict[str, Any]:
+async def _body(request: Request) -> Any:
+    """The JSON body of a write (``application/fhir+json``, or ``application/json``)."""
     media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media_type not in _ACCEPTED_BODIES:
         raise UnsupportedMediaType("send the resource as application/fhir+json")
     try:
-        content = orjson.loads(await request.body())
+        return orjson.loads(await request.body())
     except orjson.JSONDecodeError as exc:
         raise Invalid("the body is not JSON") from exc
-    if not isinstance(content, dict):
-        raise Invalid("the body is not a JSON object")
-    if _depth(content) > MAX_DEPTH:
-        raise Invalid(f"the resource nests deeper than {MAX_DEPTH} levels")
-    if content.get("resourceType") != resource_type:
-        raise Invalid(f"the body's resourceType must be {resource_type}")
-    validate(resource_type, content)
-    return content
-
-
-def _depth(content: Any) -> int:
-    """How deeply JSON nests, measured without recursion (the validators and the reference
-    walk recurse: a body the JSON parser accepts must not exhaust their stack)."""
-    deepest, stack = 0, [(content, 1)]
-    while stack:
-        value, level = stack.pop()
-        deepest = max(deepest, level)
-        if level > MAX_DEPTH:
-            break
-        children = value.values() if isinstance(value, dict) else value
-        if isinstance(value, dict | list):
-            stack.extend((child, level + 1) for child in children)
-    return deepest
 
 
 def _if_match(request: Request) -> int | None:
@@ -207,7 +178,7 @@ def _search_routes(router: APIRouter) -> None:
 async def _search(
     request: Request, access: Access, resource_type: str, pairs: list[tuple[str, str]]
 ) -> Response:
-    _checked(resource_type)
+    checked(resource_type)
     access.require(resource_type, "search")
     prefer = request.headers.get("prefer", "").replace(" ", "").lower()
     wanted = parse_search(resource_type, pairs, lenient="handling=lenient" in prefer)
@@ -259,7 +230,7 @@ def _operation_routes(router: APIRouter) -> None:
         """``Patient/{id}/$everything`` (FHIR R4 patient-operation-everything): the Patient and
         every resource of its compartment the token may read, paged with ``_count`` and
         ``_offset``."""
-        _checked("Patient", resource_id)
+        checked("Patient", resource_id)
         access.require("Patient", "read")
         store = _store(request)
         patient = await store.read(access.partition, "Patient", resource_id)
@@ -298,13 +269,8 @@ def _routes(router: APIRouter) -> None:
         request: Request, access: CurrentAccess, resource_type: str, resource_id: str
     ) -> Response:
         """read (FHIR R4 §3.1.0.2)."""
-        _checked(resource_type, resource_id)
-        access.require(resource_type, "read")
-        stored = await _store(request).read(access.partition, resource_type, resource_id)
-        if stored is None:
-            raise NotFound(f"{resource_type}/{resource_id} is not known")
-        if stored.content is None:
-            raise Gone(f"{resource_type}/{resource_id} was deleted")
+        stored = await _interactions(request).read(access, resource_type, resource_id)
+        assert stored.content is not None
         return fhir_response(stored.content, headers=_headers(request, stored))
 
     @router.get("/{resource_type}/{resource_id}/_history/{version_id}")
@@ -316,7 +282,7 @@ def _routes(router: APIRouter) -> None:
         version_id: str,
     ) -> Response:
         """vread (FHIR R4 §3.1.0.3)."""
-        _checked(resource_type, resource_id)
+        checked(resource_type, resource_id)
         access.require(resource_type, "vread")
         history = await _store(request).history(access.partition, resource_type, resource_id)
         for stored in history:
@@ -331,7 +297,7 @@ def _routes(router: APIRouter) -> None:
         request: Request, access: CurrentAccess, resource_type: str, resource_id: str
     ) -> Response:
         """Instance history (FHIR R4 §3.1.0.11): a ``history`` Bundle, newest first."""
-        _checked(resource_type, resource_id)
+        checked(resource_type, resource_id)
         access.require(resource_type, "history")
         versions = await _store(request).history(access.partition, resource_type, resource_id)
         if not versions:
@@ -349,12 +315,9 @@ def _routes(router: APIRouter) -> None:
     @router.post("/{resource_type}")
     async def create(request: Request, access: CurrentAccess, resource_type: str) -> Response:
         """create (FHIR R4 §3.1.0.7): 201 with ``Location``; the body's ``id`` is replaced."""
-        _checked(resource_type)
-        access.require(resource_type, "create")
-        content = await _body(request, resource_type)
-        store = _store(request)
-        await access.check_references(store, content)
-        stored = await store.create(access.partition, resource_type, content)
+        checked(resource_type)
+        access.require(resource_type, "create")  # before reading the body
+        stored = await _interactions(request).create(access, resource_type, await _body(request))
         assert stored.content is not None
         return fhir_response(stored.content, 201, _headers(request, stored, location=True))
 
@@ -364,15 +327,10 @@ def _routes(router: APIRouter) -> None:
     ) -> Response:
         """update (FHIR R4 §3.1.0.4), update-as-create when there is no such resource, and
         version-aware update with ``If-Match`` (§3.1.0.4.2)."""
-        _checked(resource_type, resource_id)
-        access.require(resource_type, "update")
-        content = await _body(request, resource_type)
-        if content.get("id") != resource_id:
-            raise Invalid("the body's id must equal the id in the URL")
-        store = _store(request)
-        await access.check_references(store, content)
-        stored, created = await store.update(
-            access.partition, resource_type, resource_id, content, _if_match(request)
+        checked(resource_type, resource_id)
+        access.require(resource_type, "update")  # before reading the body
+        stored, created = await _interactions(request).update(
+            access, resource_type, resource_id, await _body(request), _if_match(request)
         )
         assert stored.content is not None
         status = 201 if created else 200
@@ -383,10 +341,7 @@ def _routes(router: APIRouter) -> None:
         request: Request, access: CurrentAccess, resource_type: str, resource_id: str
     ) -> Response:
         """delete (FHIR R4 §3.1.0.6): 204; an unknown (or unseen) resource is 404."""
-        _checked(resource_type, resource_id)
-        access.require(resource_type, "delete")
-        if not await _store(request).delete(access.partition, resource_type, resource_id):
-            raise NotFound(f"{resource_type}/{resource_id} is not known")
+        await _interactions(request).delete(access, resource_type, resource_id)
         return Response(status_code=204)
 
 
@@ -403,7 +358,7 @@ def _share_routes(router: APIRouter) -> None:
         the resource. Answers in 1upHealth's shape: ``{"success": true}``, or for the owner
         itself ``{"error": "the resource owner permissions cannot be altered", "success":
         false}``."""
-        _checked(resource_type, resource_id)
+        checked(resource_type, resource_id)
         access.require(resource_type, "update")
         if access.partition.user_id is None:
             raise Forbidden("only an application user shares its resources")

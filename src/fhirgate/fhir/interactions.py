@@ -1,0 +1,131 @@
+"""The FHIR interactions independent of HTTP: each checks the type and id, the token's scope,
+the resource (shape and validation) and a user's references, then asks the store — for a
+REST request and for an entry of a batch or transaction Bundle alike."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from fhirgate.fhir.access import Access
+from fhirgate.fhir.errors import Gone, Invalid, NotFound
+from fhirgate.fhir.resource_types import R4_RESOURCE_TYPES
+from fhirgate.fhir.store import ResourceStore, StoredResource
+from fhirgate.fhir.validation import validate
+
+__all__ = ["MAX_DEPTH", "Interactions", "checked", "checked_content"]
+
+_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")  # FHIR R4 §2.24.0.1 id
+#: Deeper than any real resource (nested extensions included), shallow enough for every walk.
+MAX_DEPTH = 64
+
+
+def checked(resource_type: str, resource_id: str | None = None) -> None:
+    """A known resource type (else 404) and a well-formed id (else 400)."""
+    if resource_type not in R4_RESOURCE_TYPES:
+        raise NotFound(f"unknown resource type {resource_type[:64]!r}")
+    if resource_id is not None and not _ID.fullmatch(resource_id):
+        raise Invalid("a resource id is 1-64 letters, digits, '-' or '.'")
+
+
+def _depth(content: Any) -> int:
+    """How deeply JSON nests, measured without recursion (the validators and the reference
+    walk recurse: a body the JSON parser accepts must not exhaust their stack)."""
+    deepest, stack = 0, [(content, 1)]
+    while stack:
+        value, level = stack.pop()
+        deepest = max(deepest, level)
+        if level > MAX_DEPTH:
+            break
+        children = value.values() if isinstance(value, dict) else value
+        if isinstance(value, dict | list):
+            stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
+def checked_content(resource_type: str, content: Any) -> dict[str, Any]:
+    """A resource of ``resource_type`` that passes validation (FHIR R4 §3.1.0.1.5)."""
+    if not isinstance(content, dict):
+        raise Invalid("the resource is not a JSON object")
+    if _depth(content) > MAX_DEPTH:
+        raise Invalid(f"the resource nests deeper than {MAX_DEPTH} levels")
+    if content.get("resourceType") != resource_type:
+        raise Invalid(f"the resource's resourceType must be {resource_type}")
+    validate(resource_type, content)
+    return content
+
+
+class Interactions:
+    """read, create, update and delete, authorized and validated."""
+
+    def __init__(self, store: ResourceStore) -> None:
+        self.store = store
+
+    async def read(
+        self,
+        access: Access,
+        resource_type: str,
+        resource_id: str,
+        conn: AsyncConnection | None = None,
+    ) -> StoredResource:
+        """FHIR R4 §3.1.0.2: 404 when unknown or not visible, 410 when deleted."""
+        checked(resource_type, resource_id)
+        access.require(resource_type, "read")
+        stored = await self.store.read(access.partition, resource_type, resource_id, conn=conn)
+        if stored is None:
+            raise NotFound(f"{resource_type}/{resource_id} is not known")
+        if stored.content is None:
+            raise Gone(f"{resource_type}/{resource_id} was deleted")
+        return stored
+
+    async def create(
+        self,
+        access: Access,
+        resource_type: str,
+        content: Any,
+        conn: AsyncConnection | None = None,
+        resource_id: str | None = None,
+    ) -> StoredResource:
+        """FHIR R4 §3.1.0.7: the server assigns the id."""
+        checked(resource_type)
+        access.require(resource_type, "create")
+        resource = checked_content(resource_type, content)
+        await access.check_references(self.store, resource, conn)
+        return await self.store.create(
+            access.partition, resource_type, resource, conn=conn, resource_id=resource_id
+        )
+
+    async def update(
+        self,
+        access: Access,
+        resource_type: str,
+        resource_id: str,
+        content: Any,
+        if_match: int | None = None,
+        conn: AsyncConnection | None = None,
+    ) -> tuple[StoredResource, bool]:
+        """FHIR R4 §3.1.0.4: update, or update-as-create; ``(resource, created)``."""
+        checked(resource_type, resource_id)
+        access.require(resource_type, "update")
+        resource = checked_content(resource_type, content)
+        if resource.get("id") != resource_id:
+            raise Invalid("the resource's id must equal the id in the URL")
+        await access.check_references(self.store, resource, conn)
+        return await self.store.update(
+            access.partition, resource_type, resource_id, resource, if_match, conn=conn
+        )
+
+    async def delete(
+        self,
+        access: Access,
+        resource_type: str,
+        resource_id: str,
+        conn: AsyncConnection | None = None,
+    ) -> None:
+        """FHIR R4 §3.1.0.6: 404 when unknown or not visible."""
+        checked(resource_type, resource_id)
+        access.require(resource_type, "delete")
+        if not await self.store.delete(access.partition, resource_type, resource_id, conn=conn):
+            raise NotFound(f"{resource_type}/{resource_id} is not known")
