@@ -10,7 +10,10 @@ from __future__ import annotations
 import logging
 import secrets
 import sqlite3
+from collections.abc import Mapping
+from typing import Any
 
+import orjson
 from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -46,13 +49,44 @@ STORAGE_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
+#: Paths whose errors are OperationOutcomes (the FHIR API); elsewhere, OAuth-style JSON.
+FHIR_PREFIXES = ("/fhir/", "/r4/")
+
+
+def is_fhir(path: str) -> bool:
+    return path.startswith(FHIR_PREFIXES) or path in ("/r4", "/fhir")
+
+
+def error_response(
+    path: str,
+    status: int,
+    error: str,
+    description: str,
+    headers: Mapping[str, str] | None = None,
+    request_id: str | None = None,
+) -> Response:
+    """One error in the surface's format: an OperationOutcome on the FHIR API (FHIR R4
+    §3.1.0.1.5), an RFC 6749 §5.2-style JSON body elsewhere."""
+    if is_fhir(path):
+        code = {404: "not-found", 405: "not-supported", 413: "too-long"}.get(status, "exception")
+        issue: dict[str, Any] = {"severity": "error", "code": code, "diagnostics": description}
+        if request_id:
+            issue["diagnostics"] = f"{description} (request id {request_id})"
+        body: dict[str, Any] = {"resourceType": "OperationOutcome", "issue": [issue]}
+        return Response(orjson.dumps(body), status, headers, "application/fhir+json")
+    body = {"error": error, "error_description": description}
+    if request_id:
+        body["request_id"] = request_id
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
 class BodyTooLarge(Exception):
     """The request body exceeds ``request_body_limit``."""
 
 
-def too_large() -> Response:
-    body = {"error": "invalid_request", "error_description": "request body too large"}
-    return JSONResponse(body, status_code=413, headers={"Connection": "close"})
+def too_large(path: str = "") -> Response:
+    headers = {"Connection": "close"}
+    return error_response(path, 413, "invalid_request", "request body too large", headers)
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
@@ -87,7 +121,7 @@ class BodyLimitMiddleware:
         try:
             body = await read_body(scope, receive, self.limit)
         except BodyTooLarge:
-            await too_large()(scope, receive, send)
+            await too_large(scope.get("path", ""))(scope, receive, send)
             return
         delivered = False
 
@@ -103,23 +137,24 @@ class BodyLimitMiddleware:
 
 async def storage_unavailable(request: Request, exc: Exception) -> Response:
     ref = secrets.token_hex(6)
-    log.error("storage unavailable [%s] %s %s: %r", ref, request.method, request.url.path, exc)
+    path = request.url.path
+    log.error("storage unavailable [%s] %s %s: %r", ref, request.method, path, exc)
     error = ServiceUnavailable()
-    body = {**error.body(), "request_id": ref}
-    return JSONResponse(
-        body, status_code=503, headers={"Retry-After": "5", "Cache-Control": "no-store"}
-    )
+    headers = {"Retry-After": "5", "Cache-Control": "no-store"}
+    return error_response(path, 503, error.error, error.description, headers, ref)
 
 
 async def unexpected_error(request: Request, exc: Exception) -> Response:
     ref = secrets.token_hex(6)
-    log.error("unexpected error [%s] %s %s", ref, request.method, request.url.path, exc_info=exc)
-    body = {"error": "server_error", "error_description": "internal error", "request_id": ref}
-    return JSONResponse(body, status_code=500)
+    path = request.url.path
+    log.error("unexpected error [%s] %s %s", ref, request.method, path, exc_info=exc)
+    return error_response(path, 500, "server_error", "internal error", request_id=ref)
 
 
-async def http_error(_request: Request, exc: Exception) -> Response:
-    """404/405 and friends as OAuth-style JSON (405 keeps its ``Allow`` header)."""
+async def http_error(request: Request, exc: Exception) -> Response:
+    """404/405 and friends (405 keeps its ``Allow`` header)."""
     assert isinstance(exc, HTTPException)
-    body = {"error": "invalid_request", "error_description": str(exc.detail).lower()}
-    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+    description = str(exc.detail).lower()
+    return error_response(
+        request.url.path, exc.status_code, "invalid_request", description, exc.headers
+    )
