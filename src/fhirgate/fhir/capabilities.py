@@ -87,6 +87,7 @@ def capability_statement(settings: Settings, base_url: str, version: str) -> dic
                 "mode": "server",
                 "security": _security(settings),
                 "resource": [_resource(name) for name in sorted(R4_RESOURCE_TYPES)],
+                "interaction": [{"code": "batch"}, {"code": "transaction"}],
                 "operation": [
                     {
                         "name": "everything",

@@ -15,7 +15,7 @@ from fhirgate.fhir.resource_types import R4_RESOURCE_TYPES
 from fhirgate.fhir.store import ResourceStore, StoredResource
 from fhirgate.fhir.validation import validate
 
-__all__ = ["MAX_DEPTH", "Interactions", "checked", "checked_content"]
+__all__ = ["MAX_DEPTH", "Interactions", "checked", "checked_content", "depth"]
 
 _ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")  # FHIR R4 §2.24.0.1 id
 #: Deeper than any real resource (nested extensions included), shallow enough for every walk.
@@ -30,7 +30,7 @@ def checked(resource_type: str, resource_id: str | None = None) -> None:
         raise Invalid("a resource id is 1-64 letters, digits, '-' or '.'")
 
 
-def _depth(content: Any) -> int:
+def depth(content: Any) -> int:
     """How deeply JSON nests, measured without recursion (the validators and the reference
     walk recurse: a body the JSON parser accepts must not exhaust their stack)."""
     deepest, stack = 0, [(content, 1)]
@@ -49,7 +49,7 @@ def checked_content(resource_type: str, content: Any) -> dict[str, Any]:
     """A resource of ``resource_type`` that passes validation (FHIR R4 §3.1.0.1.5)."""
     if not isinstance(content, dict):
         raise Invalid("the resource is not a JSON object")
-    if _depth(content) > MAX_DEPTH:
+    if depth(content) > MAX_DEPTH:
         raise Invalid(f"the resource nests deeper than {MAX_DEPTH} levels")
     if content.get("resourceType") != resource_type:
         raise Invalid(f"the resource's resourceType must be {resource_type}")

@@ -20,6 +20,7 @@ from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
 from fhirgate.fhir.access import Access, InsufficientScope
+from fhirgate.fhir.bundles import BundleProcessor
 from fhirgate.fhir.capabilities import capability_statement
 from fhirgate.fhir.errors import (
     FhirError,
@@ -31,7 +32,7 @@ from fhirgate.fhir.errors import (
 )
 from fhirgate.fhir.interactions import Interactions, checked
 from fhirgate.fhir.search import DEFAULT_COUNT, MAX_COUNT, parse_search
-from fhirgate.fhir.store import Partition, ResourceStore, StoredResource
+from fhirgate.fhir.store import Partition, ResourceStore, StoredResource, fhir_instant
 from fhirgate.oauth.tokens import Principal
 from fhirgate.services import Services
 from fhirgate.web.discovery import smart_configuration
@@ -224,6 +225,16 @@ def _may_read(access: Access, resource_type: str) -> bool:
     return True
 
 
+def _bundle_routes(router: APIRouter) -> None:
+    @router.post("")
+    async def bundle(request: Request, access: CurrentAccess) -> Response:
+        """batch and transaction (FHIR R4 §3.1.0.11): a Bundle posted to the base."""
+        services: Services = request.app.state.services
+        processor = BundleProcessor(_interactions(request), services.engine)
+        answer = await processor.process(access, await _body(request), _base(request))
+        return fhir_response(answer)
+
+
 def _operation_routes(router: APIRouter) -> None:
     @router.get("/Patient/{resource_id}/$everything")
     async def everything(request: Request, access: CurrentAccess, resource_id: str) -> Response:
@@ -391,7 +402,7 @@ def _history_entry(base: str, stored: StoredResource) -> dict[str, Any]:
     entry["response"] = {
         "status": "204" if stored.deleted else ("201" if stored.version_id == 1 else "200"),
         "etag": f'W/"{stored.version_id}"',
-        "lastModified": stored.last_updated.isoformat(),
+        "lastModified": fhir_instant(stored.last_updated),
     }
     return entry
 
@@ -414,6 +425,7 @@ def routers() -> list[APIRouter]:
     for base in bases:
         router = APIRouter(prefix=base, tags=["FHIR R4"], dependencies=[_at_base(base)])
         _metadata_routes(router)
+        _bundle_routes(router)
         _operation_routes(router)
         _search_routes(router)
         _routes(router)
