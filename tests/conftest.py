@@ -17,6 +17,8 @@ from typing import Any
 
 import httpx
 import pytest
+
+from fhirgate.config import Settings
 from tests.support import (
     BASE,
     PG_URL,
@@ -30,8 +32,6 @@ from tests.support import (
     require_service,
     start,
 )
-
-from fhirgate.config import Settings
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import httpx
+
 from tests.test_quickstart import run, start_served
 
 
