@@ -23,7 +23,7 @@ from fhirgate.oauth.delegation import Delegation
 from fhirgate.oauth.id_tokens import IdTokenIssuer
 from fhirgate.oauth.introspection import TokenInspector
 from fhirgate.oauth.jwks import JWKSFetcher
-from fhirgate.oauth.keys import KeyCipher, Keyring, server_secret
+from fhirgate.oauth.keys import KeyCipher, Keyring, derive_key, server_secret
 from fhirgate.oauth.legacy import LegacyKeyService
 from fhirgate.oauth.quota import CallQuota
 from fhirgate.oauth.server import TokenEndpoint
@@ -103,7 +103,7 @@ class Services:
             user_ttl=settings.user_token_ttl,
         )
         hasher = SecretHasher(secret)
-        audit = AuditLog(engine)
+        audit = AuditLog(engine, derive_key(secret, b"fhirgate audit chain"))
         authenticator = ClientAuthenticator(
             PrivateKeyJWTAuthenticator(directory, jwks, used_jti),
             SecretAuthenticator(directory, hasher),
@@ -164,6 +164,7 @@ class Services:
             (PURGE_SECONDS, self.used_jti.purge),
             (PURGE_SECONDS, self.revoked.purge),
             (AUDIT_FLUSH_SECONDS, self.audit.flush),
+            (AUDIT_FLUSH_SECONDS, self.audit.seal),
             (PURGE_SECONDS, self.opaque.purge),
             (PURGE_SECONDS, self.delegation.grants.purge),
         ]
@@ -174,8 +175,9 @@ class Services:
     async def aclose(self) -> None:
         try:
             await self.audit.flush()
+            await self.audit.seal()
         except Exception:
-            log.exception("could not write the last audit events")
+            log.exception("could not write or seal the last audit events")
         self.used_jti.close()
         self.revoked.close()
         await self.delegation.grants.aclose()

@@ -1,5 +1,17 @@
-"""The audit log: who did what, when — authentication failures, secret rotations, client
-changes. Rows never hold a secret, token or assertion; long caller-supplied values are cut.
+"""The audit log: who did what, when — FHIR interactions, token issues, authentication
+failures, secret rotations, client and user changes. Rows hold identifiers only: never a
+secret, token, assertion or resource content; long caller-supplied values are cut.
+
+FHIR interactions are written by :meth:`AuditLog.fhir_event` before the response leaves: if the
+row cannot be written, the request fails (no health data without its audit row).
+
+Tamper evidence (ONC §170.315(d)(2)): :meth:`AuditLog.seal` (a background job, every second)
+numbers the rows not sealed yet (``chain_seq``) and chains them: ``chain_hash`` = HMAC-SHA256
+under a key derived from the server secret, over the previous hash and the row's fields. An
+edited, deleted or reordered sealed row breaks the chain, which :meth:`AuditLog.verify`
+(``fhirgate audit verify``) reports; recomputing the chain needs the server secret. The head of
+the chain (``audit_chain``) is locked while a batch is sealed, and ``chain_seq`` is unique, so
+replicas never fork it.
 
 Two ways in. :meth:`AuditLog.record` writes at once: for administrative changes, which must not
 report success unless their event is stored. :meth:`AuditLog.enqueue` is for events on a hot
@@ -11,20 +23,52 @@ request. The queue is bounded; past it, events are dropped and the loss is logge
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import logging
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from fhirgate.storage.models import AuditEventRow
+from fhirgate.storage.models import AuditChainRow, AuditEventRow
 from fhirgate.storage.repos import now
 
-__all__ = ["AuditEvent", "AuditLog"]
+__all__ = ["AuditEvent", "AuditLog", "Verification"]
+
+SEAL_BATCH = 5000
+_CHAINED = (
+    AuditEventRow.id,
+    AuditEventRow.occurred_at,
+    AuditEventRow.event,
+    AuditEventRow.client_id,
+    AuditEventRow.source,
+    AuditEventRow.actor,
+    AuditEventRow.detail,
+    AuditEventRow.user_id,
+    AuditEventRow.resource_type,
+    AuditEventRow.resource_ids,
+    AuditEventRow.outcome,
+    AuditEventRow.request_id,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Verification:
+    """What :meth:`AuditLog.verify` found: sealed rows checked, and every break."""
+
+    checked: int
+    problems: list[str]
+
+    @property
+    def intact(self) -> bool:
+        return not self.problems
+
 
 log = logging.getLogger("fhirgate.audit")
 
@@ -56,13 +100,26 @@ def _row(
     }
 
 
+def _instant(value: datetime) -> str:
+    aware = value if value.tzinfo else value.replace(tzinfo=UTC)
+    return aware.astimezone(UTC).isoformat()
+
+
+def _link(key: bytes, previous: str, seq: int, row: Sequence[Any]) -> str:
+    """One link of the chain: HMAC(key, previous hash + the row's fields, canonically)."""
+    fields = [seq, row[0], _instant(row[1]), *row[2:]]
+    text = json.dumps(fields, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hmac.new(key, f"{previous}|{text}".encode(), hashlib.sha256).hexdigest()
+
+
 class AuditLog:
-    """Appends audit events and reads them back."""
+    """Appends audit events, seals them into the chain, reads and verifies them."""
 
     MAX_QUEUED = 10_000
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, chain_key: bytes = b"") -> None:
         self._engine = engine
+        self._chain_key = chain_key
         self._queue: deque[dict[str, Any]] = deque()
         self._dropped = 0
 
@@ -125,3 +182,96 @@ class AuditLog:
             stmt = stmt.where(AuditEventRow.client_id == client_id)
         async with self._engine.connect() as conn:
             return [AuditEvent(*row) for row in await conn.execute(stmt.limit(limit))]
+
+    async def fhir_event(
+        self,
+        action: str,
+        *,
+        client_id: str | None,
+        user_id: int | None,
+        resource_type: str | None,
+        resource_ids: Sequence[str],
+        outcome: int,
+        source: str | None,
+        request_id: str,
+    ) -> None:
+        """Write the audit row of one FHIR interaction now (the caller answers only after)."""
+        row = _row(f"fhir.{action}", client_id, source, None, "")
+        row.update(
+            user_id=user_id,
+            resource_type=_cut(resource_type, 64),
+            resource_ids=",".join(resource_ids)[:20_000],
+            outcome=str(outcome),
+            request_id=request_id,
+        )
+        async with self._engine.begin() as conn:
+            await conn.execute(insert(AuditEventRow), [row])
+
+    async def seal(self) -> int:
+        """Chain the rows written since the last seal, oldest first; how many."""
+        head_stmt = (
+            select(AuditChainRow.last_seq, AuditChainRow.last_hash)
+            .where(AuditChainRow.id == 1)
+            .with_for_update()
+        )
+        pending = (
+            select(*_CHAINED)
+            .where(AuditEventRow.chain_seq.is_(None))
+            .order_by(AuditEventRow.id)
+            .limit(SEAL_BATCH)
+        )
+        async with self._engine.begin() as conn:
+            head = (await conn.execute(head_stmt)).first()
+            rows = (await conn.execute(pending)).all()
+            if head is None or not rows:
+                return 0
+            seq, previous = int(head[0]), str(head[1])
+            links = []
+            for row in rows:
+                seq += 1
+                previous = _link(self._chain_key, previous, seq, row)
+                links.append({"row_id": row[0], "seq": seq, "hash": previous})
+            await conn.execute(
+                update(AuditEventRow)
+                .where(AuditEventRow.id == bindparam("row_id"))
+                .values(chain_seq=bindparam("seq"), chain_hash=bindparam("hash")),
+                links,
+            )
+            await conn.execute(
+                update(AuditChainRow)
+                .where(AuditChainRow.id == 1)
+                .values(last_seq=seq, last_hash=previous)
+            )
+        return len(rows)
+
+    async def verify(self) -> Verification:
+        """Recompute the chain over every sealed row (``fhirgate audit verify``)."""
+        problems: list[str] = []
+        expected_seq, previous, checked = 1, "", 0
+        stmt = (
+            select(AuditEventRow.chain_seq, AuditEventRow.chain_hash, *_CHAINED)
+            .where(AuditEventRow.chain_seq.is_not(None))
+            .order_by(AuditEventRow.chain_seq)
+        )
+        async with self._engine.connect() as conn:
+            head = (
+                await conn.execute(
+                    select(AuditChainRow.last_seq, AuditChainRow.last_hash).where(
+                        AuditChainRow.id == 1
+                    )
+                )
+            ).first()
+            result = await conn.stream(stmt)
+            async for sealed_seq, stored, *row in result:
+                seq = int(sealed_seq or 0)
+                checked += 1
+                if seq != expected_seq:
+                    problems.append(f"rows {expected_seq}-{seq - 1} of the chain are missing")
+                expected_seq = seq + 1
+                computed = _link(self._chain_key, previous, seq, row)
+                if not hmac.compare_digest(computed, stored or ""):
+                    problems.append(f"row {row[0]} (chain {seq}) was altered")
+                previous = stored or ""
+        if head is not None and (int(head[0]), str(head[1])) != (expected_seq - 1, previous):
+            problems.append("the chain ends before its recorded head: rows were removed")
+        return Verification(checked, problems)

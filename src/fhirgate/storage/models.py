@@ -25,6 +25,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
     "AppUserRow",
+    "AuditChainRow",
     "AuditEventRow",
     "AuthMethod",
     "AuthorizationCodeRow",
@@ -177,7 +178,10 @@ class OpaqueTokenRow(Base):
 
 
 class AuditEventRow(Base):
-    """Audit log: authentication failures, secret and client changes (who, what, when)."""
+    """Audit log: every FHIR interaction, token issue, authentication failure and admin change
+    (who, what, when, outcome; identifiers only, never content). ``chain_seq`` and
+    ``chain_hash`` are set by the sealer (``fhirgate.storage.audit``): an HMAC chain over the
+    rows in sealing order, so an edited or deleted sealed row is detected."""
 
     __tablename__ = "audit_events"
 
@@ -188,6 +192,23 @@ class AuditEventRow(Base):
     source: Mapped[str | None] = mapped_column(String(64), nullable=True)
     actor: Mapped[str | None] = mapped_column(String(200), nullable=True)
     detail: Mapped[str] = mapped_column(Text, default="")
+    user_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    resource_type: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    resource_ids: Mapped[str] = mapped_column(Text, default="")
+    outcome: Mapped[str | None] = mapped_column(String(8), nullable=True)
+    request_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    chain_seq: Mapped[int | None] = mapped_column(Integer, nullable=True, unique=True, index=True)
+    chain_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class AuditChainRow(Base):
+    """The head of the audit chain: one row (``id`` 1), locked while a batch is sealed."""
+
+    __tablename__ = "audit_chain"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    last_seq: Mapped[int] = mapped_column(Integer)
+    last_hash: Mapped[str] = mapped_column(String(64))
 
 
 class RevokedTokenRow(Base):
