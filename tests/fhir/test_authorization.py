@@ -212,11 +212,12 @@ async def assert_unchanged(world: World, target: dict[str, Any] | None) -> None:
 
 def _comparable(response: httpx.Response, resource_id: str) -> tuple[Any, ...]:
     """What must match between an answer about ``resource_id`` and one about another id:
-    everything but the id, the date and (of a resource made) its time of writing."""
+    everything but the id, the date, the request id and (of a resource made) its time of
+    writing."""
     headers = {
         name: value.replace(resource_id, "<id>")
         for name, value in response.headers.items()
-        if name not in ("content-length", "date", "last-modified")
+        if name not in ("content-length", "date", "last-modified", "x-request-id")
     }
     body = response.json()
     if response.is_success:

@@ -540,7 +540,6 @@ async def test_the_redox_alias_accepts_the_environment_in_any_case(
         ("no-such-org", "Development"),
         ("default", "Production"),
         ("default", "staging"),
-        ("default", "Sandbox"),
     ],
 )
 async def test_the_redox_alias_with_another_organization_or_environment_is_403(
@@ -561,6 +560,14 @@ async def test_the_redox_alias_with_another_organization_or_environment_is_403(
     ):
         assert_outcome(response, 403, "forbidden")
     assert (await http.get(f"{FHIR}/Patient/{created['id']}", headers=system)).json() == created
+
+
+async def test_an_environment_redox_does_not_have_is_no_fhir_base(
+    running: Running, system: dict[str, str]
+) -> None:
+    created = await create(running.http, system, patient())
+    path = f"/fhir/R4/default/Sandbox/Patient/{created['id']}"
+    assert_outcome(await running.http.get(path, headers=system), 404)
 
 
 async def test_another_organizations_token_through_its_own_redox_path_sees_only_its_data(

@@ -11,12 +11,16 @@ failures included, is an OperationOutcome (``application/fhir+json``).
 from __future__ import annotations
 
 import re
+import secrets
+from collections.abc import Callable, Coroutine
 from email.utils import format_datetime
 from typing import Annotated, Any
 from urllib.parse import parse_qsl, urlencode
 
 import orjson
 from fastapi import APIRouter, Depends, Request
+from fastapi.routing import APIRoute
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.responses import Response
 
 from fhirgate.fhir.access import Access, InsufficientScope
@@ -36,7 +40,9 @@ from fhirgate.fhir.store import Partition, ResourceStore, StoredResource, fhir_i
 from fhirgate.oauth.tokens import Principal
 from fhirgate.services import Services
 from fhirgate.web.discovery import smart_configuration
+from fhirgate.web.failures import STORAGE_ERRORS, storage_unavailable, unexpected_error
 from fhirgate.web.guard import BearerError, authenticate, bearer_error_parts
+from fhirgate.web.token import source_address
 
 __all__ = ["FHIR_JSON", "FhirAuthError", "fhir_error_response", "routers"]
 
@@ -75,9 +81,11 @@ def fhir_error_response(_request: Request, exc: Exception) -> Response:
 
 async def _principal(request: Request) -> Principal:
     try:
-        return await authenticate(request)
+        principal = await authenticate(request)
     except BearerError as exc:
         raise FhirAuthError(exc) from exc
+    request.state.principal = principal
+    return principal
 
 
 async def _access(request: Request, principal: Annotated[Principal, Depends(_principal)]) -> Access:
@@ -213,7 +221,15 @@ async def _search(
             *((item, "include") for item in extra if _may_read(access, item.resource_type)),
         ]
     ]
+    _audited_ids(
+        request, [f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in bundle["entry"]]
+    )
     return fhir_response(bundle)
+
+
+def _audited_ids(request: Request, ids: list[str]) -> None:
+    """The resources a response carries, for its audit row (identifiers, never content)."""
+    request.state.audit_ids = ids
 
 
 def _may_read(access: Access, resource_type: str) -> bool:
@@ -232,6 +248,8 @@ def _bundle_routes(router: APIRouter) -> None:
         services: Services = request.app.state.services
         processor = BundleProcessor(_interactions(request), services.engine)
         answer = await processor.process(access, await _body(request), _base(request))
+        written = [item["fullUrl"] for item in answer["entry"] if "fullUrl" in item]
+        _audited_ids(request, [url.removeprefix(_base(request) + "/") for url in written])
         return fhir_response(answer)
 
 
@@ -265,6 +283,7 @@ def _operation_routes(router: APIRouter) -> None:
             for item in members
         ]
         bundle = {"resourceType": "Bundle", "type": "searchset", "link": links, "entry": entries}
+        _audited_ids(request, [f"{item.resource_type}/{item.resource_id}" for item in members])
         return fhir_response(bundle)
 
 
@@ -407,23 +426,97 @@ def _history_entry(base: str, stored: StoredResource) -> dict[str, Any]:
     return entry
 
 
+class AuditedRoute(APIRoute):
+    """A FHIR route whose every answer — success or error — is audited before it leaves
+    (issue 5: no health data without its audit row). If the audit row cannot be written, the
+    answer is a 503 OperationOutcome instead. ``X-Request-Id`` ties the answer to its row."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        action = self.name
+
+        async def audited(request: Request) -> Response:
+            request_id = secrets.token_hex(8)
+            try:
+                response = await handler(request)
+            except FhirError as error:
+                response = fhir_error_response(request, error)
+            except STORAGE_ERRORS as exc:
+                response = await storage_unavailable(request, exc)
+            except Exception as exc:
+                response = await unexpected_error(request, exc)
+            try:
+                await _write_audit(request, action, response.status_code, request_id)
+            except Exception as exc:  # no answer without its audit row
+                return await storage_unavailable(request, exc)
+            response.headers["X-Request-Id"] = request_id
+            return response
+
+        return audited
+
+
+async def _write_audit(request: Request, action: str, status: int, request_id: str) -> None:
+    services: Services = request.app.state.services
+    principal: Principal | None = getattr(request.state, "principal", None)
+    ids: list[str] | None = getattr(request.state, "audit_ids", None)
+    if ids is None:
+        resource_id = request.path_params.get("resource_id")
+        ids = [resource_id] if resource_id else []
+    await services.audit.fhir_event(
+        action,
+        client_id=principal.client_id if principal else None,
+        user_id=principal.user_id if principal else None,
+        resource_type=request.path_params.get("resource_type"),
+        resource_ids=ids,
+        outcome=status,
+        source=source_address(request.scope),
+        request_id=request_id,
+    )
+
+
 def _at_base(prefix: str) -> Any:
-    """A dependency that records the base path a request came through (for URLs it returns)."""
+    """A dependency that records the base path a request came through (for URLs it returns),
+    as a template of its path parameters (``{organization}``, without convertors)."""
+    template = re.sub(r"{(\w+):\w+}", r"{\1}", prefix)
 
     async def record(request: Request) -> None:
-        request.scope["fhir_base"] = prefix
+        request.scope["fhir_base"] = template
 
     return Depends(record)
+
+
+class _SlugConvertor(Convertor[str]):
+    """An organization slug: lower case, so never a resource type (those are capitalized)."""
+
+    regex = "[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+class _EnvironmentConvertor(_SlugConvertor):
+    """An environment as Redox writes it (``Development``), in any case."""
+
+    regex = "(?i:development|staging|production)"
+
+
+register_url_convertor("slug", _SlugConvertor())
+register_url_convertor("environment", _EnvironmentConvertor())
 
 
 def routers() -> list[APIRouter]:
     """The canonical base first (its literal ``_history`` segments must match before the Redox
     alias's organization and environment segments are tried), then the aliases. ``metadata``
     and the SMART configuration come first in each, before the ``{resource_type}`` routes."""
-    bases = ["/fhir/R4", "/r4", "/fhir/R4/{organization}/{environment}"]
+    bases = ["/fhir/R4", "/r4", "/fhir/R4/{organization:slug}/{environment:environment}"]
     made = []
     for base in bases:
-        router = APIRouter(prefix=base, tags=["FHIR R4"], dependencies=[_at_base(base)])
+        router = APIRouter(
+            prefix=base, tags=["FHIR R4"], dependencies=[_at_base(base)], route_class=AuditedRoute
+        )
         _metadata_routes(router)
         _bundle_routes(router)
         _operation_routes(router)
