@@ -142,6 +142,12 @@ def token_app(dialect: TokenDialect, settings: Settings) -> ASGIApp:
             issued.client_id,
             issued.jti,
         )
+        services.audit.enqueue(
+            "token.issued",
+            client_id=issued.client_id,
+            source=source,
+            detail=f"jti={issued.jti} dialect={dialect.name}",
+        )
         return dialect.render_success(issued)
 
     return form_app(respond, limit)
