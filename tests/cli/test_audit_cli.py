@@ -34,4 +34,3 @@ def test_verify_passes_then_reports_an_edit(tmp_path: Path) -> None:
     broken = invoke(env, "audit", "verify")
     assert broken.exit_code == 1
     assert "was altered" in broken.output
-
