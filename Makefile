@@ -15,6 +15,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	touch $(STAMP)
 
 serve: $(STAMP)
+	@echo "fhirgate: sample FHIR data for a first try: $(BIN)/fhirgate fhir load-sample (in another shell)"
 	$(BIN)/fhirgate serve
 
 test: $(STAMP)

@@ -13,6 +13,7 @@ from fhirgate import __version__
 from fhirgate.cli.audit import audit
 from fhirgate.cli.clients import clients
 from fhirgate.cli.context import Storage, emit, load_settings, run_storage
+from fhirgate.cli.fhir import fhir
 from fhirgate.cli.keys import keys
 from fhirgate.cli.token import token
 from fhirgate.cli.users import users
@@ -45,6 +46,7 @@ def serve(host: str, port: int, workers: int) -> None:
     )
     upgrade(settings.database_url)
     click.echo(f"fhirgate: listening on http://{host}:{port} (issuer {settings.issuer})", err=True)
+    click.echo("fhirgate: FHIR sample data for a first try: fhirgate fhir load-sample", err=True)
     uvicorn.run(
         "fhirgate.app:create_app_from_env",
         factory=True,
@@ -91,6 +93,7 @@ def orgs_create(slug: str, name: str, as_json: bool) -> None:
 
 cli.add_command(audit)
 cli.add_command(clients)
+cli.add_command(fhir)
 cli.add_command(keys)
 cli.add_command(token)
 cli.add_command(users)

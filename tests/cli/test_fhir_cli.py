@@ -1,0 +1,58 @@
+"""``fhirgate fhir load-sample``: synthetic data in three kinds of partitions, usable at once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+from tests.delegation.support import Application
+from tests.fhir.test_search import system_headers
+from tests.support import BASE, start
+
+from fhirgate.cli.main import cli
+from fhirgate.config import Settings
+
+
+async def test_load_sample_fills_the_organizations_and_the_users(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path}/sample.db"
+    env = {"FHIRGATE_DATABASE_URL": url, "FHIRGATE_VAR_DIR": str(tmp_path / "var")}
+    result = await asyncio.to_thread(  # the CLI runs its own event loop
+        CliRunner().invoke,
+        cli, ["fhir", "load-sample", "--patients", "2", "--json"], env=env,
+        catch_exceptions=False,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    loaded = json.loads(result.stdout)
+    assert loaded["patients"] == 8 and loaded["resources"] > 8 * 5
+    assert "8/8 patients" in result.stderr
+
+    running, stack = await start(
+        Settings(database_url=url, var_dir=tmp_path / "var", public_url=BASE)
+    )
+    try:
+        app = loaded["application"]
+        alice = Application(running.http, app["client_id"], app["client_secret"])
+        code = await alice.auth_code(app_user_id="alice")
+        tokens = (await alice.exchange(code.json()["code"])).json()
+        as_alice = {"Authorization": f"Bearer {tokens['access_token']}"}
+        mine = await running.http.get("/r4/Patient", headers=as_alice)
+        assert mine.json()["total"] == 2  # alice's own patients only
+        system = await system_headers(running)  # the default organization
+        everything = await running.http.get("/fhir/R4/Patient", headers=system)
+        assert everything.json()["total"] == 6  # its own 2, and alice's and bob's 2 each
+        vitals = await running.http.get("/fhir/R4/Observation?code=http://loinc.org|8867-4",
+                                        headers=system)  # fmt: skip
+        assert vitals.json()["total"] == 6
+    finally:
+        await stack.aclose()
+
+
+def test_the_same_seed_gives_the_same_people(tmp_path: Path) -> None:
+    from fhirgate.fhir.sample import sample_patients
+
+    first = [p.patient for p in sample_patients(5, seed=7)]
+    again = [p.patient for p in sample_patients(5, seed=7)]
+    other = [p.patient for p in sample_patients(5, seed=8)]
+    assert first == again and first != other
