@@ -1,6 +1,6 @@
 """FHIR search parameters to SQL over the index tables (FHIR R4 §3.1.1).
 
-Each parameter becomes an ``EXISTS`` on its index table, correlated with the resource row;
+Each parameter becomes a ``row_id IN (SELECT row_id FROM <index table> WHERE …)``;
 parameters combine with AND, comma-separated values with OR (§3.1.1.3). Semantics:
 
 * string: "starts with", accents and case ignored; ``:exact``; ``:contains`` (§3.1.1.5.9);
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, and_, exists, not_, or_
+from sqlalchemy import ColumnElement, and_, not_, or_, select
 
 from fhirgate.fhir.errors import Invalid
 from fhirgate.fhir.indexing import date_range, normalize, reference_of
@@ -69,6 +69,12 @@ class SearchRequest:
     revincludes: list[tuple[str, str, str | None]] = field(default_factory=list)
 
 
+def _having(table: Any, *conditions: Any) -> ColumnElement[bool]:
+    """Resources with an index row matching ``conditions``: ``row_id IN (SELECT …)``, which
+    the planners answer from the index on (name, value) — never a probe per resource."""
+    return FhirResourceRow.row_id.in_(select(table.row_id).where(*conditions))
+
+
 def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
@@ -83,7 +89,7 @@ def _string(param: SearchParam, modifier: str | None, value: str) -> ColumnEleme
         match = row.normalized.like(f"{_escape_like(normalize(value))}%", escape="\\")
     else:
         raise Invalid(f"modifier :{modifier} is not supported on {param.name}")
-    return exists().where(row.row_id == FhirResourceRow.row_id, row.name == param.name, match)
+    return _having(row, row.name == param.name, match)
 
 
 def _token(param: SearchParam, modifier: str | None, value: str) -> ColumnElement[bool]:
@@ -98,7 +104,7 @@ def _token(param: SearchParam, modifier: str | None, value: str) -> ColumnElemen
             conditions.append(row.code == code)
     else:
         conditions.append(row.code == value)
-    found = exists().where(row.row_id == FhirResourceRow.row_id, *conditions)
+    found = _having(row, *conditions)
     return not_(found) if modifier == "not" else found
 
 
@@ -115,7 +121,7 @@ def _reference(param: SearchParam, modifier: str | None, value: str) -> ColumnEl
             conditions.append(row.target_type == wanted_type)
     else:
         conditions = [row.target_type == target[0], row.target_id == target[1]]
-    return exists().where(row.row_id == FhirResourceRow.row_id, row.name == param.name, *conditions)
+    return _having(row, row.name == param.name, *conditions)
 
 
 def _prefixed(value: str) -> tuple[str, tuple[int, int]]:
@@ -150,11 +156,7 @@ def _date(param: SearchParam, modifier: str | None, value: str) -> ColumnElement
         raise Invalid(f"modifier :{modifier} is not supported on {param.name}")
     prefix, search = _prefixed(value)
     row = FhirDateIndexRow
-    return exists().where(
-        row.row_id == FhirResourceRow.row_id,
-        row.name == param.name,
-        _compare(prefix, row.low, row.high, search),
-    )
+    return _having(row, row.name == param.name, _compare(prefix, row.low, row.high, search))
 
 
 def _last_updated(value: str) -> ColumnElement[bool]:
