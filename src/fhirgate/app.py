@@ -58,6 +58,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     services = Services.build(settings)
     app.state.services = services
     await services.keyring.ensure()
+    await services.refresh_statistics()
     jobs = [asyncio.create_task(_every(*job)) for job in services.background_jobs()]
     try:
         yield

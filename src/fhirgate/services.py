@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from fhirgate.storage.audit import AuditLog
 from fhirgate.storage.db import create_engine, sqlite_path
 from fhirgate.storage.opaque_tokens import OpaqueTokenRepo
 from fhirgate.storage.repos import ClientRepo, OrganizationRepo
+from fhirgate.storage.sqlite_inline import refresh_statistics
 from fhirgate.storage.ttl_sets import RedisTTLSet, SqliteTTLSet, SqlTTLSet, TTLSet
 from fhirgate.storage.user_grants import GrantRepo
 
@@ -46,6 +48,7 @@ KEY_RELOAD_SECONDS = 10.0  # a key rotated on another replica is used within thi
 PURGE_SECONDS = 60.0  # expired jti and deny-list entries are dropped this often
 AUDIT_FLUSH_SECONDS = 1.0  # queued audit events (failed authentications) are written this often
 CHECKPOINT_SECONDS = 1.0  # SQLite: the WAL is copied back this often, off the event loop
+STATISTICS_SECONDS = 600.0  # SQLite: the planner's statistics are refreshed this often
 
 
 @dataclass
@@ -170,7 +173,15 @@ class Services:
         ]
         if isinstance(self.used_jti, SqliteTTLSet):
             jobs.append((CHECKPOINT_SECONDS, self.used_jti.checkpoint))
+        if self.settings.is_sqlite:
+            jobs.append((STATISTICS_SECONDS, self.refresh_statistics))
         return jobs
+
+    async def refresh_statistics(self) -> None:
+        """SQLite: the planner's statistics, in a thread (PostgreSQL's autovacuum keeps its own
+        up to date)."""
+        if self.settings.is_sqlite:
+            await asyncio.to_thread(refresh_statistics, sqlite_path(self.settings.database_url))
 
     async def aclose(self) -> None:
         try:
