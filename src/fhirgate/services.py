@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from fhirgate.config import MAX_TOKEN_LIFETIME, Settings
 from fhirgate.fhir.interactions import Interactions
 from fhirgate.fhir.store import ResourceStore
+from fhirgate.fhir.versions import VERSIONS
 from fhirgate.oauth.client_auth import (
     ClientAuthenticator,
     PrivateKeyJWTAuthenticator,
@@ -73,7 +74,7 @@ class Services:
     inspector: TokenInspector
     delegation: Delegation
     user_management_quota: CallQuota
-    fhir: Interactions
+    fhir: dict[str, Interactions]
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -157,7 +158,7 @@ class Services:
             TokenInspector(tokens, opaque, grants, settings.issuer),
             delegation,
             CallQuota(settings.user_management_rate_limit, 3600, redis, "fhirgate:um:"),
-            Interactions(ResourceStore(engine, "R4")),
+            {v.name: Interactions(ResourceStore(engine, v.name), v) for v in VERSIONS},
         )
 
     def background_jobs(self) -> list[tuple[float, Callable[[], Awaitable[object]]]]:

@@ -13,13 +13,11 @@ from typing import Any
 
 from fhirgate import __version__
 from fhirgate.config import Settings
-from fhirgate.fhir.resource_types import R4_RESOURCE_TYPES
 from fhirgate.fhir.search_params import PARAMETERS
+from fhirgate.fhir.versions import R4, FhirVersion
 
-__all__ = ["FHIR_VERSIONS", "INTERACTIONS", "capability_statement"]
+__all__ = ["INTERACTIONS", "capability_statement"]
 
-#: The FHIR version each store speaks (``fhirVersion``).
-FHIR_VERSIONS = {"R4": "4.0.1"}
 INTERACTIONS = ("read", "vread", "update", "delete", "history-instance", "create", "search-type")
 _COMMON_PARAMS = (
     ("_id", "token"),
@@ -36,6 +34,7 @@ SMART_SERVICE = {
     ],
     "text": "OAuth 2.0 with SMART on FHIR scopes",
 }
+_EVERYTHING = "http://hl7.org/fhir/OperationDefinition/Patient-everything"
 OAUTH_URIS = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
 
 
@@ -71,29 +70,28 @@ def _resource(resource_type: str) -> dict[str, Any]:
     }
 
 
-def capability_statement(settings: Settings, base_url: str, version: str) -> dict[str, Any]:
-    """The CapabilityStatement of the ``version`` store served at ``base_url``."""
-    return {
-        "resourceType": "CapabilityStatement",
+def capability_statement(settings: Settings, base_url: str, version: FhirVersion) -> dict[str, Any]:
+    """The CapabilityStatement (DSTU2: Conformance) of the ``version`` store at ``base_url``."""
+    statement: dict[str, Any] = {
+        "resourceType": version.capability_type,
         "status": "active",
         "date": datetime.now(UTC).date().isoformat(),  # as generated, for this instance
         "kind": "instance",
         "software": {"name": "fhirgate", "version": __version__},
         "implementation": {"description": "fhirgate FHIR API", "url": base_url},
-        "fhirVersion": FHIR_VERSIONS[version],
+        "fhirVersion": version.number,
         "format": ["application/fhir+json", "json"],
         "rest": [
             {
                 "mode": "server",
                 "security": _security(settings),
-                "resource": [_resource(name) for name in sorted(R4_RESOURCE_TYPES)],
+                "resource": [_resource(name) for name in sorted(version.resource_types)],
                 "interaction": [{"code": "batch"}, {"code": "transaction"}],
-                "operation": [
-                    {
-                        "name": "everything",
-                        "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
-                    }
-                ],
+                "operation": [{"name": "everything", "definition": _EVERYTHING}],
             }
         ],
     }
+    if version is not R4:  # STU3 and DSTU2: definition is a Reference; acceptUnknown required
+        statement["acceptUnknown"] = "no"
+        statement["rest"][0]["operation"][0]["definition"] = {"reference": _EVERYTHING}
+    return statement

@@ -11,9 +11,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fhirgate.fhir.access import Access
 from fhirgate.fhir.errors import Gone, Invalid, NotFound
-from fhirgate.fhir.resource_types import R4_RESOURCE_TYPES
 from fhirgate.fhir.store import ResourceStore, StoredResource
 from fhirgate.fhir.validation import validate
+from fhirgate.fhir.versions import R4, FhirVersion
 
 __all__ = ["MAX_DEPTH", "Interactions", "checked", "checked_content", "depth"]
 
@@ -22,9 +22,9 @@ _ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")  # FHIR R4 §2.24.0.1 id
 MAX_DEPTH = 64
 
 
-def checked(resource_type: str, resource_id: str | None = None) -> None:
-    """A known resource type (else 404) and a well-formed id (else 400)."""
-    if resource_type not in R4_RESOURCE_TYPES:
+def checked(resource_type: str, resource_id: str | None = None, version: FhirVersion = R4) -> None:
+    """A resource type of ``version`` (else 404) and a well-formed id (else 400)."""
+    if resource_type not in version.resource_types:
         raise NotFound(f"unknown resource type {resource_type[:64]!r}")
     if resource_id is not None and not _ID.fullmatch(resource_id):
         raise Invalid("a resource id is 1-64 letters, digits, '-' or '.'")
@@ -45,7 +45,7 @@ def depth(content: Any) -> int:
     return deepest
 
 
-def checked_content(resource_type: str, content: Any) -> dict[str, Any]:
+def checked_content(resource_type: str, content: Any, version: FhirVersion = R4) -> dict[str, Any]:
     """A resource of ``resource_type`` that passes validation (FHIR R4 §3.1.0.1.5)."""
     if not isinstance(content, dict):
         raise Invalid("the resource is not a JSON object")
@@ -53,15 +53,16 @@ def checked_content(resource_type: str, content: Any) -> dict[str, Any]:
         raise Invalid(f"the resource nests deeper than {MAX_DEPTH} levels")
     if content.get("resourceType") != resource_type:
         raise Invalid(f"the resource's resourceType must be {resource_type}")
-    validate(resource_type, content)
+    validate(resource_type, content, version.models)
     return content
 
 
 class Interactions:
     """read, create, update and delete, authorized and validated."""
 
-    def __init__(self, store: ResourceStore) -> None:
+    def __init__(self, store: ResourceStore, version: FhirVersion = R4) -> None:
         self.store = store
+        self.version = version
 
     async def read(
         self,
@@ -71,7 +72,7 @@ class Interactions:
         conn: AsyncConnection | None = None,
     ) -> StoredResource:
         """FHIR R4 §3.1.0.2: 404 when unknown or not visible, 410 when deleted."""
-        checked(resource_type, resource_id)
+        checked(resource_type, resource_id, self.version)
         access.require(resource_type, "read")
         stored = await self.store.read(access.partition, resource_type, resource_id, conn=conn)
         if stored is None:
@@ -89,9 +90,9 @@ class Interactions:
         resource_id: str | None = None,
     ) -> StoredResource:
         """FHIR R4 §3.1.0.7: the server assigns the id."""
-        checked(resource_type)
+        checked(resource_type, version=self.version)
         access.require(resource_type, "create")
-        resource = checked_content(resource_type, content)
+        resource = checked_content(resource_type, content, self.version)
         await access.check_references(self.store, resource, conn)
         return await self.store.create(
             access.partition, resource_type, resource, conn=conn, resource_id=resource_id
@@ -107,9 +108,9 @@ class Interactions:
         conn: AsyncConnection | None = None,
     ) -> tuple[StoredResource, bool]:
         """FHIR R4 §3.1.0.4: update, or update-as-create; ``(resource, created)``."""
-        checked(resource_type, resource_id)
+        checked(resource_type, resource_id, self.version)
         access.require(resource_type, "update")
-        resource = checked_content(resource_type, content)
+        resource = checked_content(resource_type, content, self.version)
         if resource.get("id") != resource_id:
             raise Invalid("the resource's id must equal the id in the URL")
         await access.check_references(self.store, resource, conn)
@@ -125,7 +126,7 @@ class Interactions:
         conn: AsyncConnection | None = None,
     ) -> None:
         """FHIR R4 §3.1.0.6: 404 when unknown or not visible."""
-        checked(resource_type, resource_id)
+        checked(resource_type, resource_id, self.version)
         access.require(resource_type, "delete")
         if not await self.store.delete(access.partition, resource_type, resource_id, conn=conn):
             raise NotFound(f"{resource_type}/{resource_id} is not known")

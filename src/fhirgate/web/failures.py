@@ -50,11 +50,11 @@ STORAGE_ERRORS: tuple[type[Exception], ...] = (
 
 
 #: Paths whose errors are OperationOutcomes (the FHIR API); elsewhere, OAuth-style JSON.
-FHIR_PREFIXES = ("/fhir/", "/r4/")
+FHIR_PREFIXES = ("/fhir/", "/r4/", "/stu3/", "/dstu2/")
 
 
 def is_fhir(path: str) -> bool:
-    return path.startswith(FHIR_PREFIXES) or path in ("/r4", "/fhir")
+    return path.startswith(FHIR_PREFIXES) or path in ("/r4", "/stu3", "/dstu2", "/fhir")
 
 
 def error_response(

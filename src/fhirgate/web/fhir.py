@@ -1,6 +1,7 @@
-"""The FHIR R4 REST API (FHIR R4 §3.1.0 "RESTful API"): read, vread, instance history, create,
-update (and update-as-create), delete — at ``/fhir/R4`` and at the vendors' aliases ``/r4``
-(1upHealth) and ``/fhir/R4/{organization}/{Environment}`` (Redox).
+"""The FHIR REST API (FHIR R4 §3.1.0 "RESTful API"): read, vread, instance history, create,
+update (and update-as-create), delete, search, batch and transaction — R4 at ``/fhir/R4`` and at
+the vendors' aliases ``/r4`` (1upHealth) and ``/fhir/R4/{organization}/{Environment}`` (Redox);
+STU3 at ``/stu3`` and DSTU2 at ``/dstu2`` (1upHealth), each its own store.
 
 Every request is authorized before the store is touched (:mod:`fhirgate.fhir.access`) and the
 store only ever sees the caller's partition (:mod:`fhirgate.fhir.store`), so another user's or
@@ -37,6 +38,7 @@ from fhirgate.fhir.errors import (
 from fhirgate.fhir.interactions import Interactions, checked
 from fhirgate.fhir.search import DEFAULT_COUNT, MAX_COUNT, parse_search
 from fhirgate.fhir.store import Partition, ResourceStore, StoredResource, fhir_instant
+from fhirgate.fhir.versions import VERSIONS, FhirVersion
 from fhirgate.oauth.tokens import Principal
 from fhirgate.services import Services
 from fhirgate.web.discovery import smart_configuration
@@ -111,8 +113,13 @@ CurrentAccess = Annotated[Access, Depends(_access)]
 
 
 def _interactions(request: Request) -> Interactions:
+    """The interactions of the FHIR version whose base the request came through."""
     services: Services = request.app.state.services
-    return services.fhir
+    return services.fhir[request.scope["fhir_version"]]
+
+
+def _check(request: Request, resource_type: str, resource_id: str | None = None) -> None:
+    checked(resource_type, resource_id, _interactions(request).version)
 
 
 def _store(request: Request) -> ResourceStore:
@@ -187,7 +194,7 @@ def _search_routes(router: APIRouter) -> None:
 async def _search(
     request: Request, access: Access, resource_type: str, pairs: list[tuple[str, str]]
 ) -> Response:
-    checked(resource_type)
+    _check(request, resource_type)
     access.require(resource_type, "search")
     prefer = request.headers.get("prefer", "").replace(" ", "").lower()
     wanted = parse_search(resource_type, pairs, lenient="handling=lenient" in prefer)
@@ -259,7 +266,7 @@ def _operation_routes(router: APIRouter) -> None:
         """``Patient/{id}/$everything`` (FHIR R4 patient-operation-everything): the Patient and
         every resource of its compartment the token may read, paged with ``_count`` and
         ``_offset``."""
-        checked("Patient", resource_id)
+        _check(request, "Patient", resource_id)
         access.require("Patient", "read")
         store = _store(request)
         patient = await store.read(access.partition, "Patient", resource_id)
@@ -312,7 +319,7 @@ def _routes(router: APIRouter) -> None:
         version_id: str,
     ) -> Response:
         """vread (FHIR R4 §3.1.0.3)."""
-        checked(resource_type, resource_id)
+        _check(request, resource_type, resource_id)
         access.require(resource_type, "vread")
         history = await _store(request).history(access.partition, resource_type, resource_id)
         for stored in history:
@@ -327,7 +334,7 @@ def _routes(router: APIRouter) -> None:
         request: Request, access: CurrentAccess, resource_type: str, resource_id: str
     ) -> Response:
         """Instance history (FHIR R4 §3.1.0.11): a ``history`` Bundle, newest first."""
-        checked(resource_type, resource_id)
+        _check(request, resource_type, resource_id)
         access.require(resource_type, "history")
         versions = await _store(request).history(access.partition, resource_type, resource_id)
         if not versions:
@@ -345,7 +352,7 @@ def _routes(router: APIRouter) -> None:
     @router.post("/{resource_type}")
     async def create(request: Request, access: CurrentAccess, resource_type: str) -> Response:
         """create (FHIR R4 §3.1.0.7): 201 with ``Location``; the body's ``id`` is replaced."""
-        checked(resource_type)
+        _check(request, resource_type)
         access.require(resource_type, "create")  # before reading the body
         stored = await _interactions(request).create(access, resource_type, await _body(request))
         assert stored.content is not None
@@ -357,7 +364,7 @@ def _routes(router: APIRouter) -> None:
     ) -> Response:
         """update (FHIR R4 §3.1.0.4), update-as-create when there is no such resource, and
         version-aware update with ``If-Match`` (§3.1.0.4.2)."""
-        checked(resource_type, resource_id)
+        _check(request, resource_type, resource_id)
         access.require(resource_type, "update")  # before reading the body
         stored, created = await _interactions(request).update(
             access, resource_type, resource_id, await _body(request), _if_match(request)
@@ -388,7 +395,7 @@ def _share_routes(router: APIRouter) -> None:
         the resource. Answers in 1upHealth's shape: ``{"success": true}``, or for the owner
         itself ``{"error": "the resource owner permissions cannot be altered", "success":
         false}``."""
-        checked(resource_type, resource_id)
+        _check(request, resource_type, resource_id)
         access.require(resource_type, "update")
         if access.partition.user_id is None:
             raise Forbidden("only an application user shares its resources")
@@ -474,13 +481,15 @@ async def _write_audit(request: Request, action: str, status: int, request_id: s
     )
 
 
-def _at_base(prefix: str) -> Any:
+def _at_base(prefix: str, version: FhirVersion) -> Any:
     """A dependency that records the base path a request came through (for URLs it returns),
-    as a template of its path parameters (``{organization}``, without convertors)."""
+    as a template of its path parameters (``{organization}``, without convertors), and the
+    FHIR version that base serves."""
     template = re.sub(r"{(\w+):\w+}", r"{\1}", prefix)
 
     async def record(request: Request) -> None:
         request.scope["fhir_base"] = template
+        request.scope["fhir_version"] = version.name
 
     return Depends(record)
 
@@ -510,21 +519,29 @@ register_url_convertor("environment", _EnvironmentConvertor())
 def routers() -> list[APIRouter]:
     """The canonical base first (its literal ``_history`` segments must match before the Redox
     alias's organization and environment segments are tried), then the aliases. ``metadata``
-    and the SMART configuration come first in each, before the ``{resource_type}`` routes."""
-    bases = ["/fhir/R4", "/r4", "/fhir/R4/{organization:slug}/{environment:environment}"]
+    and the SMART configuration come first in each, before the ``{resource_type}`` routes.
+    Each FHIR version (:mod:`fhirgate.fhir.versions`) has its own bases and store."""
     made = []
-    for base in bases:
-        router = APIRouter(
-            prefix=base, tags=["FHIR R4"], dependencies=[_at_base(base)], route_class=AuditedRoute
-        )
-        _metadata_routes(router)
-        _bundle_routes(router)
-        _operation_routes(router)
-        _search_routes(router)
-        _routes(router)
-        _share_routes(router)
-        made.append(router)
+    for version in VERSIONS:
+        for base in version.bases:
+            made.append(_router(base, version))
     return made
+
+
+def _router(base: str, version: FhirVersion) -> APIRouter:
+    router = APIRouter(
+        prefix=base,
+        tags=[f"FHIR {version.name}"],
+        dependencies=[_at_base(base, version)],
+        route_class=AuditedRoute,
+    )
+    _metadata_routes(router)
+    _bundle_routes(router)
+    _operation_routes(router)
+    _search_routes(router)
+    _routes(router)
+    _share_routes(router)
+    return router
 
 
 def _metadata_routes(router: APIRouter) -> None:
@@ -532,7 +549,8 @@ def _metadata_routes(router: APIRouter) -> None:
     async def metadata(request: Request) -> Response:
         """The CapabilityStatement (FHIR R4 §3.1.0.15); public, like every FHIR server's."""
         services: Services = request.app.state.services
-        statement = capability_statement(services.settings, _base(request), "R4")
+        version = _interactions(request).version
+        statement = capability_statement(services.settings, _base(request), version)
         return fhir_response(statement)
 
     @router.get("/.well-known/smart-configuration")
