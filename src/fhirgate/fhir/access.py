@@ -6,8 +6,9 @@ interaction (SMART App Launch 2.x, scopes-and-launch-context §fhir-resource-sco
 * A principal that acts for application users (a user grant's token, or 1upHealth's headers)
   is judged by its ``user/`` and ``patient/`` scopes, confined to its user's partition; any
   other principal (backend services, secret and legacy clients) by its ``system/`` scopes, over
-  its environment. A scope with ``?param=value`` restrictions does not grant an interaction
-  here (fail closed) until searches can evaluate restrictions.
+  its environment. A scope with ``?param=value`` restrictions grants reads and searches of the
+  resources that match them (evaluated as a search on the same indexes); it never grants a
+  write or an included resource (fail closed).
 * A user's write may reference only Patients that user owns (one user's data never points into
   another's).
 """
@@ -37,6 +38,7 @@ PERMISSIONS = {
     "search": "s",
 }
 USER_CONTEXTS = ("user", "patient")
+Restriction = frozenset[tuple[str, str]]
 _PATIENT_REFERENCE = re.compile(r"(?:^|/)Patient/([A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?$")
 
 
@@ -77,13 +79,32 @@ class Access:
     def acts_for_users(self) -> bool:
         return self.principal.user_id is not None or self.principal.all_users
 
-    def require(self, resource_type: str, interaction: str) -> None:
-        """Refuse (403 ``insufficient_scope``) an interaction no scope of the token grants."""
+    def grants(self, resource_type: str, interaction: str) -> list[Restriction] | None:
+        """How the token's scopes grant an interaction: ``None`` when one scope grants it
+        outright, else the restrictions of the scopes that grant it only for resources
+        matching their ``?param=value`` (SMART v2 granular scopes; any one suffices). None at
+        all → 403 ``insufficient_scope``."""
         permission = PERMISSIONS[interaction]
         contexts = USER_CONTEXTS if self.acts_for_users else ("system",)
-        scopes = self.principal.scopes
-        if not any(scopes.allows(context, resource_type, permission) for context in contexts):
+        restricted: list[Restriction] = []
+        for scope in self.principal.scopes.resource_scopes:
+            if permission in scope.permissions and any(
+                scope.matches(context, resource_type) for context in contexts
+            ):
+                if not scope.restrictions:
+                    return None
+                restricted.append(scope.restrictions)
+        if not restricted:
             raise InsufficientScope(f"{contexts[0]}/{resource_type}.{permission}")
+        return restricted
+
+    def require(self, resource_type: str, interaction: str) -> None:
+        """Refuse (403 ``insufficient_scope``) an interaction no unrestricted scope grants
+        (writes, and what restricted scopes cannot vouch for: included resources)."""
+        if self.grants(resource_type, interaction) is not None:
+            permission = PERMISSIONS[interaction]
+            context = USER_CONTEXTS[0] if self.acts_for_users else "system"
+            raise InsufficientScope(f"{context}/{resource_type}.{permission}")
 
     async def check_references(
         self, store: ResourceStore, content: dict[str, Any], conn: AsyncConnection | None = None

@@ -9,8 +9,9 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from fhirgate.fhir.access import Access
+from fhirgate.fhir.access import Access, Restriction
 from fhirgate.fhir.errors import Gone, Invalid, NotFound
+from fhirgate.fhir.search import restricted_to
 from fhirgate.fhir.store import ResourceStore, StoredResource
 from fhirgate.fhir.validation import validate
 from fhirgate.fhir.versions import R4, FhirVersion
@@ -73,13 +74,28 @@ class Interactions:
     ) -> StoredResource:
         """FHIR R4 §3.1.0.2: 404 when unknown or not visible, 410 when deleted."""
         checked(resource_type, resource_id, self.version)
-        access.require(resource_type, "read")
+        restrictions = access.grants(resource_type, "read")
         stored = await self.store.read(access.partition, resource_type, resource_id, conn=conn)
+        if stored is not None and restrictions is not None:
+            await self.require_match(access, resource_type, resource_id, restrictions)
         if stored is None:
             raise NotFound(f"{resource_type}/{resource_id} is not known")
         if stored.content is None:
             raise Gone(f"{resource_type}/{resource_id} was deleted")
         return stored
+
+    async def require_match(
+        self,
+        access: Access,
+        resource_type: str,
+        resource_id: str,
+        restrictions: list[Restriction],
+    ) -> None:
+        """A resource the token reads only through restricted scopes must match one of them;
+        one that does not is answered like a missing one (404)."""
+        condition = restricted_to(resource_type, restrictions)
+        if not await self.store.matches(access.partition, resource_type, resource_id, condition):
+            raise NotFound(f"{resource_type}/{resource_id} is not known")
 
     async def create(
         self,

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, and_, not_, or_, select
+from sqlalchemy import ColumnElement, and_, false, not_, or_, select
 
 from fhirgate.fhir.errors import Invalid
 from fhirgate.fhir.indexing import date_range, normalize, reference_of
@@ -38,7 +38,7 @@ from fhirgate.storage.models import (
     FhirTokenIndexRow,
 )
 
-__all__ = ["DEFAULT_COUNT", "MAX_COUNT", "SearchRequest", "parse_search"]
+__all__ = ["DEFAULT_COUNT", "MAX_COUNT", "SearchRequest", "parse_search", "restricted_to"]
 
 DEFAULT_COUNT = 50
 MAX_COUNT = 500
@@ -251,3 +251,17 @@ def parse_search(
             request.used.append((name, value))
     request.order.append(FhirResourceRow.row_id.asc())  # a stable order for paging
     return request
+
+
+def restricted_to(resource_type: str, restrictions: Sequence[frozenset[tuple[str, str]]]) -> Any:
+    """The SQL condition a set of restricted scopes allows: any one scope's restrictions, all
+    of them (SMART App Launch 2.x, scopes §finer-grained-resource-constraints-using-search-
+    parameters). A restriction fhirgate cannot evaluate matches nothing (fail closed)."""
+    allowed = []
+    for restriction in restrictions:
+        try:
+            parsed = parse_search(resource_type, sorted(restriction), lenient=False)
+        except Invalid:
+            continue
+        allowed.append(and_(*parsed.conditions))
+    return or_(*allowed) if allowed else false()

@@ -212,6 +212,16 @@ class ResourceStore:
             row = (await conn.execute(stmt)).first()
         return None if row is None else _resource(*row)
 
+    async def matches(
+        self, partition: Partition, resource_type: str, resource_id: str, condition: Any
+    ) -> bool:
+        """Whether the resource, in the partition, meets ``condition`` (search SQL)."""
+        stmt = select(FhirResourceRow.row_id).where(
+            self._key(partition, resource_type, resource_id), partition.visible(), condition
+        )
+        async with self._engine.connect() as conn:
+            return (await conn.execute(stmt)).first() is not None
+
     async def owns(
         self,
         partition: Partition,

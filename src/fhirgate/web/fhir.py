@@ -36,7 +36,7 @@ from fhirgate.fhir.errors import (
     UnsupportedMediaType,
 )
 from fhirgate.fhir.interactions import Interactions, checked
-from fhirgate.fhir.search import DEFAULT_COUNT, MAX_COUNT, parse_search
+from fhirgate.fhir.search import DEFAULT_COUNT, MAX_COUNT, parse_search, restricted_to
 from fhirgate.fhir.store import Partition, ResourceStore, StoredResource, fhir_instant
 from fhirgate.fhir.versions import VERSIONS, FhirVersion
 from fhirgate.oauth.tokens import Principal
@@ -195,9 +195,11 @@ async def _search(
     request: Request, access: Access, resource_type: str, pairs: list[tuple[str, str]]
 ) -> Response:
     _check(request, resource_type)
-    access.require(resource_type, "search")
+    restrictions = access.grants(resource_type, "search")
     prefer = request.headers.get("prefer", "").replace(" ", "").lower()
     wanted = parse_search(resource_type, pairs, lenient="handling=lenient" in prefer)
+    if restrictions is not None:  # granular scopes: only what they allow is searched
+        wanted.conditions.append(restricted_to(resource_type, restrictions))
     store = _store(request)
     found, more, total = await store.search(access.partition, resource_type, wanted)
     extra = await store.included(access.partition, found, wanted)
