@@ -35,10 +35,10 @@ import uvloop
 
 from bench.token_endpoint import (
     cpu_seconds,
+    drive,
     fhirgate,
     free_port,
     fresh_database,
-    read_response,
     server_processes,
     wait_until_up,
 )
@@ -186,31 +186,6 @@ def _get(host: str, path: str, token: str) -> bytes:
     ).encode()
 
 
-async def _drive(
-    port: int, payloads: list[bytes], concurrency: int, duration: float
-) -> tuple[list[float], int]:
-    queue = iter(payloads)
-    deadline = time.perf_counter() + duration
-    latencies: list[float] = []
-    errors = 0
-
-    async def connection() -> None:
-        nonlocal errors
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        for payload in queue:
-            started = time.perf_counter()
-            if started > deadline:
-                break
-            writer.write(payload)
-            status, _ = await read_response(reader)
-            latencies.append(time.perf_counter() - started)
-            errors += status != 200
-        writer.close()
-
-    await asyncio.gather(*(connection() for _ in range(concurrency)))
-    return latencies, errors
-
-
 def run(args: argparse.Namespace) -> Result:
     with (
         tempfile.TemporaryDirectory(prefix="fhirgate-bench-") as tmp,
@@ -245,10 +220,10 @@ def run(args: argparse.Namespace) -> Result:
                 paths = [f"/fhir/R4/Observation?patient={pid}" for pid in patients]
             payloads = [_get(host, rng.choice(paths), token) for _ in range(args.requests)]
             procs = server_processes(psutil.Process(server.pid))
-            uvloop.run(_drive(port, payloads[:500], args.concurrency, 30))  # warm-up
+            uvloop.run(drive(port, payloads[:500], args.concurrency, 30))  # warm-up
             cpu_before, wall_before = cpu_seconds(procs), time.perf_counter()
             latencies, errors = uvloop.run(
-                _drive(port, payloads[500:], args.concurrency, args.duration)
+                drive(port, payloads[500:], args.concurrency, args.duration)
             )
             wall, cpu = time.perf_counter() - wall_before, cpu_seconds(procs) - cpu_before
         finally:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 from tests.delegation.support import Application
-from tests.fhir.test_search import system_headers
+from tests.fhir.support import system_headers
 from tests.support import BASE, start
 
 from fhirgate.cli.main import cli

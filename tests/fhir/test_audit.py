@@ -9,7 +9,8 @@ from sqlalchemy import delete, select, text, update
 
 from fhirgate.storage.models import AuditEventRow
 from tests.delegation.support import register_application
-from tests.fhir.test_search import create, system_headers
+from tests.fhir.support import system_headers
+from tests.fhir.test_search import create
 from tests.support import Running
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from tests.delegation.support import register_application
-from tests.fhir.test_search import system_headers
+from tests.fhir.support import system_headers
 from tests.support import Running
 
 

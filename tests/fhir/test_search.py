@@ -10,21 +10,8 @@ import httpx
 import pytest
 
 from tests.delegation.support import register_application
+from tests.fhir.support import system_headers
 from tests.support import Running, register_secret_client
-
-SCOPE = "system/*.cruds"
-
-
-async def system_headers(running: Running) -> dict[str, str]:
-    client_id, secret = await register_secret_client(
-        running.services, "client_secret_basic", scope=SCOPE
-    )
-    answer = await running.http.post(
-        "/oauth2/token",
-        data={"grant_type": "client_credentials", "scope": SCOPE},
-        auth=(client_id, secret),
-    )
-    return {"Authorization": f"Bearer {answer.json()['access_token']}"}
 
 
 async def create(http: httpx.AsyncClient, headers: dict[str, str], body: dict[str, Any]) -> str:

@@ -7,25 +7,12 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import Running, register_secret_client
-
-SCOPE = "system/*.cruds"
-
-
-async def _system_headers(running: Running) -> dict[str, str]:
-    client_id, secret = await register_secret_client(
-        running.services, "client_secret_basic", scope=SCOPE
-    )
-    answer = await running.http.post(
-        "/oauth2/token",
-        data={"grant_type": "client_credentials", "scope": SCOPE},
-        auth=(client_id, secret),
-    )
-    return {"Authorization": f"Bearer {answer.json()['access_token']}"}
+from tests.fhir.support import system_headers
+from tests.support import Running
 
 
 async def _create(running: Running, body: dict[str, Any]) -> httpx.Response:
-    headers = {**await _system_headers(running), "Content-Type": "application/fhir+json"}
+    headers = {**await system_headers(running), "Content-Type": "application/fhir+json"}
     return await running.http.post(f"/fhir/R4/{body['resourceType']}", json=body, headers=headers)
 
 
@@ -54,7 +41,7 @@ async def test_a_missing_required_element_is_refused(running: Running) -> None:
 
 
 async def test_a_refused_resource_is_not_stored(running: Running) -> None:
-    headers = await _system_headers(running)
+    headers = await system_headers(running)
     bad = {"resourceType": "Patient", "id": "kept-out", "birthDate": "not a date"}
     put = await running.http.put("/fhir/R4/Patient/kept-out", json=bad, headers=headers)
     assert put.status_code == 400

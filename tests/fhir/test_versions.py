@@ -7,7 +7,7 @@ import pytest
 from fhir.resources.STU3.capabilitystatement import CapabilityStatement as Stu3Statement
 
 from tests.delegation.support import register_application
-from tests.fhir.test_search import system_headers
+from tests.fhir.support import system_headers
 from tests.support import Running
 
 

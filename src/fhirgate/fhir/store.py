@@ -187,6 +187,16 @@ class ResourceStore:
             async with self._engine.connect() as own:
                 yield own
 
+    def _live(self, partition: Partition) -> list[Any]:
+        """Conditions for the live resources of this version the partition may see."""
+        row = FhirResourceRow
+        return [
+            row.environment_id == partition.environment_id,
+            row.fhir_version == self.fhir_version,
+            row.deleted.is_(False),
+            partition.visible(),
+        ]
+
     def _key(self, partition: Partition, resource_type: str, resource_id: str) -> Any:
         row = FhirResourceRow
         return and_(
@@ -463,14 +473,7 @@ class ResourceStore:
         """One page of the live resources of ``resource_type`` in the partition matching the
         request: ``(page, more_after_it, total or None)``."""
         row = FhirResourceRow
-        where = [
-            row.environment_id == partition.environment_id,
-            row.fhir_version == self.fhir_version,
-            row.resource_type == resource_type,
-            row.deleted.is_(False),
-            partition.visible(),
-            *request.conditions,
-        ]
+        where = [*self._live(partition), row.resource_type == resource_type, *request.conditions]
         page = (
             select(*_CURRENT)
             .where(*where)
@@ -496,12 +499,7 @@ class ResourceStore:
             return []
         row, ref = FhirResourceRow, FhirReferenceIndexRow
         match_rows = [match.row_id for match in matches]
-        live = [
-            row.environment_id == partition.environment_id,
-            row.fhir_version == self.fhir_version,
-            row.deleted.is_(False),
-            partition.visible(),
-        ]
+        live = self._live(partition)
         found: dict[int, StoredResource] = {}
         async with self._engine.connect() as conn:
             for _source, param, target in request.includes:
@@ -549,13 +547,7 @@ class ResourceStore:
         )
         stmt = (
             select(*_CURRENT)
-            .where(
-                row.environment_id == partition.environment_id,
-                row.fhir_version == self.fhir_version,
-                row.deleted.is_(False),
-                partition.visible(),
-                row.row_id.in_(pointing),
-            )
+            .where(*self._live(partition), row.row_id.in_(pointing))
             .order_by(row.row_id)
             .offset(offset)
             .limit(count + 1)
