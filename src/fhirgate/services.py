@@ -36,7 +36,7 @@ from fhirgate.storage.audit import AuditLog
 from fhirgate.storage.db import create_engine, sqlite_path
 from fhirgate.storage.opaque_tokens import OpaqueTokenRepo
 from fhirgate.storage.repos import ClientRepo, OrganizationRepo
-from fhirgate.storage.sqlite_inline import refresh_statistics
+from fhirgate.storage.sqlite_inline import InlineSqlite, refresh_statistics
 from fhirgate.storage.ttl_sets import RedisTTLSet, SqliteTTLSet, SqlTTLSet, TTLSet
 from fhirgate.storage.user_grants import GrantRepo
 
@@ -107,7 +107,8 @@ class Services:
             user_ttl=settings.user_token_ttl,
         )
         hasher = SecretHasher(secret)
-        audit = AuditLog(engine, derive_key(secret, b"fhirgate audit chain"))
+        inline = InlineSqlite(sqlite_path(settings.database_url)) if settings.is_sqlite else None
+        audit = AuditLog(engine, derive_key(secret, b"fhirgate audit chain"), inline)
         authenticator = ClientAuthenticator(
             PrivateKeyJWTAuthenticator(directory, jwks, used_jti),
             SecretAuthenticator(directory, hasher),
@@ -192,6 +193,7 @@ class Services:
             log.exception("could not write or seal the last audit events")
         self.used_jti.close()
         self.revoked.close()
+        self.audit.close()
         await self.delegation.grants.aclose()
         await self.jwks.aclose()
         if self.redis is not None:

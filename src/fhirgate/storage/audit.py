@@ -3,7 +3,8 @@ failures, secret rotations, client and user changes. Rows hold identifiers only:
 secret, token, assertion or resource content; long caller-supplied values are cut.
 
 FHIR interactions are written by :meth:`AuditLog.fhir_event` before the response leaves: if the
-row cannot be written, the request fails (no health data without its audit row).
+row cannot be written, the request fails (no health data without its audit row). On SQLite that
+insert runs inline on its own connection (:mod:`fhirgate.storage.sqlite_inline`).
 
 Tamper evidence (ONC §170.315(d)(2)): :meth:`AuditLog.seal` (a background job, every second)
 numbers the rows not sealed yet (``chain_seq``) and chains them: ``chain_hash`` = HMAC-SHA256
@@ -38,10 +39,21 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from fhirgate.storage.models import AuditChainRow, AuditEventRow
 from fhirgate.storage.repos import now
+from fhirgate.storage.sqlite_inline import InlineSqlite
 
 __all__ = ["AuditEvent", "AuditLog", "Verification"]
 
 SEAL_BATCH = 5000
+#: How SQLAlchemy stores a DateTime in SQLite (UTC here), for rows written inline.
+_SQLITE_DATETIME = "%Y-%m-%d %H:%M:%S.%f"
+_FHIR_COLUMNS = (
+    "occurred_at", "event", "client_id", "source", "actor", "detail",
+    "user_id", "resource_type", "resource_ids", "outcome", "request_id",
+)  # fmt: skip
+_INLINE_INSERT = (
+    f"INSERT INTO audit_events ({', '.join(_FHIR_COLUMNS)}) "  # noqa: S608 (constant text)
+    f"VALUES ({', '.join(':' + name for name in _FHIR_COLUMNS)})"
+)
 _CHAINED = (
     AuditEventRow.id,
     AuditEventRow.occurred_at,
@@ -117,9 +129,12 @@ class AuditLog:
 
     MAX_QUEUED = 10_000
 
-    def __init__(self, engine: AsyncEngine, chain_key: bytes = b"") -> None:
+    def __init__(
+        self, engine: AsyncEngine, chain_key: bytes = b"", inline: InlineSqlite | None = None
+    ) -> None:
         self._engine = engine
         self._chain_key = chain_key
+        self._inline = inline
         self._queue: deque[dict[str, Any]] = deque()
         self._dropped = 0
 
@@ -204,8 +219,16 @@ class AuditLog:
             outcome=str(outcome),
             request_id=request_id,
         )
+        if self._inline is not None:  # SQLite: one autocommit insert, inline (microseconds)
+            row["occurred_at"] = row["occurred_at"].strftime(_SQLITE_DATETIME)
+            await self._inline.run(lambda db: db.execute(_INLINE_INSERT, row))
+            return
         async with self._engine.begin() as conn:
             await conn.execute(insert(AuditEventRow), [row])
+
+    def close(self) -> None:
+        if self._inline is not None:
+            self._inline.close()
 
     async def seal(self) -> int:
         """Chain the rows written since the last seal, oldest first; how many."""
