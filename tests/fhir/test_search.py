@@ -126,12 +126,33 @@ async def test_count_is_capped_and_total_can_be_skipped(running: Running) -> Non
 
 async def test_bad_searches_are_400_unless_lenient(running: Running) -> None:
     headers = await system_headers(running)
-    for query in ("bogus=1", "birthdate=yesterday", "family:sounds=x", "_count=-1", "_sort=name"):
+    for query in ("bogus=1", "birthdate=yesterday", "family:sounds=x", "_count=-1", "_sort=link"):
         response = await running.http.get(f"/fhir/R4/Patient?{query}", headers=headers)
         assert response.status_code == 400, query
         assert response.json()["resourceType"] == "OperationOutcome"
     lenient = {**headers, "Prefer": "handling=lenient"}
     assert (await running.http.get("/fhir/R4/Patient?bogus=1", headers=lenient)).status_code == 200
+
+
+async def test_sort_by_parameters(server: Running) -> None:
+    headers = await system_headers(server)
+    people = [("Zola", "1990-01-01"), ("Abe", "1970-06-01"), ("Mia", "1980-03-01")]
+    for family, born in people:
+        await create(server.http, headers, {
+            "resourceType": "Patient", "name": [{"family": family}], "birthDate": born,
+        })  # fmt: skip
+    await create(server.http, headers, {"resourceType": "Patient"})  # no name, no birth date
+
+    def families(bundle: httpx.Response) -> list[str | None]:
+        resources = [entry["resource"] for entry in bundle.json()["entry"]]
+        return [r["name"][0]["family"] if "name" in r else None for r in resources]
+
+    by_name = await server.http.get("/fhir/R4/Patient?_sort=family", headers=headers)
+    assert families(by_name) == ["Abe", "Mia", "Zola", None]  # no value: last
+    by_age = await server.http.get("/fhir/R4/Patient?_sort=-birthdate", headers=headers)
+    assert families(by_age) == ["Zola", "Mia", "Abe", None]
+    unsortable = await server.http.get("/fhir/R4/Patient?_sort=link", headers=headers)
+    assert unsortable.status_code == 400
 
 
 async def test_post_search_takes_a_form(running: Running) -> None:

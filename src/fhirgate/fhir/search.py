@@ -11,8 +11,9 @@ parameters combine with AND, comma-separated values with OR (§3.1.1.3). Semanti
   whole of its year, month or day (§3.1.1.5.3);
 * ``_id``, ``_lastUpdated``, ``_tag``, ``_profile``; ``_count`` (default 50, at most 500),
   ``_offset`` (fhirgate's paging cursor), ``_total`` (``none`` skips counting), ``_sort`` by
-  ``_id`` or ``_lastUpdated`` (``-`` for descending), ``_include`` and ``_revinclude`` (not
-  iterating; the included resources are confined to the caller's partition like the matches).
+  ``_id``, ``_lastUpdated`` or a string, token or date parameter (``-`` for descending),
+  ``_include`` and ``_revinclude`` (not iterating; the included resources are confined to the
+  caller's partition like the matches).
 
 An unknown parameter, modifier or malformed value is a 400 OperationOutcome — unless the request
 carries ``Prefer: handling=lenient``, when unknown parameters are ignored (§3.1.1.3.1).
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, and_, false, not_, or_, select
+from sqlalchemy import ColumnElement, and_, false, func, not_, or_, select
 
 from fhirgate.fhir.errors import Invalid
 from fhirgate.fhir.indexing import date_range, normalize, reference_of
@@ -194,7 +195,34 @@ def _int(name: str, value: str, top: int) -> int:
     return min(int(value), top)
 
 
-def _control(request: SearchRequest, name: str, value: str) -> None:
+#: What a resource sorts by for a parameter of each type (its smallest value ascending, its
+#: largest descending; FHIR R4 §3.1.1.5.10 leaves multi-valued elements to the server).
+_SORT_VALUE: dict[str, tuple[Any, Any, Any]] = {
+    "string": (FhirStringIndexRow, FhirStringIndexRow.normalized, FhirStringIndexRow.normalized),
+    "token": (FhirTokenIndexRow, FhirTokenIndexRow.code, FhirTokenIndexRow.code),
+    "date": (FhirDateIndexRow, FhirDateIndexRow.low, FhirDateIndexRow.high),
+}
+
+
+def _sort_key(resource_type: str, key: str) -> Any:
+    """One ``_sort`` key as an ORDER BY term; resources without a value come last."""
+    descending, name = key.startswith("-"), key.lstrip("-")
+    column = _SORTABLE.get(name)
+    if column is not None:
+        return column.desc() if descending else column.asc()
+    param = parameter(resource_type, name)
+    if param is None or param.type not in _SORT_VALUE:
+        raise Invalid(f"_sort by {name[:64]!r} is not supported for {resource_type}")
+    table, low, high = _SORT_VALUE[param.type]
+    value = (
+        select(func.max(high) if descending else func.min(low))
+        .where(table.row_id == FhirResourceRow.row_id, table.name == param.name)
+        .scalar_subquery()
+    )
+    return (value.desc() if descending else value.asc()).nulls_last()
+
+
+def _control(request: SearchRequest, name: str, value: str, resource_type: str) -> None:
     if name == "_count":
         request.count = _int(name, value, MAX_COUNT)
     elif name == "_offset":
@@ -204,11 +232,7 @@ def _control(request: SearchRequest, name: str, value: str) -> None:
             raise Invalid("_total must be none, estimate or accurate")
         request.total = value != "none"
     elif name == "_sort":
-        for key in value.split(","):
-            found = _SORTABLE.get(key.lstrip("-"))
-            if found is None:
-                raise Invalid(f"_sort by {key[:64]!r} is not supported (use _id or _lastUpdated)")
-            request.order.append(found.desc() if key.startswith("-") else found.asc())
+        request.order.extend(_sort_key(resource_type, key) for key in value.split(",")[:5])
 
 
 def _inclusion(request: SearchRequest, resource_type: str, name: str, value: str) -> None:
@@ -237,7 +261,7 @@ def parse_search(
     request = SearchRequest()
     for name, value in pairs:
         if name in _CONTROL:
-            _control(request, name, value)
+            _control(request, name, value, resource_type)
             if name in ("_sort", "_total"):
                 request.controls.append((name, value))
             continue
