@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 __all__ = [
-    "Conflict",
     "FhirError",
     "Forbidden",
     "Gone",
@@ -81,11 +80,6 @@ class NotFound(FhirError):
 class Gone(FhirError):
     status_code = 410
     code = "deleted"
-
-
-class Conflict(FhirError):
-    status_code = 409
-    code = "conflict"
 
 
 class UnsupportedMediaType(FhirError):
