@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
-import secrets
 import statistics
 import subprocess
 import sys
@@ -39,6 +37,7 @@ from bench.token_endpoint import (
     fhirgate,
     free_port,
     fresh_database,
+    server_env,
     server_processes,
     wait_until_up,
 )
@@ -192,13 +191,7 @@ def run(args: argparse.Namespace) -> Result:
         fresh_database(args.database_url, tmp) as database_url,
     ):
         port = free_port()
-        env = dict(
-            os.environ,
-            FHIRGATE_PUBLIC_URL=f"http://127.0.0.1:{port}",
-            FHIRGATE_VAR_DIR=f"{tmp}/var",
-            FHIRGATE_SECRET_KEY=secrets.token_hex(16),
-            FHIRGATE_DATABASE_URL=database_url,
-        )
+        env = server_env(tmp, port, database_url)
         fhirgate(env, "db", "upgrade")
         environment_id = asyncio.run(_environment_id(database_url))
         print(f"loading {args.resources} resources…", file=sys.stderr)

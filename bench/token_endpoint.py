@@ -391,19 +391,24 @@ def fresh_database(url: str | None, tmp: str) -> Iterator[str]:
         asyncio.run(execute(f'DROP DATABASE "{name}" WITH (FORCE)'))
 
 
+def server_env(tmp: str, port: int, database_url: str) -> dict[str, str]:
+    """The environment of a benchmarked ``fhirgate serve``: its own var dir, key and database."""
+    return dict(
+        os.environ,
+        FHIRGATE_PUBLIC_URL=f"http://127.0.0.1:{port}",
+        FHIRGATE_VAR_DIR=f"{tmp}/var",
+        FHIRGATE_SECRET_KEY=secrets.token_hex(16),
+        FHIRGATE_DATABASE_URL=database_url,
+    )
+
+
 def run(args: argparse.Namespace) -> Result:
     with (
         tempfile.TemporaryDirectory(prefix="fhirgate-bench-") as tmp,
         fresh_database(args.database_url, tmp) as database_url,
     ):
         port = free_port()
-        env = dict(
-            os.environ,
-            FHIRGATE_PUBLIC_URL=f"http://127.0.0.1:{port}",
-            FHIRGATE_VAR_DIR=f"{tmp}/var",
-            FHIRGATE_SECRET_KEY=secrets.token_hex(16),
-            FHIRGATE_DATABASE_URL=database_url,
-        )
+        env = server_env(tmp, port, database_url)
         if args.redis_url:
             env["FHIRGATE_REDIS_URL"] = args.redis_url
         env["FHIRGATE_USER_MANAGEMENT_RATE_LIMIT"] = "0"

@@ -26,14 +26,12 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
 
-from fhirgate.oauth.client_auth import SecretCredentials
-from fhirgate.oauth.delegation import APPLICATION_METHODS, Delegation, UserInactive
+from fhirgate.oauth.delegation import Delegation, UserInactive, authenticate_application
 from fhirgate.oauth.errors import InvalidRequest, OAuthError, TooManyAttempts
 from fhirgate.oauth.scopes import ScopeError
 from fhirgate.oauth.server import parse_form
 from fhirgate.services import Services
 from fhirgate.storage.app_users import AppUser
-from fhirgate.storage.models import AuthMethod
 from fhirgate.storage.repos import Client, Conflict, NotFound
 from fhirgate.web.token import source_address
 
@@ -101,11 +99,8 @@ async def _application(request: Request, params: dict[str, str]) -> tuple[Servic
     try:
         if client_id is None or secret is None:
             raise InvalidRequest("client_id and client_secret are required")
-        client = await services.authenticator.authenticate(
-            SecretCredentials(client_id, secret, AuthMethod.CLIENT_SECRET_POST),
-            None,
-            source_address(request.scope),
-            also=APPLICATION_METHODS,
+        client = await authenticate_application(
+            services.authenticator, client_id, secret, source_address(request.scope)
         )
     except TooManyAttempts as error:
         raise UserManagementError(429, error.description, _retry(error.retry_after)) from error

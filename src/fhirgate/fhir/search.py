@@ -39,7 +39,14 @@ from fhirgate.storage.models import (
     FhirTokenIndexRow,
 )
 
-__all__ = ["DEFAULT_COUNT", "MAX_COUNT", "SearchRequest", "parse_search", "restricted_to"]
+__all__ = [
+    "DEFAULT_COUNT",
+    "MAX_COUNT",
+    "SearchRequest",
+    "page_number",
+    "parse_search",
+    "restricted_to",
+]
 
 DEFAULT_COUNT = 50
 MAX_COUNT = 500
@@ -189,7 +196,8 @@ def _condition(resource_type: str, name: str, value: str, lenient: bool) -> Any:
     return or_(*(build(param, modifier or None, item) for item in values))
 
 
-def _int(name: str, value: str, top: int) -> int:
+def page_number(name: str, value: str, top: int) -> int:
+    """A ``_count`` or ``_offset`` value: a whole number, capped at ``top``."""
     if not value.isdigit() or len(value) > 9:
         raise Invalid(f"{name} must be a whole number")
     return min(int(value), top)
@@ -224,9 +232,9 @@ def _sort_key(resource_type: str, key: str) -> Any:
 
 def _control(request: SearchRequest, name: str, value: str, resource_type: str) -> None:
     if name == "_count":
-        request.count = _int(name, value, MAX_COUNT)
+        request.count = page_number(name, value, MAX_COUNT)
     elif name == "_offset":
-        request.offset = _int(name, value, 10**9)
+        request.offset = page_number(name, value, 10**9)
     elif name == "_total":
         if value not in ("none", "estimate", "accurate"):
             raise Invalid("_total must be none, estimate or accurate")

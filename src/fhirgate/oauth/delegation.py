@@ -19,6 +19,7 @@ import time
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from fhirgate.oauth.client_auth import ClientAuthenticator, SecretCredentials
 from fhirgate.oauth.errors import InsufficientScope, InvalidGrant, InvalidRequest, InvalidScope
 from fhirgate.oauth.id_tokens import IdTokenIssuer
 from fhirgate.oauth.scopes import ScopeError, ScopeSet, narrow, parse_scopes
@@ -29,7 +30,14 @@ from fhirgate.storage.opaque_tokens import OpaqueTokenRepo
 from fhirgate.storage.repos import Client
 from fhirgate.storage.user_grants import GrantRepo, Redemption
 
-__all__ = ["ALL_USERS", "APPLICATION_METHODS", "DEFAULT_USER_SCOPE", "Delegation", "UserInactive"]
+__all__ = [
+    "ALL_USERS",
+    "APPLICATION_METHODS",
+    "DEFAULT_USER_SCOPE",
+    "Delegation",
+    "UserInactive",
+    "authenticate_application",
+]
 
 DEFAULT_USER_SCOPE = "user/*.*"
 #: Scopes about the user's identity and session, never about data (SMART App Launch
@@ -55,6 +63,15 @@ def _user_scopes(client: Client) -> ScopeSet:
             "this application may not act for its users (no user scopes)", check="no_user_scopes"
         )
     return parse_scopes(" ".join(kept))
+
+
+async def authenticate_application(
+    authenticator: ClientAuthenticator, client_id: str, secret: str, source: str
+) -> Client:
+    """An application by its ``client_id`` and ``client_secret`` as 1upHealth sends them
+    (headers, form or query), checked, throttled and audited like any client secret."""
+    presented = SecretCredentials(client_id, secret, AuthMethod.CLIENT_SECRET_POST)
+    return await authenticator.authenticate(presented, None, source, also=APPLICATION_METHODS)
 
 
 class UserInactive(ValueError):

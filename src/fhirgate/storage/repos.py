@@ -135,6 +135,13 @@ def _client(row: Row[Any]) -> Client:
     )
 
 
+def _environments() -> Any:
+    """Environments with their organization, as :class:`Environment` rows."""
+    return select(
+        EnvironmentRow.id, EnvironmentRow.kind, OrganizationRow.id, OrganizationRow.slug
+    ).join(OrganizationRow, OrganizationRow.id == EnvironmentRow.organization_id)
+
+
 class OrganizationRepo:
     """Organizations and their three environments (development, staging, production)."""
 
@@ -174,11 +181,7 @@ class OrganizationRepo:
         """The environment ``kind`` of the organization ``slug``."""
         if kind not in {k.value for k in EnvironmentKind}:
             raise NotFound(f"unknown environment {kind!r} (development, staging or production)")
-        stmt = (
-            select(EnvironmentRow.id, EnvironmentRow.kind, OrganizationRow.id, OrganizationRow.slug)
-            .join(OrganizationRow, OrganizationRow.id == EnvironmentRow.organization_id)
-            .where(OrganizationRow.slug == slug, EnvironmentRow.kind == kind)
-        )
+        stmt = _environments().where(OrganizationRow.slug == slug, EnvironmentRow.kind == kind)
         async with self._engine.connect() as conn:
             row = (await conn.execute(stmt)).first()
         if row is None:
@@ -193,10 +196,8 @@ class OrganizationRepo:
         known = self._environments.get(key)
         if known is not None:
             return known
-        stmt = (
-            select(EnvironmentRow.id, EnvironmentRow.kind, OrganizationRow.id, OrganizationRow.slug)
-            .join(OrganizationRow, OrganizationRow.id == EnvironmentRow.organization_id)
-            .where(OrganizationRow.id == organization_id, EnvironmentRow.kind == kind)
+        stmt = _environments().where(
+            OrganizationRow.id == organization_id, EnvironmentRow.kind == kind
         )
         async with self._engine.connect() as conn:
             row = (await conn.execute(stmt)).first()

@@ -36,7 +36,13 @@ from fhirgate.fhir.errors import (
     UnsupportedMediaType,
 )
 from fhirgate.fhir.interactions import Interactions, checked
-from fhirgate.fhir.search import DEFAULT_COUNT, MAX_COUNT, parse_search, restricted_to
+from fhirgate.fhir.search import (
+    DEFAULT_COUNT,
+    MAX_COUNT,
+    page_number,
+    parse_search,
+    restricted_to,
+)
 from fhirgate.fhir.store import Partition, ResourceStore, StoredResource, fhir_instant
 from fhirgate.fhir.versions import VERSIONS, FhirVersion
 from fhirgate.oauth.tokens import Principal
@@ -275,8 +281,8 @@ def _operation_routes(router: APIRouter) -> None:
         if patient is None or patient.content is None:
             raise NotFound(f"Patient/{resource_id} is not known")
         params = dict(request.query_params)
-        count = _page_number(params.get("_count", str(DEFAULT_COUNT)), MAX_COUNT)
-        offset = _page_number(params.get("_offset", "0"), 10**9)
+        count = page_number("_count", params.get("_count", str(DEFAULT_COUNT)), MAX_COUNT)
+        offset = page_number("_offset", params.get("_offset", "0"), 10**9)
         page, more = await store.compartment(access.partition, resource_id, offset, count)
         base = _base(request)
         url = f"{base}/Patient/{resource_id}/$everything"
@@ -294,12 +300,6 @@ def _operation_routes(router: APIRouter) -> None:
         bundle = {"resourceType": "Bundle", "type": "searchset", "link": links, "entry": entries}
         _audited_ids(request, [f"{item.resource_type}/{item.resource_id}" for item in members])
         return fhir_response(bundle)
-
-
-def _page_number(value: str, top: int) -> int:
-    if not value.isdigit() or len(value) > 9:
-        raise Invalid("_count and _offset must be whole numbers")
-    return min(int(value), top)
 
 
 def _routes(router: APIRouter) -> None:

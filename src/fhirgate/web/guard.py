@@ -23,8 +23,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from starlette.responses import JSONResponse, Response
 
-from fhirgate.oauth.client_auth import SecretCredentials
-from fhirgate.oauth.delegation import APPLICATION_METHODS
+from fhirgate.oauth.delegation import authenticate_application
 from fhirgate.oauth.errors import (
     InsufficientScope,
     InvalidRequest,
@@ -34,7 +33,6 @@ from fhirgate.oauth.errors import (
 )
 from fhirgate.oauth.tokens import Principal
 from fhirgate.services import Services
-from fhirgate.storage.models import AuthMethod
 from fhirgate.web.token import source_address
 
 __all__ = [
@@ -135,11 +133,8 @@ async def _header_principal(request: Request, services: Services) -> Principal:
             raise InvalidRequest(
                 "the client_id and client_secret headers go together", check="header_credentials"
             )
-        client = await services.authenticator.authenticate(
-            SecretCredentials(client_id, secret, AuthMethod.CLIENT_SECRET_POST),
-            None,
-            source_address(request.scope),
-            also=APPLICATION_METHODS,
+        client = await authenticate_application(
+            services.authenticator, client_id, secret, source_address(request.scope)
         )
         return await services.delegation.header_principal(
             client, headers.get("x-oneup-user-id"), headers.get("x-app-user-id"), request.method
