@@ -7,6 +7,8 @@ microseconds per grant, optionally under cProfile (top functions by cumulative t
     python -m bench.profile_token --alg RS384 --requests 5000 [--cprofile 25]
     python -m bench.profile_token --mode client_secret_basic --requests 20000
     python -m bench.profile_token --mode introspect --requests 20000
+    python -m bench.profile_token --mode fhir-read --requests 5000 [--cprofile 40]
+    python -m bench.profile_token --mode fhir-search --requests 2000
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import orjson
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
@@ -37,6 +40,7 @@ BASE = "http://127.0.0.1:8000"
 
 
 def scope_for(body: bytes, path: str, authorization: str) -> dict[str, Any]:
+    path, _, query = path.partition("?")
     headers = [
         (b"host", b"127.0.0.1:8000"),
         (b"content-type", b"application/x-www-form-urlencoded"),
@@ -48,11 +52,11 @@ def scope_for(body: bytes, path: str, authorization: str) -> dict[str, Any]:
         "type": "http",
         "asgi": {"version": "3.0"},
         "http_version": "1.1",
-        "method": "POST",
+        "method": "POST" if body else "GET",
         "scheme": "http",
         "path": path,
         "raw_path": path.encode(),
-        "query_string": b"",
+        "query_string": query.encode(),
         "root_path": "",
         "headers": headers,
         "client": ("127.0.0.1", 50000),
@@ -100,6 +104,64 @@ async def jwt_bodies(services: Any, args: argparse.Namespace) -> list[bytes]:
     return [form_body(a, "system/*.rs") for a in assertions]
 
 
+async def fhir_requests(app: Any, mode: str) -> tuple[str, str]:
+    """A system client's bearer token and the path of a read (or a patient-scoped search) of
+    resources stored through the FHIR store."""
+    services = app.state.services
+    client = await services.clients.create(
+        environment=await services.organizations.default_environment(),
+        name="profile",
+        auth_method=AuthMethod.CLIENT_SECRET_BASIC,
+        scope="system/*.cruds",
+        secret_hash=services.hasher.hash(SecretHasher.generate()),
+    )
+    issued = services.tokens.issue(client, "system/*.cruds")
+    token = f"Bearer {issued.access_token}"
+    path = ""
+    for number in range(200):
+        patient = {"resourceType": "Patient", "name": [{"family": f"Family{number}"}]}
+        status, answer = await call_json(app, "/fhir/R4/Patient", patient, token)
+        assert status == 201, answer
+        for month in range(1, 10):
+            observation = {
+                "resourceType": "Observation",
+                "status": "final",
+                "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+                "subject": {"reference": f"Patient/{answer['id']}"},
+                "effectiveDateTime": f"2024-{month:02d}-01",
+            }
+            assert (await call_json(app, "/fhir/R4/Observation", observation, token))[0] == 201
+        if mode == "fhir-read":
+            path = f"/fhir/R4/Patient/{answer['id']}"
+        else:
+            path = f"/fhir/R4/Observation?patient={answer['id']}"
+    return path, token
+
+
+async def call_json(
+    app: Any, path: str, document: dict[str, Any], authorization: str
+) -> tuple[int, Any]:
+    """A FHIR create through the ASGI app."""
+    body = orjson.dumps(document)
+    scope = scope_for(body, path, authorization)
+    scope["headers"][1] = (b"content-type", b"application/fhir+json")
+    answer: list[bytes] = []
+    status = 0
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+        elif message["type"] == "http.response.body":
+            answer.append(message.get("body", b""))
+
+    await app(scope, receive, send)
+    return status, orjson.loads(b"".join(answer))
+
+
 async def run(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="fhirgate-profile-") as tmp:
         settings = Settings(
@@ -115,6 +177,9 @@ async def run(args: argparse.Namespace) -> None:
             if args.mode == "private_key_jwt":
                 bodies = await jwt_bodies(services, args)
                 path, authorization = "/oauth2/token", ""
+            elif args.mode.startswith("fhir"):
+                path, authorization = await fhir_requests(app, args.mode)
+                bodies = [b""] * (args.requests + 200)
             else:
                 secret = SecretHasher.generate()
                 client = await services.clients.create(
@@ -150,7 +215,13 @@ def main() -> None:
     parser.add_argument(
         "--mode",
         default="private_key_jwt",
-        choices=["private_key_jwt", "client_secret_basic", "introspect"],
+        choices=[
+            "private_key_jwt",
+            "client_secret_basic",
+            "introspect",
+            "fhir-read",
+            "fhir-search",
+        ],
     )
     parser.add_argument("--alg", default="RS384", choices=["RS384", "ES384"])
     parser.add_argument("--requests", type=int, default=5000)
