@@ -34,9 +34,10 @@ from fhirgate.oauth.tokens import AccessTokenService
 from fhirgate.storage.app_users import AppUserRepo
 from fhirgate.storage.audit import AuditLog
 from fhirgate.storage.db import create_engine, sqlite_path
+from fhirgate.storage.direct import Statements, statements_for
 from fhirgate.storage.opaque_tokens import OpaqueTokenRepo
 from fhirgate.storage.repos import ClientRepo, OrganizationRepo
-from fhirgate.storage.sqlite_inline import InlineSqlite, refresh_statistics
+from fhirgate.storage.sqlite_inline import refresh_statistics
 from fhirgate.storage.ttl_sets import RedisTTLSet, SqliteTTLSet, SqlTTLSet, TTLSet
 from fhirgate.storage.user_grants import GrantRepo
 
@@ -75,6 +76,7 @@ class Services:
     delegation: Delegation
     user_management_quota: CallQuota
     fhir: dict[str, Interactions]
+    statements: Statements
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -107,8 +109,8 @@ class Services:
             user_ttl=settings.user_token_ttl,
         )
         hasher = SecretHasher(secret)
-        inline = InlineSqlite(sqlite_path(settings.database_url)) if settings.is_sqlite else None
-        audit = AuditLog(engine, derive_key(secret, b"fhirgate audit chain"), inline)
+        statements = statements_for(engine)
+        audit = AuditLog(engine, derive_key(secret, b"fhirgate audit chain"), statements)
         authenticator = ClientAuthenticator(
             PrivateKeyJWTAuthenticator(directory, jwks, used_jti),
             SecretAuthenticator(directory, hasher),
@@ -159,7 +161,8 @@ class Services:
             TokenInspector(tokens, opaque, grants, settings.issuer),
             delegation,
             CallQuota(settings.user_management_rate_limit, 3600, redis, "fhirgate:um:"),
-            {v.name: Interactions(ResourceStore(engine, v.name), v) for v in VERSIONS},
+            {v.name: Interactions(ResourceStore(engine, v.name, statements), v) for v in VERSIONS},
+            statements,
         )
 
     def background_jobs(self) -> list[tuple[float, Callable[[], Awaitable[object]]]]:
@@ -193,8 +196,8 @@ class Services:
             log.exception("could not write or seal the last audit events")
         self.used_jti.close()
         self.revoked.close()
-        self.audit.close()
         await self.delegation.grants.aclose()
+        await self.statements.aclose()
         await self.jwks.aclose()
         if self.redis is not None:
             await self.redis.aclose()

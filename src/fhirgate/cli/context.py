@@ -16,6 +16,7 @@ from fhirgate.oauth.client_auth import SecretHasher
 from fhirgate.oauth.keys import server_secret
 from fhirgate.storage.audit import AuditLog
 from fhirgate.storage.db import create_engine, upgrade
+from fhirgate.storage.direct import statements_for
 from fhirgate.storage.repos import ClientRepo, Conflict, NotFound, OrganizationRepo
 
 __all__ = ["Storage", "emit", "load_settings", "run_storage"]
@@ -32,6 +33,7 @@ class Storage:
         self.organizations = OrganizationRepo(self.engine)
         self.clients = ClientRepo(self.engine)
         self.audit = AuditLog(self.engine)
+        self.statements = statements_for(self.engine)
 
     def hasher(self) -> SecretHasher:
         """The client-secret hasher under the server secret (the same on every replica)."""
@@ -57,6 +59,7 @@ def run_storage(job: Callable[[Storage], Awaitable[_T]]) -> _T:
         try:
             return await job(storage)
         finally:
+            await storage.statements.aclose()
             await storage.engine.dispose()
 
     try:

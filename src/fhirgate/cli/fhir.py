@@ -31,7 +31,7 @@ class _Loader:
     """Writes sample patients into partitions, reporting progress on stderr."""
 
     def __init__(self, storage: Storage, total: int) -> None:
-        self.store = ResourceStore(storage.engine, "R4")
+        self.store = ResourceStore(storage.engine, "R4", storage.statements)
         self.total = total
         self.done = 0
         self.resources = 0

@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from fhirgate.fhir.errors import Forbidden, PreconditionFailed
 from fhirgate.fhir.indexing import index
 from fhirgate.fhir.search import SearchRequest
+from fhirgate.storage.direct import Statements, as_datetime, as_json
 from fhirgate.storage.models import (
     FhirDateIndexRow,
     FhirPermissionRow,
@@ -70,6 +71,21 @@ class Partition:
         )
         return or_(owned, and_(mine, shared))
 
+    def visible_sql(self) -> tuple[str, dict[str, Any]]:
+        """:meth:`visible` (for reading) as SQL text over ``fhir_resources`` and its
+        parameters, for the single statements of :mod:`fhirgate.storage.direct`."""
+        if self.application_id is None:
+            return "", {}
+        mine = " AND application_id = :application_id"
+        if self.user_id is None:
+            return mine, {"application_id": self.application_id}
+        owned_or_shared = (
+            " AND (owner_user_id = :user_id OR EXISTS (SELECT 1 FROM fhir_permissions p"
+            " WHERE p.row_id = fhir_resources.row_id AND p.oneup_user_id = :user_id))"
+        )
+        params = {"application_id": self.application_id, "user_id": self.user_id}
+        return mine + owned_or_shared, params
+
 
 @dataclass(frozen=True, slots=True)
 class StoredResource:
@@ -82,13 +98,9 @@ class StoredResource:
     content: dict[str, Any] | None
 
 
-def _as_utc(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
 def fhir_instant(value: datetime) -> str:
     """An ``instant`` (FHIR R4 §2.24.0.1): UTC, milliseconds, ``Z``."""
-    return _as_utc(value).astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return as_datetime(value).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _with_meta(
@@ -111,23 +123,31 @@ _CURRENT = (
 )
 
 
+_READ = (
+    "SELECT row_id, resource_type, resource_id, version_id, last_updated, deleted, content"
+    " FROM fhir_resources WHERE environment_id = :environment_id"
+    " AND fhir_version = :fhir_version AND resource_type = :resource_type"
+    " AND resource_id = :resource_id"
+)
+
+
 def _resource(
     row_id: int,
     resource_type: str,
     resource_id: str,
     version_id: int,
-    last_updated: datetime,
+    last_updated: datetime | str,
     deleted: bool,
-    content: dict[str, Any] | None,
+    content: dict[str, Any] | str | None,
 ) -> StoredResource:
     return StoredResource(
         int(row_id),
         resource_type,
         resource_id,
         int(version_id),
-        _as_utc(last_updated),
+        as_datetime(last_updated),
         bool(deleted),
-        None if deleted else content,
+        None if deleted else as_json(content),
     )
 
 
@@ -168,9 +188,10 @@ async def _reindex(
 class ResourceStore:
     """Resources of one FHIR version (``R4``, ``STU3``, ``DSTU2``)."""
 
-    def __init__(self, engine: AsyncEngine, fhir_version: str) -> None:
+    def __init__(self, engine: AsyncEngine, fhir_version: str, statements: Statements) -> None:
         self._engine = engine
         self.fhir_version = fhir_version
+        self._statements = statements
 
     @contextlib.asynccontextmanager
     async def _using(
@@ -214,12 +235,14 @@ class ResourceStore:
         *,
         conn: AsyncConnection | None = None,
     ) -> StoredResource | None:
-        """The current version (possibly a deletion) if the partition may see it."""
-        stmt = select(*_CURRENT).where(
-            self._key(partition, resource_type, resource_id), partition.visible()
-        )
-        async with self._using(conn, write=False) as conn:
-            row = (await conn.execute(stmt)).first()
+        """The current version (possibly a deletion) if the partition may see it: one
+        statement (:mod:`fhirgate.storage.direct`), the hottest path of the API."""
+        visible, params = partition.visible_sql()
+        params["environment_id"] = partition.environment_id
+        params["fhir_version"] = self.fhir_version
+        params["resource_type"] = resource_type
+        params["resource_id"] = resource_id
+        row = await self._statements.fetchrow(_READ + visible, params, conn)
         return None if row is None else _resource(*row)
 
     async def matches(

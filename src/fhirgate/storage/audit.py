@@ -37,20 +37,18 @@ from typing import Any
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from fhirgate.storage.direct import Statements
 from fhirgate.storage.models import AuditChainRow, AuditEventRow
 from fhirgate.storage.repos import now
-from fhirgate.storage.sqlite_inline import InlineSqlite
 
 __all__ = ["AuditEvent", "AuditLog", "Verification"]
 
 SEAL_BATCH = 5000
-#: How SQLAlchemy stores a DateTime in SQLite (UTC here), for rows written inline.
-_SQLITE_DATETIME = "%Y-%m-%d %H:%M:%S.%f"
 _FHIR_COLUMNS = (
     "occurred_at", "event", "client_id", "source", "actor", "detail",
     "user_id", "resource_type", "resource_ids", "outcome", "request_id",
 )  # fmt: skip
-_INLINE_INSERT = (
+_FHIR_INSERT = (
     f"INSERT INTO audit_events ({', '.join(_FHIR_COLUMNS)}) "  # noqa: S608 (constant text)
     f"VALUES ({', '.join(':' + name for name in _FHIR_COLUMNS)})"
 )
@@ -130,11 +128,11 @@ class AuditLog:
     MAX_QUEUED = 10_000
 
     def __init__(
-        self, engine: AsyncEngine, chain_key: bytes = b"", inline: InlineSqlite | None = None
+        self, engine: AsyncEngine, chain_key: bytes = b"", statements: Statements | None = None
     ) -> None:
         self._engine = engine
         self._chain_key = chain_key
-        self._inline = inline
+        self._statements = statements
         self._queue: deque[dict[str, Any]] = deque()
         self._dropped = 0
 
@@ -219,16 +217,11 @@ class AuditLog:
             outcome=str(outcome),
             request_id=request_id,
         )
-        if self._inline is not None:  # SQLite: one autocommit insert, inline (microseconds)
-            row["occurred_at"] = row["occurred_at"].strftime(_SQLITE_DATETIME)
-            await self._inline.run(lambda db: db.execute(_INLINE_INSERT, row))
+        if self._statements is not None:  # one autocommit insert (inline on SQLite)
+            await self._statements.execute(_FHIR_INSERT, row)
             return
         async with self._engine.begin() as conn:
             await conn.execute(insert(AuditEventRow), [row])
-
-    def close(self) -> None:
-        if self._inline is not None:
-            self._inline.close()
 
     async def seal(self) -> int:
         """Chain the rows written since the last seal, oldest first; how many."""

@@ -19,7 +19,6 @@ A code or token that cannot be spent, or whose user or grant is no longer live, 
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, astuple, dataclass
@@ -29,6 +28,7 @@ from typing import Any, Protocol
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from fhirgate.storage.direct import PostgresStatements
 from fhirgate.storage.sqlite_inline import InlineSqlite
 
 __all__ = [
@@ -49,8 +49,6 @@ ASYNCPG_ERRORS: tuple[type[Exception], ...] = (
     asyncpg.InterfaceError,
     asyncpg.InternalClientError,
 )
-#: Of those, the ones after which a connection's state is unknown: it is closed, not reused.
-_BROKEN = (asyncpg.InterfaceError, asyncpg.InternalClientError, OSError)
 
 #: Every statement's parameters, in asyncpg's ``$n`` order.
 _PARAMETERS = ("client_id", "spent_hash", "new_hash", "now", "ttl", "grant_id", "family_ttl")
@@ -160,51 +158,23 @@ class GrantStore(Protocol):
 
 
 class PostgresGrantStore:
-    """One autocommit statement per operation on an asyncpg pool of its own (no pre-ping, no
-    ``BEGIN``/``COMMIT`` round trips, no reset query)."""
+    """One autocommit statement per operation on an asyncpg pool of its own
+    (:class:`~fhirgate.storage.direct.PostgresStatements`)."""
 
-    def __init__(self, url: str, max_size: int = 10) -> None:
-        self._url = url
-        self._max_size = max_size
-        self._pool: asyncpg.Pool | None = None
-        self._opening = asyncio.Lock()
-
-    async def _connections(self) -> asyncpg.Pool:
-        async with self._opening:
-            if self._pool is None:
-                self._pool = await asyncpg.create_pool(
-                    self._url, min_size=1, max_size=self._max_size, reset=_keep_session
-                )
-        return self._pool
-
-    async def _fetch(self, statement: str, params: tuple[Any, ...]) -> Issued | None:
-        pool = self._pool or await self._connections()
-        async with pool.acquire() as connection:
-            try:
-                row: Issued | None = await connection.fetchrow(statement, *params)
-            except _BROKEN:
-                connection.terminate()  # the pool opens a new one next time
-                raise
-        return row
+    def __init__(self, url: str) -> None:
+        self._db = PostgresStatements(url)
 
     async def redeem(self, spend: Spend) -> Issued | None:
-        return await self._fetch(_PG_REDEEM, astuple(spend))
+        return await self._db.fetchrow_args(_PG_REDEEM, astuple(spend))
 
     async def renew(self, spend: Spend) -> Issued | None:
-        return await self._fetch(_PG_RENEW, astuple(spend)[:5])  # it uses the first five
+        return await self._db.fetchrow_args(_PG_RENEW, astuple(spend)[:5])  # it uses five
 
     async def live(self, grant_id: str, now: int) -> Issued | None:
-        return await self._fetch(_PG_LIVE, (now, grant_id))
+        return await self._db.fetchrow_args(_PG_LIVE, (now, grant_id))
 
     async def aclose(self) -> None:
-        if self._pool is not None:
-            await self._pool.close()
-
-
-async def _keep_session(_connection: asyncpg.Connection) -> None:
-    """Return a connection to the pool as it is: the store runs single statements that change
-    no session state, so asyncpg's default reset (a ``RESET ALL; UNLISTEN *; …`` round trip per
-    use) is pure cost."""
+        await self._db.aclose()
 
 
 Steps = Callable[[sqlite3.Connection, dict[str, Any]], Issued | None]

@@ -1,0 +1,188 @@
+"""Single SQL statements on the hot paths, without SQLAlchemy's expression and result layers.
+
+A FHIR read and its audit row are one statement each; built, compiled and run through
+SQLAlchemy and a driver adapter they cost ten times what the database does (docs/benchmarks.md).
+Here they are constant SQL text with ``:name`` parameters, run
+
+* on SQLite inline on the event loop on a ``sqlite3`` connection of their own, never waiting
+  there for the write lock (:class:`~fhirgate.storage.sqlite_inline.InlineSqlite`);
+* on PostgreSQL as one autocommit statement on a small asyncpg pool (no pre-ping, no
+  ``BEGIN``/``COMMIT``, no reset query), with the text turned into asyncpg's ``$n`` form once;
+* inside a caller's SQLAlchemy transaction (a transaction Bundle) through that connection, so
+  the statement sees the transaction's own writes.
+
+Values cross as the database stores them: on SQLite a ``datetime`` parameter becomes
+SQLAlchemy's text form, and :func:`as_datetime` and :func:`as_json` read results of every path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import asyncpg
+import orjson
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from fhirgate.storage.sqlite_inline import InlineSqlite
+
+__all__ = [
+    "BROKEN_CONNECTION",
+    "PostgresStatements",
+    "SqliteStatements",
+    "Statements",
+    "as_datetime",
+    "as_json",
+    "statements_for",
+]
+
+#: What asyncpg raises when a connection's state is unknown: it is closed, not reused.
+BROKEN_CONNECTION = (asyncpg.InterfaceError, asyncpg.InternalClientError, OSError)
+#: How SQLAlchemy stores a DateTime in SQLite (UTC here).
+SQLITE_DATETIME = "%Y-%m-%d %H:%M:%S.%f"
+_NAMED = re.compile(r"(?<![:\w]):([a-z_][a-z0-9_]*)")
+
+Row = Sequence[Any]
+
+
+class Statements(Protocol):
+    """One statement at a time, on the backend's fastest path (or in ``conn``'s transaction)."""
+
+    async def fetchrow(
+        self, sql: str, params: Mapping[str, Any], conn: AsyncConnection | None = None
+    ) -> Row | None: ...
+
+    async def execute(
+        self, sql: str, params: Mapping[str, Any], conn: AsyncConnection | None = None
+    ) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+async def _in_transaction(conn: AsyncConnection, sql: str, params: Mapping[str, Any]) -> Any:
+    return await conn.execute(text(sql), dict(params))
+
+
+def as_datetime(value: datetime | str) -> datetime:
+    """A stored instant, aware and in UTC (SQLite hands back SQLAlchemy's text form)."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def as_json(value: Any) -> Any:
+    """A stored JSON document (text from the drivers, already decoded through SQLAlchemy)."""
+    return orjson.loads(value) if isinstance(value, (str, bytes)) else value
+
+
+def _sqlite_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).strftime(SQLITE_DATETIME)
+    return value
+
+
+class SqliteStatements:
+    """Inline on the event loop; in a thread only while another connection writes."""
+
+    def __init__(self, path: str | Path) -> None:
+        self._db = InlineSqlite(path)
+
+    async def fetchrow(
+        self, sql: str, params: Mapping[str, Any], conn: AsyncConnection | None = None
+    ) -> Row | None:
+        if conn is not None:
+            return (await _in_transaction(conn, sql, params)).first()  # type: ignore[no-any-return]
+        named = {name: _sqlite_value(value) for name, value in params.items()}
+        row: Row | None = await self._db.run(lambda db: db.execute(sql, named).fetchone())
+        return row
+
+    async def execute(
+        self, sql: str, params: Mapping[str, Any], conn: AsyncConnection | None = None
+    ) -> None:
+        if conn is not None:
+            await _in_transaction(conn, sql, params)
+            return
+        named = {name: _sqlite_value(value) for name, value in params.items()}
+        await self._db.run(lambda db: db.execute(sql, named))
+
+    async def aclose(self) -> None:
+        self._db.close()
+
+
+class PostgresStatements:
+    """One autocommit statement per call on an asyncpg pool of its own."""
+
+    def __init__(self, url: str, max_size: int = 10) -> None:
+        self._url = url
+        self._max_size = max_size
+        self._pool: asyncpg.Pool | None = None
+        self._opening = asyncio.Lock()
+        self._positional: dict[str, tuple[str, tuple[str, ...]]] = {}
+
+    async def _connections(self) -> asyncpg.Pool:
+        async with self._opening:
+            if self._pool is None:
+                self._pool = await asyncpg.create_pool(
+                    self._url, min_size=1, max_size=self._max_size, reset=_keep_session
+                )
+        return self._pool
+
+    def _as_positional(self, sql: str) -> tuple[str, tuple[str, ...]]:
+        """``:name`` parameters as ``$n``, and the names in that order (cached per text)."""
+        known = self._positional.get(sql)
+        if known is None:
+            names: list[str] = []
+
+            def number(match: re.Match[str]) -> str:
+                if match.group(1) not in names:
+                    names.append(match.group(1))
+                return f"${names.index(match.group(1)) + 1}"
+
+            known = self._positional[sql] = (_NAMED.sub(number, sql), tuple(names))
+        return known
+
+    async def fetchrow_args(self, sql: str, args: Sequence[Any]) -> asyncpg.Record | None:
+        """``sql`` already in asyncpg's ``$n`` form, with its arguments in order."""
+        pool = self._pool or await self._connections()
+        async with pool.acquire() as connection:
+            try:
+                return await connection.fetchrow(sql, *args)
+            except BROKEN_CONNECTION:
+                connection.terminate()  # the pool opens a new one next time
+                raise
+
+    async def fetchrow(
+        self, sql: str, params: Mapping[str, Any], conn: AsyncConnection | None = None
+    ) -> Row | None:
+        if conn is not None:
+            return (await _in_transaction(conn, sql, params)).first()  # type: ignore[no-any-return]
+        positional, names = self._as_positional(sql)
+        return await self.fetchrow_args(positional, [params[name] for name in names])
+
+    async def execute(
+        self, sql: str, params: Mapping[str, Any], conn: AsyncConnection | None = None
+    ) -> None:
+        await self.fetchrow(sql, params, conn)
+
+    async def aclose(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+
+
+async def _keep_session(_connection: asyncpg.Connection) -> None:
+    """Return a connection to the pool as it is: only single statements that change no session
+    state run here, so asyncpg's default reset (a ``RESET ALL; UNLISTEN *; …`` round trip per
+    use) is pure cost."""
+
+
+def statements_for(engine: AsyncEngine) -> SqliteStatements | PostgresStatements:
+    """The statements runner for ``engine``'s database (a path for SQLite, a URL for asyncpg)."""
+    if engine.dialect.name == "sqlite":
+        return SqliteStatements(str(engine.url.database))
+    url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    return PostgresStatements(url)
