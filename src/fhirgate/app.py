@@ -18,7 +18,6 @@ from fhirgate.config import Settings
 from fhirgate.dialects import oneup, redox_legacy
 from fhirgate.dialects.pattern import PATTERN
 from fhirgate.dialects.redox import REDOX
-from fhirgate.fhir.errors import FhirError
 from fhirgate.logs import lean_records
 from fhirgate.services import Services
 from fhirgate.web import discovery, fhir
@@ -91,18 +90,24 @@ def _whoami_routes(app: FastAPI) -> None:
 
 class FhirgateApp(FastAPI):
     """FastAPI, except that a ``POST`` to a token, introspection or revocation URL goes
-    straight to its raw ASGI endpoint.
+    straight to its raw ASGI endpoint, and every request under a FHIR base to the FHIR API
+    (:class:`~fhirgate.web.fhir.FhirApi`).
 
     Those are the hot paths (docs/benchmarks.md): skipping FastAPI's middleware stack there
-    saves a measurable share of each request. Other methods on those paths still go through the
-    router, which answers 405.
+    saves a measurable share of each request. Other methods on the token paths still go through
+    the router, which answers 405.
     """
 
     token_endpoints: dict[str, ASGIApp]
+    fhir: fhir.FhirApi
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            endpoint = self.token_endpoints.get(scope["path"])
+        if scope["type"] == "http":
+            path, endpoint = scope["path"], None
+            if scope["method"] == "POST":
+                endpoint = self.token_endpoints.get(path)
+            if endpoint is None and self.fhir.base_of(path) is not None:
+                endpoint = self.fhir
             if endpoint is not None:
                 scope["app"] = self
                 await endpoint(scope, receive, send)
@@ -129,9 +134,7 @@ def create_app(settings: Settings | None = None) -> FhirgateApp:
         app.router.routes.append(Route(path, endpoint, methods=["POST"]))
     app.include_router(discovery.router)
     app.include_router(oneup.router)
-    for router in fhir.routers():
-        app.include_router(router)
-    app.add_exception_handler(FhirError, fhir.fhir_error_response)
+    app.fhir = fhir.FhirApi(settings.request_body_limit)
     app.add_exception_handler(oneup.UserManagementError, oneup.error_response)
     if settings.legacy_api_keys:
         app.include_router(redox_legacy.router)

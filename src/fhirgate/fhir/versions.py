@@ -33,7 +33,7 @@ R4 = FhirVersion(
     R4_RESOURCE_TYPES,
     "R4B",
     "CapabilityStatement",
-    ("/fhir/R4", "/r4", "/fhir/R4/{organization:slug}/{environment:environment}"),
+    ("/fhir/R4", "/r4", "/fhir/R4/{organization}/{environment}"),
 )
 STU3 = FhirVersion("STU3", "3.0.2", STU3_RESOURCE_TYPES, "STU3", "CapabilityStatement", ("/stu3",))
 DSTU2 = FhirVersion("DSTU2", "1.0.2", DSTU2_RESOURCE_TYPES, None, "Conformance", ("/dstu2",))

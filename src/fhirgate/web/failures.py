@@ -30,7 +30,9 @@ __all__ = [
     "BodyLimitMiddleware",
     "BodyTooLarge",
     "http_error",
+    "is_fhir",
     "read_body",
+    "replaying",
     "storage_unavailable",
     "too_large",
     "unexpected_error",
@@ -123,16 +125,22 @@ class BodyLimitMiddleware:
         except BodyTooLarge:
             await too_large(scope.get("path", ""))(scope, receive, send)
             return
-        delivered = False
+        await self.app(scope, replaying(body, receive), send)
 
-        async def replay() -> Message:
-            nonlocal delivered
-            if delivered:
-                return await receive()  # after the body: disconnects
-            delivered = True
-            return {"type": "http.request", "body": body, "more_body": False}
 
-        await self.app(scope, replay, send)
+def replaying(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that delivers the body already read, then what ``receive`` says next
+    (a disconnect)."""
+    delivered = False
+
+    async def replay() -> Message:
+        nonlocal delivered
+        if delivered:
+            return await receive()
+        delivered = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
 
 
 async def storage_unavailable(request: Request, exc: Exception) -> Response:

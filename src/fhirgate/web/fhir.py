@@ -7,22 +7,27 @@ Every request is authorized before the store is touched (:mod:`fhirgate.fhir.acc
 store only ever sees the caller's partition (:mod:`fhirgate.fhir.store`), so another user's or
 organization's resource answers exactly like a missing one. Every error, authentication
 failures included, is an OperationOutcome (``application/fhir+json``).
+
+The API is one plain ASGI app (:class:`FhirApi`) with a router shaped like FHIR's URL grammar
+(``[base]/[type]/[id]/_history/[vid]`` …): a read is the hottest request a FHIR server answers,
+and FastAPI's route list and dependency solver cost more than the read itself
+(docs/benchmarks.md). The CapabilityStatement, not the OpenAPI schema, describes it.
 """
 
 from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from email.utils import format_datetime
-from typing import Annotated, Any
+from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 import orjson
-from fastapi import APIRouter, Depends, Request
-from fastapi.routing import APIRoute
-from starlette.convertors import Convertor, register_url_convertor
+from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from fhirgate.fhir.access import Access, InsufficientScope
 from fhirgate.fhir.bundles import BundleProcessor
@@ -48,11 +53,21 @@ from fhirgate.fhir.versions import VERSIONS, FhirVersion
 from fhirgate.oauth.tokens import Principal
 from fhirgate.services import Services
 from fhirgate.web.discovery import smart_configuration
-from fhirgate.web.failures import STORAGE_ERRORS, storage_unavailable, unexpected_error
+from fhirgate.web.failures import (
+    STORAGE_ERRORS,
+    BodyTooLarge,
+    error_response,
+    is_fhir,
+    read_body,
+    replaying,
+    storage_unavailable,
+    too_large,
+    unexpected_error,
+)
 from fhirgate.web.guard import BearerError, authenticate, bearer_error_parts
 from fhirgate.web.token import source_address
 
-__all__ = ["FHIR_JSON", "FhirAuthError", "fhir_error_response", "routers"]
+__all__ = ["FHIR_JSON", "FhirApi"]
 
 FHIR_JSON = "application/fhir+json; charset=utf-8"
 _ACCEPTED_BODIES = ("application/fhir+json", "application/json")
@@ -77,8 +92,7 @@ def fhir_response(
     return Response(orjson.dumps(body), status, headers, FHIR_JSON)
 
 
-def fhir_error_response(_request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, FhirError)
+def fhir_error_response(exc: FhirError) -> Response:
     headers = dict(getattr(exc, "headers", {}))
     if isinstance(exc, InsufficientScope):
         headers["WWW-Authenticate"] = (
@@ -87,16 +101,13 @@ def fhir_error_response(_request: Request, exc: Exception) -> Response:
     return fhir_response(exc.outcome(), exc.status_code, headers)
 
 
-async def _principal(request: Request) -> Principal:
+async def _access(request: Request) -> Access:
+    """Who is asking (the resource guard) and which partition of the store they reach."""
     try:
         principal = await authenticate(request)
     except BearerError as exc:
         raise FhirAuthError(exc) from exc
     request.state.principal = principal
-    return principal
-
-
-async def _access(request: Request, principal: Annotated[Principal, Depends(_principal)]) -> Access:
     services: Services = request.app.state.services
     environment = await services.organizations.environment_of(
         principal.organization_id, principal.environment
@@ -113,9 +124,6 @@ async def _access(request: Request, principal: Annotated[Principal, Depends(_pri
     else:
         partition = Partition(environment.id)
     return Access(principal, partition)
-
-
-CurrentAccess = Annotated[Access, Depends(_access)]
 
 
 def _interactions(request: Request) -> Interactions:
@@ -174,27 +182,23 @@ def _if_match(request: Request) -> int | None:
     return int(match.group(1))
 
 
-def _search_routes(router: APIRouter) -> None:
-    @router.get("/{resource_type}")
-    async def search(request: Request, access: CurrentAccess, resource_type: str) -> Response:
-        """Type search (FHIR R4 §3.1.1) by GET."""
-        return await _search(request, access, resource_type, request.query_params.multi_items())
+async def search(request: Request, access: Access, resource_type: str) -> Response:
+    """Type search (FHIR R4 §3.1.1) by GET."""
+    return await _search(request, access, resource_type, request.query_params.multi_items())
 
-    @router.post("/{resource_type}/_search")
-    async def search_by_post(
-        request: Request, access: CurrentAccess, resource_type: str
-    ) -> Response:
-        """Type search by ``POST [type]/_search`` with a form body (FHIR R4 §3.1.1.3.2);
-        query and body parameters combine."""
-        media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-        if media_type != "application/x-www-form-urlencoded":
-            raise UnsupportedMediaType("POST _search takes application/x-www-form-urlencoded")
-        try:
-            body = parse_qsl((await request.body()).decode(), strict_parsing=False)
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise Invalid("the body is not a valid form") from exc
-        pairs = [*request.query_params.multi_items(), *body]
-        return await _search(request, access, resource_type, pairs)
+
+async def search_by_post(request: Request, access: Access, resource_type: str) -> Response:
+    """Type search by ``POST [type]/_search`` with a form body (FHIR R4 §3.1.1.3.2);
+    query and body parameters combine."""
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media_type != "application/x-www-form-urlencoded":
+        raise UnsupportedMediaType("POST _search takes application/x-www-form-urlencoded")
+    try:
+        body = parse_qsl((await request.body()).decode(), strict_parsing=False)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise Invalid("the body is not a valid form") from exc
+    pairs = [*request.query_params.multi_items(), *body]
+    return await _search(request, access, resource_type, pairs)
 
 
 async def _search(
@@ -256,168 +260,156 @@ def _may_read(access: Access, resource_type: str) -> bool:
     return True
 
 
-def _bundle_routes(router: APIRouter) -> None:
-    @router.post("")
-    async def bundle(request: Request, access: CurrentAccess) -> Response:
-        """batch and transaction (FHIR R4 §3.1.0.11): a Bundle posted to the base."""
-        services: Services = request.app.state.services
-        processor = BundleProcessor(_interactions(request), services.engine)
-        answer = await processor.process(access, await _body(request), _base(request))
-        written = [item["fullUrl"] for item in answer["entry"] if "fullUrl" in item]
-        _audited_ids(request, [url.removeprefix(_base(request) + "/") for url in written])
-        return fhir_response(answer)
+async def bundle(request: Request, access: Access) -> Response:
+    """batch and transaction (FHIR R4 §3.1.0.11): a Bundle posted to the base."""
+    services: Services = request.app.state.services
+    processor = BundleProcessor(_interactions(request), services.engine)
+    answer = await processor.process(access, await _body(request), _base(request))
+    written = [item["fullUrl"] for item in answer["entry"] if "fullUrl" in item]
+    _audited_ids(request, [url.removeprefix(_base(request) + "/") for url in written])
+    return fhir_response(answer)
 
 
-def _operation_routes(router: APIRouter) -> None:
-    @router.get("/Patient/{resource_id}/$everything")
-    async def everything(request: Request, access: CurrentAccess, resource_id: str) -> Response:
-        """``Patient/{id}/$everything`` (FHIR R4 patient-operation-everything): the Patient and
-        every resource of its compartment the token may read, paged with ``_count`` and
-        ``_offset``."""
-        _check(request, "Patient", resource_id)
-        access.require("Patient", "read")
-        store = _store(request)
-        patient = await store.read(access.partition, "Patient", resource_id)
-        if patient is None or patient.content is None:
-            raise NotFound(f"Patient/{resource_id} is not known")
-        params = dict(request.query_params)
-        count = page_number("_count", params.get("_count", str(DEFAULT_COUNT)), MAX_COUNT)
-        offset = page_number("_offset", params.get("_offset", "0"), 10**9)
-        page, more = await store.compartment(access.partition, resource_id, offset, count)
-        base = _base(request)
-        url = f"{base}/Patient/{resource_id}/$everything"
-        links = [{"relation": "self", "url": f"{url}?_count={count}&_offset={offset}"}]
-        if more:
-            links.append(
-                {"relation": "next", "url": f"{url}?_count={count}&_offset={offset + count}"}
-            )
-        members = [patient] if offset == 0 else []
-        members += [item for item in page if _may_read(access, item.resource_type)]
-        entries = [
-            {"fullUrl": f"{base}/{item.resource_type}/{item.resource_id}", "resource": item.content}
-            for item in members
-        ]
-        bundle = {"resourceType": "Bundle", "type": "searchset", "link": links, "entry": entries}
-        _audited_ids(request, [f"{item.resource_type}/{item.resource_id}" for item in members])
-        return fhir_response(bundle)
+async def everything(request: Request, access: Access, resource_id: str) -> Response:
+    """``Patient/{id}/$everything`` (FHIR R4 patient-operation-everything): the Patient and
+    every resource of its compartment the token may read, paged with ``_count`` and
+    ``_offset``."""
+    _check(request, "Patient", resource_id)
+    access.require("Patient", "read")
+    store = _store(request)
+    patient = await store.read(access.partition, "Patient", resource_id)
+    if patient is None or patient.content is None:
+        raise NotFound(f"Patient/{resource_id} is not known")
+    params = dict(request.query_params)
+    count = page_number("_count", params.get("_count", str(DEFAULT_COUNT)), MAX_COUNT)
+    offset = page_number("_offset", params.get("_offset", "0"), 10**9)
+    page, more = await store.compartment(access.partition, resource_id, offset, count)
+    base = _base(request)
+    url = f"{base}/Patient/{resource_id}/$everything"
+    links = [{"relation": "self", "url": f"{url}?_count={count}&_offset={offset}"}]
+    if more:
+        links.append({"relation": "next", "url": f"{url}?_count={count}&_offset={offset + count}"})
+    members = [patient] if offset == 0 else []
+    members += [item for item in page if _may_read(access, item.resource_type)]
+    entries = [
+        {"fullUrl": f"{base}/{item.resource_type}/{item.resource_id}", "resource": item.content}
+        for item in members
+    ]
+    bundle = {"resourceType": "Bundle", "type": "searchset", "link": links, "entry": entries}
+    _audited_ids(request, [f"{item.resource_type}/{item.resource_id}" for item in members])
+    return fhir_response(bundle)
 
 
-def _routes(router: APIRouter) -> None:
-    @router.get("/{resource_type}/{resource_id}")
-    async def read(
-        request: Request, access: CurrentAccess, resource_type: str, resource_id: str
-    ) -> Response:
-        """read (FHIR R4 §3.1.0.2)."""
-        stored = await _interactions(request).read(access, resource_type, resource_id)
-        assert stored.content is not None
-        return fhir_response(stored.content, headers=_headers(request, stored))
-
-    @router.get("/{resource_type}/{resource_id}/_history/{version_id}")
-    async def vread(
-        request: Request,
-        access: CurrentAccess,
-        resource_type: str,
-        resource_id: str,
-        version_id: str,
-    ) -> Response:
-        """vread (FHIR R4 §3.1.0.3)."""
-        _check(request, resource_type, resource_id)
-        access.require(resource_type, "vread")
-        history = await _store(request).history(access.partition, resource_type, resource_id)
-        for stored in history:
-            if str(stored.version_id) == version_id:
-                if stored.content is None:
-                    raise Gone(f"{resource_type}/{resource_id} was deleted in that version")
-                return fhir_response(stored.content, headers=_headers(request, stored))
-        raise NotFound(f"{resource_type}/{resource_id}/_history/{version_id[:16]} is not known")
-
-    @router.get("/{resource_type}/{resource_id}/_history")
-    async def history(
-        request: Request, access: CurrentAccess, resource_type: str, resource_id: str
-    ) -> Response:
-        """Instance history (FHIR R4 §3.1.0.11): a ``history`` Bundle, newest first."""
-        _check(request, resource_type, resource_id)
-        access.require(resource_type, "history")
-        versions = await _store(request).history(access.partition, resource_type, resource_id)
-        if not versions:
-            raise NotFound(f"{resource_type}/{resource_id} is not known")
-        base = _base(request)
-        entries = [_history_entry(base, stored) for stored in versions]
-        bundle = {
-            "resourceType": "Bundle",
-            "type": "history",
-            "total": len(entries),
-            "entry": entries,
-        }
-        return fhir_response(bundle)
-
-    @router.post("/{resource_type}")
-    async def create(request: Request, access: CurrentAccess, resource_type: str) -> Response:
-        """create (FHIR R4 §3.1.0.7): 201 with ``Location``; the body's ``id`` is replaced."""
-        _check(request, resource_type)
-        access.require(resource_type, "create")  # before reading the body
-        stored = await _interactions(request).create(access, resource_type, await _body(request))
-        assert stored.content is not None
-        return fhir_response(stored.content, 201, _headers(request, stored, location=True))
-
-    @router.put("/{resource_type}/{resource_id}")
-    async def update(
-        request: Request, access: CurrentAccess, resource_type: str, resource_id: str
-    ) -> Response:
-        """update (FHIR R4 §3.1.0.4), update-as-create when there is no such resource, and
-        version-aware update with ``If-Match`` (§3.1.0.4.2)."""
-        _check(request, resource_type, resource_id)
-        access.require(resource_type, "update")  # before reading the body
-        stored, created = await _interactions(request).update(
-            access, resource_type, resource_id, await _body(request), _if_match(request)
-        )
-        assert stored.content is not None
-        status = 201 if created else 200
-        return fhir_response(stored.content, status, _headers(request, stored, location=created))
-
-    @router.delete("/{resource_type}/{resource_id}")
-    async def delete(
-        request: Request, access: CurrentAccess, resource_type: str, resource_id: str
-    ) -> Response:
-        """delete (FHIR R4 §3.1.0.6): 204; an unknown (or unseen) resource is 404."""
-        await _interactions(request).delete(access, resource_type, resource_id)
-        return Response(status_code=204)
+async def read(request: Request, access: Access, resource_type: str, resource_id: str) -> Response:
+    """read (FHIR R4 §3.1.0.2)."""
+    stored = await _interactions(request).read(access, resource_type, resource_id)
+    assert stored.content is not None
+    return fhir_response(stored.content, headers=_headers(request, stored))
 
 
-def _share_routes(router: APIRouter) -> None:
-    @router.put("/{resource_type}/{resource_id}/_permission/{oneup_user_id}")
-    async def share(
-        request: Request,
-        access: CurrentAccess,
-        resource_type: str,
-        resource_id: str,
-        oneup_user_id: str,
-    ) -> Response:
-        """1upHealth's sharing: the owning user lets another user of the same application read
-        the resource. Answers in 1upHealth's shape: ``{"success": true}``, or for the owner
-        itself ``{"error": "the resource owner permissions cannot be altered", "success":
-        false}``."""
-        _check(request, resource_type, resource_id)
-        access.require(resource_type, "update")
-        if access.partition.user_id is None:
-            raise Forbidden("only an application user shares its resources")
-        if not _USER_NUMBER.fullmatch(oneup_user_id):
-            raise Invalid("oneup_user_id must be a number")
-        services: Services = request.app.state.services
-        target = await services.delegation.users.find(
-            access.principal.client_id, oneup_user_id=int(oneup_user_id)
-        )
-        if target is None:
-            raise NotFound(f"no user {oneup_user_id} in this application")
-        outcome = await _store(request).share(
-            access.partition, resource_type, resource_id, target.oneup_user_id
-        )
-        if outcome == "unknown":
-            raise NotFound(f"{resource_type}/{resource_id} is not known")
-        if outcome == "owner":
-            body = {"error": "the resource owner permissions cannot be altered", "success": False}
-            return Response(orjson.dumps(body), 400, media_type="application/json")
-        return Response(orjson.dumps({"success": True}), 200, media_type="application/json")
+async def vread(
+    request: Request,
+    access: Access,
+    resource_type: str,
+    resource_id: str,
+    version_id: str,
+) -> Response:
+    """vread (FHIR R4 §3.1.0.3)."""
+    _check(request, resource_type, resource_id)
+    access.require(resource_type, "vread")
+    history = await _store(request).history(access.partition, resource_type, resource_id)
+    for stored in history:
+        if str(stored.version_id) == version_id:
+            if stored.content is None:
+                raise Gone(f"{resource_type}/{resource_id} was deleted in that version")
+            return fhir_response(stored.content, headers=_headers(request, stored))
+    raise NotFound(f"{resource_type}/{resource_id}/_history/{version_id[:16]} is not known")
+
+
+async def history(
+    request: Request, access: Access, resource_type: str, resource_id: str
+) -> Response:
+    """Instance history (FHIR R4 §3.1.0.11): a ``history`` Bundle, newest first."""
+    _check(request, resource_type, resource_id)
+    access.require(resource_type, "history")
+    versions = await _store(request).history(access.partition, resource_type, resource_id)
+    if not versions:
+        raise NotFound(f"{resource_type}/{resource_id} is not known")
+    base = _base(request)
+    entries = [_history_entry(base, stored) for stored in versions]
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "history",
+        "total": len(entries),
+        "entry": entries,
+    }
+    return fhir_response(bundle)
+
+
+async def create(request: Request, access: Access, resource_type: str) -> Response:
+    """create (FHIR R4 §3.1.0.7): 201 with ``Location``; the body's ``id`` is replaced."""
+    _check(request, resource_type)
+    access.require(resource_type, "create")  # before reading the body
+    stored = await _interactions(request).create(access, resource_type, await _body(request))
+    assert stored.content is not None
+    return fhir_response(stored.content, 201, _headers(request, stored, location=True))
+
+
+async def update(
+    request: Request, access: Access, resource_type: str, resource_id: str
+) -> Response:
+    """update (FHIR R4 §3.1.0.4), update-as-create when there is no such resource, and
+    version-aware update with ``If-Match`` (§3.1.0.4.2)."""
+    _check(request, resource_type, resource_id)
+    access.require(resource_type, "update")  # before reading the body
+    stored, created = await _interactions(request).update(
+        access, resource_type, resource_id, await _body(request), _if_match(request)
+    )
+    assert stored.content is not None
+    status = 201 if created else 200
+    return fhir_response(stored.content, status, _headers(request, stored, location=created))
+
+
+async def delete(
+    request: Request, access: Access, resource_type: str, resource_id: str
+) -> Response:
+    """delete (FHIR R4 §3.1.0.6): 204; an unknown (or unseen) resource is 404."""
+    await _interactions(request).delete(access, resource_type, resource_id)
+    return Response(status_code=204)
+
+
+async def share(
+    request: Request,
+    access: Access,
+    resource_type: str,
+    resource_id: str,
+    oneup_user_id: str,
+) -> Response:
+    """1upHealth's sharing: the owning user lets another user of the same application read
+    the resource. Answers in 1upHealth's shape: ``{"success": true}``, or for the owner
+    itself ``{"error": "the resource owner permissions cannot be altered", "success":
+    false}``."""
+    _check(request, resource_type, resource_id)
+    access.require(resource_type, "update")
+    if access.partition.user_id is None:
+        raise Forbidden("only an application user shares its resources")
+    if not _USER_NUMBER.fullmatch(oneup_user_id):
+        raise Invalid("oneup_user_id must be a number")
+    services: Services = request.app.state.services
+    target = await services.delegation.users.find(
+        access.principal.client_id, oneup_user_id=int(oneup_user_id)
+    )
+    if target is None:
+        raise NotFound(f"no user {oneup_user_id} in this application")
+    outcome = await _store(request).share(
+        access.partition, resource_type, resource_id, target.oneup_user_id
+    )
+    if outcome == "unknown":
+        raise NotFound(f"{resource_type}/{resource_id} is not known")
+    if outcome == "owner":
+        body = {"error": "the resource owner permissions cannot be altered", "success": False}
+        return Response(orjson.dumps(body), 400, media_type="application/json")
+    return Response(orjson.dumps({"success": True}), 200, media_type="application/json")
 
 
 def _history_entry(base: str, stored: StoredResource) -> dict[str, Any]:
@@ -433,35 +425,6 @@ def _history_entry(base: str, stored: StoredResource) -> dict[str, Any]:
         "lastModified": fhir_instant(stored.last_updated),
     }
     return entry
-
-
-class AuditedRoute(APIRoute):
-    """A FHIR route whose every answer — success or error — is audited before it leaves
-    (issue 5: no health data without its audit row). If the audit row cannot be written, the
-    answer is a 503 OperationOutcome instead. ``X-Request-Id`` ties the answer to its row."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-        action = self.name
-
-        async def audited(request: Request) -> Response:
-            request_id = secrets.token_hex(8)
-            try:
-                response = await handler(request)
-            except FhirError as error:
-                response = fhir_error_response(request, error)
-            except STORAGE_ERRORS as exc:
-                response = await storage_unavailable(request, exc)
-            except Exception as exc:
-                response = await unexpected_error(request, exc)
-            try:
-                await _write_audit(request, action, response.status_code, request_id)
-            except Exception as exc:  # no answer without its audit row
-                return await storage_unavailable(request, exc)
-            response.headers["X-Request-Id"] = request_id
-            return response
-
-        return audited
 
 
 async def _write_audit(request: Request, action: str, status: int, request_id: str) -> None:
@@ -483,81 +446,181 @@ async def _write_audit(request: Request, action: str, status: int, request_id: s
     )
 
 
-def _at_base(prefix: str, version: FhirVersion) -> Any:
-    """A dependency that records the base path a request came through (for URLs it returns),
-    as a template of its path parameters (``{organization}``, without convertors), and the
-    FHIR version that base serves."""
-    template = re.sub(r"{(\w+):\w+}", r"{\1}", prefix)
-
-    async def record(request: Request) -> None:
-        request.scope["fhir_base"] = template
-        request.scope["fhir_version"] = version.name
-
-    return Depends(record)
+async def metadata(request: Request) -> Response:
+    """The CapabilityStatement (FHIR R4 §3.1.0.15); public, like every FHIR server's."""
+    services: Services = request.app.state.services
+    version = _interactions(request).version
+    statement = capability_statement(services.settings, _base(request), version)
+    return fhir_response(statement)
 
 
-class _SlugConvertor(Convertor[str]):
-    """An organization slug: lower case, so never a resource type (those are capitalized)."""
-
-    regex = "[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
-
-    def convert(self, value: str) -> str:
-        return value
-
-    def to_string(self, value: str) -> str:
-        return value
+async def smart_configuration_here(request: Request) -> Response:
+    """SMART discovery under the FHIR base too (SMART App Launch §conformance)."""
+    services: Services = request.app.state.services
+    body = smart_configuration(services.settings)
+    return Response(orjson.dumps(body), headers=_CORS, media_type="application/json")
 
 
-class _EnvironmentConvertor(_SlugConvertor):
-    """An environment as Redox writes it (``Development``), in any case."""
-
-    regex = "(?i:development|staging|production)"
+Handler = Callable[..., Awaitable[Response]]
 
 
-register_url_convertor("slug", _SlugConvertor())
-register_url_convertor("environment", _EnvironmentConvertor())
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """A path under a FHIR base, segment by segment (``{name}`` captures one non-empty
+    segment), and its handler per method. ``public`` routes take no ``Access``."""
+
+    segments: tuple[str, ...]
+    handlers: dict[str, Handler]
+    public: bool = False
+
+    def match(self, parts: list[str]) -> dict[str, str] | None:
+        if len(parts) != len(self.segments):
+            return None
+        params = {}
+        for segment, part in zip(self.segments, parts, strict=True):
+            if segment.startswith("{"):
+                if not part:
+                    return None
+                params[segment[1:-1]] = part
+            elif segment != part:
+                return None
+        return params
 
 
-def routers() -> list[APIRouter]:
-    """The canonical base first (its literal ``_history`` segments must match before the Redox
-    alias's organization and environment segments are tried), then the aliases. ``metadata``
-    and the SMART configuration come first in each, before the ``{resource_type}`` routes.
-    Each FHIR version (:mod:`fhirgate.fhir.versions`) has its own bases and store."""
-    made = []
-    for version in VERSIONS:
-        for base in version.bases:
-            made.append(_router(base, version))
-    return made
+def _route(path: str, handlers: dict[str, Handler], public: bool = False) -> _Route:
+    return _Route(tuple(path.split("/")) if path else (), handlers, public)
 
 
-def _router(base: str, version: FhirVersion) -> APIRouter:
-    router = APIRouter(
-        prefix=base,
-        tags=[f"FHIR {version.name}"],
-        dependencies=[_at_base(base, version)],
-        route_class=AuditedRoute,
-    )
-    _metadata_routes(router)
-    _bundle_routes(router)
-    _operation_routes(router)
-    _search_routes(router)
-    _routes(router)
-    _share_routes(router)
-    return router
+#: FHIR R4 §3.1.0 "RESTful API", in matching order: literal segments before ``{names}``.
+ROUTES = (
+    _route("metadata", {"GET": metadata}, public=True),
+    _route(".well-known/smart-configuration", {"GET": smart_configuration_here}, public=True),
+    _route("", {"POST": bundle}),
+    _route("Patient/{resource_id}/$everything", {"GET": everything}),
+    _route("{resource_type}", {"GET": search, "POST": create}),
+    _route("{resource_type}/_search", {"POST": search_by_post}),
+    _route("{resource_type}/{resource_id}", {"GET": read, "PUT": update, "DELETE": delete}),
+    _route("{resource_type}/{resource_id}/_history", {"GET": history}),
+    _route("{resource_type}/{resource_id}/_history/{version_id}", {"GET": vread}),
+    _route("{resource_type}/{resource_id}/_permission/{oneup_user_id}", {"PUT": share}),
+)
+
+#: The path variables of the bases (Redox's organization slug and environment, any case).
+_BASE_VARIABLES = {
+    "organization": "[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?",
+    "environment": "(?i:development|staging|production)",
+}
 
 
-def _metadata_routes(router: APIRouter) -> None:
-    @router.get("/metadata")
-    async def metadata(request: Request) -> Response:
-        """The CapabilityStatement (FHIR R4 §3.1.0.15); public, like every FHIR server's."""
-        services: Services = request.app.state.services
-        version = _interactions(request).version
-        statement = capability_statement(services.settings, _base(request), version)
-        return fhir_response(statement)
+@dataclass(frozen=True, slots=True)
+class _Base:
+    pattern: re.Pattern[str]
+    template: str
+    version: FhirVersion
 
-    @router.get("/.well-known/smart-configuration")
-    async def smart_configuration_here(request: Request) -> Response:
-        """SMART discovery under the FHIR base too (SMART App Launch §conformance)."""
-        services: Services = request.app.state.services
-        body = smart_configuration(services.settings)
-        return Response(orjson.dumps(body), headers=_CORS, media_type="application/json")
+
+def _bases() -> list[_Base]:
+    """Every version's bases, the ones with variables first (Redox's
+    ``/fhir/R4/{organization}/{environment}`` before ``/fhir/R4``; a slug is lower case, so
+    never a resource type)."""
+    bases = [
+        _Base(
+            re.compile(
+                "^"
+                + re.sub(r"{(\w+)}", lambda m: f"(?P<{m[1]}>{_BASE_VARIABLES[m[1]]})", base)
+                + "(?P<rest>/.*)?$"
+            ),
+            base,
+            version,
+        )
+        for version in VERSIONS
+        for base in version.bases
+    ]
+    return sorted(bases, key=lambda base: "{" not in base.template)
+
+
+class FhirApi:
+    """The FHIR REST API under every base of every version, as one ASGI app."""
+
+    def __init__(self, body_limit: int) -> None:
+        self._bases = _bases()
+        self._body_limit = body_limit
+
+    def base_of(self, path: str) -> tuple[_Base, re.Match[str]] | None:
+        """The base ``path`` is under, if any."""
+        if not is_fhir(path):
+            return None
+        for base in self._bases:
+            matched = base.pattern.match(path)
+            if matched is not None:
+                return base, matched
+        return None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        found = self.base_of(scope["path"])
+        assert found is not None, "only paths under a FHIR base come here"
+        base, matched = found
+        params = {k: v for k, v in matched.groupdict().items() if k != "rest" and v is not None}
+        rest = (matched["rest"] or "").removeprefix("/").removesuffix("/")
+        chosen, allowed = _choose(scope["method"], rest.split("/") if rest else [])
+        if chosen is None:
+            status = 405 if allowed else 404
+            headers = {"Allow": ", ".join(sorted(allowed))} if allowed else None
+            text = "method not allowed" if allowed else "not found"
+            response = error_response(scope["path"], status, "invalid_request", text, headers)
+            await response(scope, receive, send)
+            return
+        route, handler, path_params = chosen
+        scope["path_params"] = {**params, **path_params}
+        scope["fhir_base"] = base.template
+        scope["fhir_version"] = base.version.name
+        try:
+            body = await read_body(scope, receive, self._body_limit)
+        except BodyTooLarge:
+            await too_large(scope["path"])(scope, receive, send)
+            return
+        request = Request(scope, replaying(body, receive))
+        response = await _audited(request, route, handler, path_params)
+        await response(scope, receive, send)
+
+
+def _choose(
+    method: str, parts: list[str]
+) -> tuple[tuple[_Route, Handler, dict[str, str]] | None, set[str]]:
+    """The first route matching the path and method; else the methods the path allows."""
+    allowed: set[str] = set()
+    for route in ROUTES:
+        params = route.match(parts)
+        if params is None:
+            continue
+        handler = route.handlers.get(method)
+        if handler is not None:
+            return (route, handler, params), allowed
+        allowed.update(route.handlers)
+    return None, allowed
+
+
+async def _audited(
+    request: Request, route: _Route, handler: Handler, params: dict[str, str]
+) -> Response:
+    """The handler's answer — success or error — audited before it leaves (issue 5: no health
+    data without its audit row). If the audit row cannot be written, the answer is a 503
+    OperationOutcome instead. ``X-Request-Id`` ties the answer to its row."""
+    request_id = secrets.token_hex(8)
+    try:
+        if route.public:
+            response = await handler(request, **params)
+        else:
+            response = await handler(request, await _access(request), **params)
+    except FhirError as error:
+        response = fhir_error_response(error)
+    except STORAGE_ERRORS as exc:
+        response = await storage_unavailable(request, exc)
+    except Exception as exc:
+        response = await unexpected_error(request, exc)
+    try:
+        await _write_audit(request, handler.__name__, response.status_code, request_id)
+    except Exception as exc:  # no answer without its audit row
+        return await storage_unavailable(request, exc)
+    response.headers["X-Request-Id"] = request_id
+    return response
