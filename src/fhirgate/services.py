@@ -37,8 +37,8 @@ from fhirgate.storage.db import create_engine, sqlite_path
 from fhirgate.storage.direct import Statements, statements_for
 from fhirgate.storage.opaque_tokens import OpaqueTokenRepo
 from fhirgate.storage.repos import ClientRepo, OrganizationRepo
-from fhirgate.storage.sqlite_inline import refresh_statistics
-from fhirgate.storage.ttl_sets import RedisTTLSet, SqliteTTLSet, SqlTTLSet, TTLSet
+from fhirgate.storage.sqlite_inline import checkpoint, refresh_statistics
+from fhirgate.storage.ttl_sets import RedisTTLSet, SqlTTLSet, TTLSet
 from fhirgate.storage.user_grants import GrantRepo
 
 __all__ = ["Services"]
@@ -82,18 +82,15 @@ class Services:
     def build(cls, settings: Settings) -> Services:
         engine = create_engine(settings.database_url)
         redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
+        statements = statements_for(engine)
         used_jti: TTLSet
         revoked: TTLSet
         if redis is not None:
             used_jti = RedisTTLSet(redis, "fhirgate:jti:")
             revoked = RedisTTLSet(redis, "fhirgate:revoked:")
-        elif settings.is_sqlite:
-            path = sqlite_path(settings.database_url)
-            used_jti = SqliteTTLSet.used_jti(path)
-            revoked = SqliteTTLSet.revoked_tokens(path)
         else:
-            used_jti = SqlTTLSet.used_jti(engine)
-            revoked = SqlTTLSet.revoked_tokens(engine)
+            used_jti = SqlTTLSet.used_jti(statements)
+            revoked = SqlTTLSet.revoked_tokens(statements)
         secret = server_secret(settings)
         keyring = Keyring(engine, KeyCipher(secret), publish_for=MAX_TOKEN_LIFETIME + 60)
         clients = ClientRepo(engine)
@@ -109,7 +106,6 @@ class Services:
             user_ttl=settings.user_token_ttl,
         )
         hasher = SecretHasher(secret)
-        statements = statements_for(engine)
         audit = AuditLog(engine, derive_key(secret, b"fhirgate audit chain"), statements)
         authenticator = ClientAuthenticator(
             PrivateKeyJWTAuthenticator(directory, jwks, used_jti),
@@ -176,11 +172,15 @@ class Services:
             (PURGE_SECONDS, self.opaque.purge),
             (PURGE_SECONDS, self.delegation.grants.purge),
         ]
-        if isinstance(self.used_jti, SqliteTTLSet):
-            jobs.append((CHECKPOINT_SECONDS, self.used_jti.checkpoint))
         if self.settings.is_sqlite:
+            jobs.append((CHECKPOINT_SECONDS, self.checkpoint))
             jobs.append((STATISTICS_SECONDS, self.refresh_statistics))
         return jobs
+
+    async def checkpoint(self) -> None:
+        """SQLite: copy the WAL into the database file, in a thread (the inline connections of
+        :mod:`fhirgate.storage.direct` never do it on the event loop)."""
+        await asyncio.to_thread(checkpoint, sqlite_path(self.settings.database_url))
 
     async def refresh_statistics(self) -> None:
         """SQLite: the planner's statistics, in a thread (PostgreSQL's autovacuum keeps its own

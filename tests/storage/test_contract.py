@@ -23,8 +23,10 @@ from fhirgate.config import Settings
 from fhirgate.oauth.keys import Keyring, load_cipher
 from fhirgate.services import Services
 from fhirgate.storage.db import create_engine, sqlite_path, upgrade_async
+from fhirgate.storage.direct import PostgresStatements, SqliteStatements, statements_for
 from fhirgate.storage.repos import Conflict, NotFound
-from fhirgate.storage.ttl_sets import RedisTTLSet, SqliteTTLSet, SqlTTLSet, TTLSet, digest
+from fhirgate.storage.sqlite_inline import checkpoint
+from fhirgate.storage.ttl_sets import RedisTTLSet, SqlTTLSet, TTLSet, digest
 
 
 @pytest.fixture
@@ -116,19 +118,22 @@ async def test_client_ids_are_unique(services: Services) -> None:
 
 @pytest.fixture(params=["sqlite", "postgresql", "redis"])
 async def ttl_set(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[TTLSet]:
-    """Each TTL-set implementation: SQLite inline (embedded), SQL over asyncpg (PostgreSQL
-    without Redis) and Redis."""
+    """Each TTL-set implementation: the table on SQLite inline (embedded) and over asyncpg
+    (PostgreSQL without Redis), and Redis."""
     if request.param == "sqlite":
         url = f"sqlite+aiosqlite:///{tmp_path}/ttl.db"
         await upgrade_async(url)
-        sqlite_set = SqliteTTLSet.used_jti(sqlite_path(url))
-        yield sqlite_set
-        sqlite_set.close()
+        sqlite = SqliteStatements(sqlite_path(url))
+        yield SqlTTLSet.used_jti(sqlite)
+        await sqlite.aclose()
     elif request.param == "postgresql":
         url = await fresh_postgres_database(require_service(PG_URL, "PostgreSQL"))
         await upgrade_async(url)
         engine = create_engine(url)
-        yield SqlTTLSet.used_jti(engine)
+        postgres = statements_for(engine)
+        assert isinstance(postgres, PostgresStatements)
+        yield SqlTTLSet.used_jti(postgres)
+        await postgres.aclose()
         await engine.dispose()
     else:
         redis_url = require_service(REDIS_URL, "Redis")
@@ -171,12 +176,7 @@ async def test_ttl_set_expired_entry_counts_as_absent_before_any_purge(ttl_set: 
 
 
 async def test_services_pick_the_ttl_set_of_their_backend(services: Services) -> None:
-    if services.redis is not None:
-        expected: type[TTLSet] = RedisTTLSet
-    elif services.settings.is_sqlite:
-        expected = SqliteTTLSet
-    else:
-        expected = SqlTTLSet
+    expected: type[TTLSet] = RedisTTLSet if services.redis is not None else SqlTTLSet
     assert isinstance(services.used_jti, expected)
     assert isinstance(services.revoked, expected)
 
@@ -226,22 +226,23 @@ async def test_keyring_refuses_a_wrong_secret(
 async def test_sqlite_purge_deletes_in_batches_until_none_expired(tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path}/ttl.db"
     await upgrade_async(url)
-    ttl_set = SqliteTTLSet.used_jti(sqlite_path(url))
-    expired = SqliteTTLSet.PURGE_BATCH * 2 + 7
+    sqlite = SqliteStatements(sqlite_path(url))
+    ttl_set = SqlTTLSet.used_jti(sqlite)
+    expired = SqlTTLSet.PURGE_BATCH * 2 + 7
     for n in range(expired):
         await ttl_set.add(f"old-{n}", int(time.time()) - 5)
     await ttl_set.add("live", int(time.time()) + 600)
     assert await ttl_set.purge() == expired
     assert await ttl_set.contains("live")
-    ttl_set.close()
+    await sqlite.aclose()
 
 
 async def test_sqlite_checkpoint_moves_writes_into_the_database_file(tmp_path: Path) -> None:
     """The inline connection never checkpoints; the background checkpoint does."""
     url = f"sqlite+aiosqlite:///{tmp_path}/ttl.db"
     await upgrade_async(url)
-    ttl_set = SqliteTTLSet.used_jti(sqlite_path(url))
-    await ttl_set.add("k", int(time.time()) + 600)
+    sqlite = SqliteStatements(sqlite_path(url))
+    await SqlTTLSet.used_jti(sqlite).add("k", int(time.time()) + 600)
 
     def rows_in_main_file() -> int:
         copy = tmp_path / "copy.db"
@@ -250,6 +251,6 @@ async def test_sqlite_checkpoint_moves_writes_into_the_database_file(tmp_path: P
             return int(db.execute("SELECT count(*) FROM used_jti").fetchone()[0])
 
     assert rows_in_main_file() == 0
-    await ttl_set.checkpoint()
+    checkpoint(sqlite_path(url))
     assert rows_in_main_file() == 1
-    ttl_set.close()
+    await sqlite.aclose()

@@ -9,13 +9,15 @@ from pathlib import Path
 from sqlalchemy import text
 
 from fhirgate.storage.db import create_engine, upgrade_async
-from fhirgate.storage.ttl_sets import SqliteTTLSet
+from fhirgate.storage.direct import SqliteStatements
+from fhirgate.storage.ttl_sets import SqlTTLSet
 
 
 async def test_a_write_behind_an_async_transaction_waits_in_a_thread(tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path}/inline.db"
     await upgrade_async(url)
-    used = SqliteTTLSet.used_jti(tmp_path / "inline.db")
+    sqlite = SqliteStatements(tmp_path / "inline.db")
+    used = SqlTTLSet.used_jti(sqlite)
     engine = create_engine(url)
     try:
         async with engine.begin() as conn:  # holds SQLite's write lock across awaits
@@ -32,5 +34,5 @@ async def test_a_write_behind_an_async_transaction_waits_in_a_thread(tmp_path: P
         assert await asyncio.wait_for(adding, 5) is True  # done once the transaction committed
         assert await used.contains("waiting") and await used.contains("held")
     finally:
-        used.close()
+        await sqlite.aclose()
         await engine.dispose()

@@ -18,8 +18,9 @@ SQLAlchemy's text form, and :func:`as_datetime` and :func:`as_json` read results
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -59,7 +60,9 @@ class Statements(Protocol):
 
     async def execute(
         self, sql: str, params: Mapping[str, Any], conn: AsyncConnection | None = None
-    ) -> None: ...
+    ) -> int:
+        """Run a statement that returns no rows; how many rows it changed."""
+        ...
 
     async def aclose(self) -> None: ...
 
@@ -103,12 +106,11 @@ class SqliteStatements:
 
     async def execute(
         self, sql: str, params: Mapping[str, Any], conn: AsyncConnection | None = None
-    ) -> None:
+    ) -> int:
         if conn is not None:
-            await _in_transaction(conn, sql, params)
-            return
+            return int((await _in_transaction(conn, sql, params)).rowcount)
         named = {name: _sqlite_value(value) for name, value in params.items()}
-        await self._db.run(lambda db: db.execute(sql, named))
+        return await self._db.run(lambda db: db.execute(sql, named).rowcount)
 
     async def aclose(self) -> None:
         self._db.close()
@@ -146,15 +148,20 @@ class PostgresStatements:
             known = self._positional[sql] = (_NAMED.sub(number, sql), tuple(names))
         return known
 
-    async def fetchrow_args(self, sql: str, args: Sequence[Any]) -> asyncpg.Record | None:
-        """``sql`` already in asyncpg's ``$n`` form, with its arguments in order."""
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
         pool = self._pool or await self._connections()
         async with pool.acquire() as connection:
             try:
-                return await connection.fetchrow(sql, *args)
+                yield connection
             except BROKEN_CONNECTION:
                 connection.terminate()  # the pool opens a new one next time
                 raise
+
+    async def fetchrow_args(self, sql: str, args: Sequence[Any]) -> asyncpg.Record | None:
+        """``sql`` already in asyncpg's ``$n`` form, with its arguments in order."""
+        async with self._connection() as connection:
+            return await connection.fetchrow(sql, *args)
 
     async def fetchrow(
         self, sql: str, params: Mapping[str, Any], conn: AsyncConnection | None = None
@@ -166,8 +173,14 @@ class PostgresStatements:
 
     async def execute(
         self, sql: str, params: Mapping[str, Any], conn: AsyncConnection | None = None
-    ) -> None:
-        await self.fetchrow(sql, params, conn)
+    ) -> int:
+        if conn is not None:
+            return int((await _in_transaction(conn, sql, params)).rowcount)
+        positional, names = self._as_positional(sql)
+        async with self._connection() as connection:
+            status = await connection.execute(positional, *[params[name] for name in names])
+        count = status.rsplit(" ", 1)[-1]  # "DELETE 3", "INSERT 0 1"
+        return int(count) if count.isdigit() else 0
 
     async def aclose(self) -> None:
         if self._pool is not None:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-__all__ = ["InlineSqlite", "refresh_statistics"]
+__all__ = ["InlineSqlite", "checkpoint", "refresh_statistics"]
 
 _T = TypeVar("_T")
 WAIT_MS = 10_000
@@ -81,3 +81,11 @@ def refresh_statistics(path: str | Path) -> None:
     with contextlib.closing(_connect(path, busy_ms=WAIT_MS)) as db:
         db.execute(f"PRAGMA analysis_limit={ANALYSIS_LIMIT}")
         db.execute("ANALYZE")
+
+
+def checkpoint(path: str | Path) -> None:
+    """Copy the WAL back into the database file (PASSIVE: never waits for readers), in the
+    caller's thread: the inline connections never checkpoint themselves."""
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
+        db.execute("PRAGMA busy_timeout=2000")
+        db.execute("PRAGMA wal_checkpoint(PASSIVE)")

@@ -4,31 +4,25 @@ Three backends with one contract. In the database a key is a primary-key row, so
 insert wins atomically on every replica; in Redis it is ``SET key 1 NX PX ttl``. Keys are digests
 of the caller's values, so their length is bounded whatever a client sends.
 
-On SQLite (embedded mode) the set uses its own ``sqlite3`` connections and runs each statement
-inline on the event loop (:mod:`fhirgate.storage.sqlite_inline`): an autocommit insert in WAL
-mode costs microseconds, far less than a hop to aiosqlite's thread, and it is the one storage
-write of every token request.
+In the database each operation is one statement (:mod:`fhirgate.storage.direct`); on SQLite
+(embedded mode) it runs inline on the event loop: an autocommit insert in WAL mode costs
+microseconds, far less than a hop to aiosqlite's thread, and it is the one storage write of
+every token request.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
-import sqlite3
 import time
-from pathlib import Path
 from typing import Protocol
 
 from redis.asyncio import Redis
-from sqlalchemy import Table, bindparam, delete, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncEngine
 
+from fhirgate.storage.direct import Statements
 from fhirgate.storage.models import RevokedTokenRow, UsedJtiRow
-from fhirgate.storage.sqlite_inline import InlineSqlite
 
-__all__ = ["RedisTTLSet", "SqlTTLSet", "SqliteTTLSet", "TTLSet", "digest"]
+__all__ = ["RedisTTLSet", "SqlTTLSet", "TTLSet", "digest"]
 
 
 def digest(*parts: str) -> str:
@@ -56,118 +50,56 @@ class TTLSet(Protocol):
 
 
 class SqlTTLSet:
-    """A TTL set in a PostgreSQL table with columns (key-column, ``expires_at``).
+    """A TTL set in a database table with columns (key-column, ``expires_at``), one statement
+    per call (:mod:`fhirgate.storage.direct`: inline ``sqlite3``, or asyncpg).
 
-    ``add`` is one autocommit statement (one round trip): insert, or take over a row whose
-    entry has expired but is not purged yet; a live row makes it change nothing.
-    """
-
-    def __init__(self, engine: AsyncEngine, table: Table, key_column: str) -> None:
-        self._engine = engine.execution_options(isolation_level="AUTOCOMMIT")
-        self._table = table
-        self._key = table.c[key_column]
-        self._key_name = key_column
-        insert = pg_insert(table)
-        self._upsert = insert.on_conflict_do_update(
-            index_elements=[self._key],
-            set_={"expires_at": insert.excluded.expires_at},
-            where=table.c.expires_at < bindparam("now"),
-        )
-
-    async def add(self, key: str, expires_at: int) -> bool:
-        values = {self._key_name: key, "expires_at": expires_at, "now": int(time.time())}
-        async with self._engine.connect() as conn:
-            result = await conn.execute(self._upsert, values)
-        return result.rowcount == 1
-
-    async def contains(self, key: str) -> bool:
-        stmt = select(self._table.c.expires_at).where(self._key == key)
-        async with self._engine.connect() as conn:
-            expires_at = (await conn.execute(stmt)).scalar()
-        return expires_at is not None and expires_at >= int(time.time())
-
-    async def purge(self) -> int:
-        stmt = delete(self._table).where(self._table.c.expires_at < int(time.time()))
-        async with self._engine.begin() as conn:
-            result = await conn.execute(stmt)
-        return int(result.rowcount)
-
-    def close(self) -> None:
-        pass
-
-    @classmethod
-    def used_jti(cls, engine: AsyncEngine) -> SqlTTLSet:
-        return cls(engine, UsedJtiRow.__table__, "key")  # type: ignore[arg-type]
-
-    @classmethod
-    def revoked_tokens(cls, engine: AsyncEngine) -> SqlTTLSet:
-        return cls(engine, RevokedTokenRow.__table__, "jti")  # type: ignore[arg-type]
-
-
-class SqliteTTLSet:
-    """A TTL set in a SQLite table, written inline (:class:`InlineSqlite`: never waiting on
-    the event loop for the write lock).
-
-    Nothing slow runs on the event loop: these connections never checkpoint the WAL themselves
-    (:meth:`checkpoint` does, in a thread, from a background job), and :meth:`purge` deletes in
-    batches, yielding between them.
+    ``add`` is one autocommit statement: insert, or take over a row whose entry has expired but
+    is not purged yet; a live row makes it change nothing. :meth:`purge` deletes in batches,
+    yielding between them.
     """
 
     PURGE_BATCH = 2000
 
-    def __init__(self, path: str | Path, table: str, key_column: str) -> None:
-        self._path = path
-        self._db = InlineSqlite(path)
+    def __init__(self, statements: Statements, table: str, key_column: str) -> None:
+        self._statements = statements
         # table and column names come from the models below, never from input
         self._insert = (
-            f"INSERT INTO {table} ({key_column}, expires_at) VALUES (?, ?) "  # noqa: S608
+            f"INSERT INTO {table} ({key_column}, expires_at) VALUES (:key, :expires_at) "  # noqa: S608
             f"ON CONFLICT ({key_column}) DO UPDATE SET expires_at = excluded.expires_at "
-            f"WHERE {table}.expires_at < ?"
+            f"WHERE {table}.expires_at < :now RETURNING 1"
         )
-        self._select = f"SELECT expires_at FROM {table} WHERE {key_column} = ?"  # noqa: S608
+        self._select = f"SELECT expires_at FROM {table} WHERE {key_column} = :key"  # noqa: S608
         self._purge = (
             f"DELETE FROM {table} WHERE {key_column} IN "  # noqa: S608
-            f"(SELECT {key_column} FROM {table} WHERE expires_at < ? LIMIT {self.PURGE_BATCH})"
+            f"(SELECT {key_column} FROM {table} WHERE expires_at < :now LIMIT {self.PURGE_BATCH})"
         )
 
     async def add(self, key: str, expires_at: int) -> bool:
         """Insert, or take over an expired row; ``False`` when a live row exists."""
-        values = (key, expires_at, int(time.time()))
-        return await self._db.run(lambda db: db.execute(self._insert, values).rowcount == 1)
+        values = {"key": key, "expires_at": expires_at, "now": int(time.time())}
+        return await self._statements.fetchrow(self._insert, values) is not None
 
     async def contains(self, key: str) -> bool:
-        row = await self._db.run(lambda db: db.execute(self._select, (key,)).fetchone())
+        row = await self._statements.fetchrow(self._select, {"key": key})
         return row is not None and int(row[0]) >= int(time.time())
 
     async def purge(self) -> int:
         now, purged = int(time.time()), 0
-        while (
-            batch := await self._db.run(lambda db: db.execute(self._purge, (now,)).rowcount)
-        ) > 0:
+        while (batch := await self._statements.execute(self._purge, {"now": now})) > 0:
             purged += batch
             await asyncio.sleep(0)  # let requests in between batches
         return purged
 
-    async def checkpoint(self) -> None:
-        """Copy the WAL back into the database file (PASSIVE: never waits for readers)."""
-        await asyncio.to_thread(_checkpoint, self._path)
-
     def close(self) -> None:
-        self._db.close()
+        """Nothing: the statements runner belongs to whoever made it."""
 
     @classmethod
-    def used_jti(cls, path: str | Path) -> SqliteTTLSet:
-        return cls(path, UsedJtiRow.__tablename__, "key")
+    def used_jti(cls, statements: Statements) -> SqlTTLSet:
+        return cls(statements, UsedJtiRow.__tablename__, "key")
 
     @classmethod
-    def revoked_tokens(cls, path: str | Path) -> SqliteTTLSet:
-        return cls(path, RevokedTokenRow.__tablename__, "jti")
-
-
-def _checkpoint(path: str | Path) -> None:
-    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
-        db.execute("PRAGMA busy_timeout=2000")
-        db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+    def revoked_tokens(cls, statements: Statements) -> SqlTTLSet:
+        return cls(statements, RevokedTokenRow.__tablename__, "jti")
 
 
 class RedisTTLSet:
