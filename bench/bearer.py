@@ -9,7 +9,6 @@ every request).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import secrets
 import tempfile
@@ -17,6 +16,7 @@ import time
 from typing import Any
 
 import httpx
+import uvloop
 from starlette.requests import Request
 
 from bench.token_endpoint import fresh_database
@@ -98,7 +98,7 @@ def main() -> None:
         tempfile.TemporaryDirectory(prefix="fhirgate-bench-") as tmp,
         fresh_database(args.database_url, tmp) as database_url,
     ):
-        result = asyncio.run(_run(args, database_url, tmp))
+        result = uvloop.run(_run(args, database_url, tmp))  # the server's event loop
     backend = (
         "postgresql+redis" if args.redis_url else "postgresql" if args.database_url else "sqlite"
     )
