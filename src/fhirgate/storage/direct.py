@@ -6,8 +6,8 @@ Here they are constant SQL text with ``:name`` parameters, run
 
 * on SQLite inline on the event loop on a ``sqlite3`` connection of their own, never waiting
   there for the write lock (:class:`~fhirgate.storage.sqlite_inline.InlineSqlite`);
-* on PostgreSQL as one autocommit statement on a small asyncpg pool (no pre-ping, no
-  ``BEGIN``/``COMMIT``, no reset query), with the text turned into asyncpg's ``$n`` form once;
+* on PostgreSQL as one autocommit statement on a few asyncpg connections of its own (no
+  pre-ping, no ``BEGIN``/``COMMIT``, no reset query), the text turned into ``$n`` form once;
 * inside a caller's SQLAlchemy transaction (a transaction Bundle) through that connection, so
   the statement sees the transaction's own writes.
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,7 +34,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from fhirgate.storage.sqlite_inline import InlineSqlite
 
 __all__ = [
-    "BROKEN_CONNECTION",
     "PostgresStatements",
     "SqliteStatements",
     "Statements",
@@ -42,8 +42,6 @@ __all__ = [
     "statements_for",
 ]
 
-#: What asyncpg raises when a connection's state is unknown: it is closed, not reused.
-BROKEN_CONNECTION = (asyncpg.InterfaceError, asyncpg.InternalClientError, OSError)
 #: How SQLAlchemy stores a DateTime in SQLite (UTC here).
 SQLITE_DATETIME = "%Y-%m-%d %H:%M:%S.%f"
 _NAMED = re.compile(r"(?<![:\w]):([a-z_][a-z0-9_]*)")
@@ -117,22 +115,83 @@ class SqliteStatements:
 
 
 class PostgresStatements:
-    """One autocommit statement per call on an asyncpg pool of its own."""
+    """One autocommit statement per call, on a few asyncpg connections of its own.
+
+    The connections are lent by a minimal lease instead of ``asyncpg.Pool``, whose release
+    (shielded, with a timeout and a reset hook) costs a third of a deny-list check
+    (docs/benchmarks.md): only single autocommit statements run here, so a connection comes
+    back in the state it left. One whose statement did not end cleanly (cancelled, or the
+    connection broke) is closed, never lent again.
+    """
 
     def __init__(self, url: str, max_size: int = 10) -> None:
         self._url = url
         self._max_size = max_size
-        self._pool: asyncpg.Pool | None = None
-        self._opening = asyncio.Lock()
+        self._idle: list[asyncpg.Connection] = []
+        self._open = 0
+        self._waiting: deque[asyncio.Future[asyncpg.Connection | None]] = deque()
+        self._closed = False
         self._positional: dict[str, tuple[str, tuple[str, ...]]] = {}
 
-    async def _connections(self) -> asyncpg.Pool:
-        async with self._opening:
-            if self._pool is None:
-                self._pool = await asyncpg.create_pool(
-                    self._url, min_size=1, max_size=self._max_size, reset=_keep_session
-                )
-        return self._pool
+    async def _lend(self) -> asyncpg.Connection:
+        while self._idle:
+            connection = self._idle.pop()
+            if not connection.is_closed():
+                return connection
+            self._open -= 1
+        if self._open >= self._max_size:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiting.append(waiter)
+            try:
+                handed = await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled() and waiter.result() is not None:
+                    self._give_back(waiter.result())
+                raise
+            if handed is not None:
+                return handed
+        self._open += 1  # a new connection (or the place of one that was closed)
+        try:
+            return await asyncpg.connect(self._url)
+        except BaseException:
+            self._open -= 1
+            self._hand_over(None)
+            raise
+
+    def _hand_over(self, connection: asyncpg.Connection | None) -> bool:
+        """Give ``connection`` (or, with ``None``, the right to open one) to the first task
+        still waiting; ``False`` when none is."""
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(connection)
+                return True
+        return False
+
+    def _give_back(self, connection: asyncpg.Connection) -> None:
+        if self._closed:
+            self._open -= 1
+            connection.terminate()
+        elif not self._hand_over(connection):
+            self._idle.append(connection)
+
+    def _discard(self, connection: asyncpg.Connection) -> None:
+        connection.terminate()
+        self._open -= 1
+        self._hand_over(None)
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        connection = await self._lend()
+        try:
+            yield connection
+        except asyncpg.PostgresError:  # the server refused the statement; the session is fine
+            self._give_back(connection)
+            raise
+        except BaseException:  # broken, or cancelled mid-statement: its state is unknown
+            self._discard(connection)
+            raise
+        self._give_back(connection)
 
     def _as_positional(self, sql: str) -> tuple[str, tuple[str, ...]]:
         """``:name`` parameters as ``$n``, and the names in that order (cached per text)."""
@@ -147,16 +206,6 @@ class PostgresStatements:
 
             known = self._positional[sql] = (_NAMED.sub(number, sql), tuple(names))
         return known
-
-    @contextlib.asynccontextmanager
-    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
-        pool = self._pool or await self._connections()
-        async with pool.acquire() as connection:
-            try:
-                yield connection
-            except BROKEN_CONNECTION:
-                connection.terminate()  # the pool opens a new one next time
-                raise
 
     async def fetchrow_args(self, sql: str, args: Sequence[Any]) -> asyncpg.Record | None:
         """``sql`` already in asyncpg's ``$n`` form, with its arguments in order."""
@@ -183,14 +232,11 @@ class PostgresStatements:
         return int(count) if count.isdigit() else 0
 
     async def aclose(self) -> None:
-        if self._pool is not None:
-            await self._pool.close()
-
-
-async def _keep_session(_connection: asyncpg.Connection) -> None:
-    """Return a connection to the pool as it is: only single statements that change no session
-    state run here, so asyncpg's default reset (a ``RESET ALL; UNLISTEN *; …`` round trip per
-    use) is pure cost."""
+        self._closed = True
+        idle, self._idle = self._idle, []
+        self._open -= len(idle)
+        for connection in idle:
+            await connection.close()
 
 
 def statements_for(engine: AsyncEngine) -> SqliteStatements | PostgresStatements:
