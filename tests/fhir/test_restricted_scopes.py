@@ -1,8 +1,12 @@
 """SMART v2 granular scopes (``?param=value``): reads and searches of the matching resources
-only; never writes, history or included resources (fail closed)."""
+only; never writes, history or included resources (fail closed). On every backend: the
+restriction is SQL run by each."""
 
 from __future__ import annotations
 
+import pytest
+
+from fhirgate.config import Settings
 from tests.fhir.support import (
     bearer,
     create,
@@ -11,6 +15,11 @@ from tests.fhir.support import (
     token_for_secret_client,
 )
 from tests.support import Running, register_secret_client
+
+
+@pytest.fixture
+def settings(backend_settings: Settings) -> Settings:
+    return backend_settings
 
 
 async def restricted(running: Running, scope: str) -> dict[str, str]:
@@ -54,3 +63,15 @@ async def test_a_restriction_that_cannot_be_evaluated_matches_nothing(running: R
     headers = await restricted(running, "system/Patient.rs?_security=R")
     assert (await running.http.get(f"/fhir/R4/Patient/{made}", headers=headers)).status_code == 404
     assert (await running.http.get("/fhir/R4/Patient", headers=headers)).json()["total"] == 0
+
+
+async def test_a_restriction_that_names_no_resources_grants_none(running: Running) -> None:
+    """``?_count=5`` restricts nothing it can match on: fail closed, not open."""
+    system = await system_headers(running)
+    someone = (await create(running.http, system, patient(gender="female")))["id"]
+    headers = await restricted(running, "system/Patient.rs?_count=5")
+    read = await running.http.get(f"/fhir/R4/Patient/{someone}", headers=headers)
+    assert read.status_code == 404
+    found = await running.http.get("/fhir/R4/Patient", headers=headers)
+    assert found.status_code == 200
+    assert found.json()["total"] == 0

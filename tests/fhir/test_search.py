@@ -116,6 +116,36 @@ async def test_paging_links_walk_every_match_once(running: Running) -> None:
     assert sorted(seen) == sorted(made)
 
 
+async def test_id_last_updated_tag_and_profile(server: Running, data: dict[str, Any]) -> None:
+    """The parameters every resource type has (FHIR R4 §3.1.1.5.x common parameters)."""
+    headers, patients = data["headers"], data["patients"]
+
+    async def found(query: str) -> set[str]:
+        return ids(await server.http.get(f"/fhir/R4/Patient?{query}", headers=headers))
+
+    everyone = set(patients.values())
+    assert await found(f"_id={patients['muller']},{patients['smith']}") == {
+        patients["muller"], patients["smith"],
+    }  # fmt: skip
+    assert await found("_id=no-such-id") == set()
+    assert await found("_tag=urn:t|vip") == {patients["smith"]}
+    assert await found("_tag=vip") == {patients["smith"]}
+    profiled = await create(server.http, headers, {
+        "resourceType": "Patient", "meta": {"profile": ["http://example.org/StructureDefinition/p"]},
+    })  # fmt: skip
+    assert await found("_profile=http://example.org/StructureDefinition/p") == {profiled}
+    read = await server.http.get(f"/fhir/R4/Patient/{patients['smith']}", headers=headers)
+    updated = read.json()["meta"]["lastUpdated"]  # 2026-11-29T20:40:00.123Z
+    everyone.add(profiled)
+    assert await found(f"_lastUpdated={updated[:10]}") == everyone
+    assert await found("_lastUpdated=lt2001-01-01") == set()
+    assert await found("_lastUpdated=gt2001-01-01") == everyone
+    assert await found("_lastUpdated=gt2001-01-01&_lastUpdated=lt2001-02-01") == set()
+    assert patients["smith"] in await found(f"_lastUpdated=eq{updated[:19]}Z")
+    assert patients["smith"] not in await found(f"_lastUpdated=ne{updated[:19]}Z")
+    assert await found("_lastUpdated=lt2001-01-01,gt2001-01-01") == everyone
+
+
 async def test_count_is_capped_and_total_can_be_skipped(running: Running) -> None:
     headers = await system_headers(running)
     big = await running.http.get("/fhir/R4/Patient?_count=100000", headers=headers)

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fhirgate.fhir.access import Access, Restriction
 from fhirgate.fhir.errors import Gone, Invalid, NotFound
-from fhirgate.fhir.search import restricted_to
+from fhirgate.fhir.search import Binder, restricted_to
 from fhirgate.fhir.store import ResourceStore, StoredResource
 from fhirgate.fhir.validation import validate
 from fhirgate.fhir.versions import R4, FhirVersion
@@ -93,8 +93,10 @@ class Interactions:
     ) -> None:
         """A resource the token reads only through restricted scopes must match one of them;
         one that does not is answered like a missing one (404)."""
-        condition = restricted_to(resource_type, restrictions)
-        if not await self.store.matches(access.partition, resource_type, resource_id, condition):
+        bind = Binder()
+        condition = restricted_to(resource_type, restrictions, bind)
+        partition = access.partition
+        if not await self.store.matches(partition, resource_type, resource_id, condition, bind):
             raise NotFound(f"{resource_type}/{resource_id} is not known")
 
     async def create(

@@ -1,7 +1,11 @@
 """FHIR search parameters to SQL over the index tables (FHIR R4 §3.1.1).
 
-Each parameter becomes a ``row_id IN (SELECT row_id FROM <index table> WHERE …)``;
-parameters combine with AND, comma-separated values with OR (§3.1.1.3). Semantics:
+Each parameter becomes SQL text ``row_id IN (SELECT row_id FROM <index table> WHERE …)`` with
+named parameters (:class:`Binder`), run as one statement (:mod:`fhirgate.storage.direct`):
+building and compiling SQLAlchemy expressions cost more than the search itself
+(docs/benchmarks.md). Table and column names are constants here; every value a client sends is
+a bound parameter. Parameters combine with AND, comma-separated values with OR (§3.1.1.3).
+Semantics:
 
 * string: "starts with", accents and case ignored; ``:exact``; ``:contains`` (§3.1.1.5.9);
 * token: ``code``, ``system|code``, ``|code`` (no system), ``system|`` (§3.1.1.5.7);
@@ -24,24 +28,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, cast
-
-from sqlalchemy import ColumnElement, and_, false, func, not_, or_, select
+from typing import Any
 
 from fhirgate.fhir.errors import Invalid
 from fhirgate.fhir.indexing import date_range, normalize, reference_of
 from fhirgate.fhir.search_params import SearchParam, parameter
-from fhirgate.storage.models import (
-    FhirDateIndexRow,
-    FhirReferenceIndexRow,
-    FhirResourceRow,
-    FhirStringIndexRow,
-    FhirTokenIndexRow,
-)
 
 __all__ = [
     "DEFAULT_COUNT",
     "MAX_COUNT",
+    "Binder",
     "SearchRequest",
     "page_number",
     "parse_search",
@@ -53,21 +49,42 @@ MAX_COUNT = 500
 _PREFIXES = ("eq", "ne", "lt", "gt", "le", "ge", "sa", "eb", "ap")
 _CONTROL = {"_count", "_offset", "_total", "_sort", "_format"}
 _MAX_VALUES = 100
-_SORTABLE: dict[str, Any] = {
-    "_id": FhirResourceRow.resource_id,
-    "_lastUpdated": FhirResourceRow.last_updated,
-}
+_SORTABLE = {"_id": "fhir_resources.resource_id", "_lastUpdated": "fhir_resources.last_updated"}
+#: Matches nothing (a restriction fhirgate cannot evaluate: fail closed).
+NOTHING = "1 = 0"
+
+
+class Binder:
+    """The named parameters of one statement: each value bound gets its own ``:pN``."""
+
+    def __init__(self) -> None:
+        self.params: dict[str, Any] = {}
+
+    def __call__(self, value: Any) -> str:
+        name = f"p{len(self.params)}"
+        self.params[name] = value
+        return f":{name}"
+
+
+def _any(conditions: Sequence[str]) -> str:
+    return conditions[0] if len(conditions) == 1 else "(" + " OR ".join(conditions) + ")"
+
+
+def _all(conditions: Sequence[str]) -> str:
+    return conditions[0] if len(conditions) == 1 else "(" + " AND ".join(conditions) + ")"
 
 
 @dataclass
 class SearchRequest:
-    """What a search asks for, as SQL conditions on ``fhir_resources`` plus paging."""
+    """What a search asks for: SQL conditions on ``fhir_resources`` and their parameters,
+    plus paging and order."""
 
-    conditions: list[ColumnElement[bool]] = field(default_factory=list)
+    bind: Binder = field(default_factory=Binder)
+    conditions: list[str] = field(default_factory=list)
     count: int = DEFAULT_COUNT
     offset: int = 0
     total: bool = True
-    order: list[Any] = field(default_factory=list)
+    order: list[str] = field(default_factory=list)
     #: The parameters that made the conditions, and ``_sort``/``_total`` as given: the
     #: Bundle's links repeat them.
     used: list[tuple[str, str]] = field(default_factory=list)
@@ -77,59 +94,58 @@ class SearchRequest:
     revincludes: list[tuple[str, str, str | None]] = field(default_factory=list)
 
 
-def _having(table: Any, *conditions: Any) -> ColumnElement[bool]:
+def _having(table: str, conditions: Sequence[str]) -> str:
     """Resources with an index row matching ``conditions``: ``row_id IN (SELECT …)``, which
     the planners answer from the index on (name, value) — never a probe per resource."""
-    return FhirResourceRow.row_id.in_(select(table.row_id).where(*conditions))
+    where = " AND ".join(conditions)
+    return f"fhir_resources.row_id IN (SELECT row_id FROM {table} WHERE {where})"  # noqa: S608
 
 
 def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def _string(param: SearchParam, modifier: str | None, value: str) -> ColumnElement[bool]:
-    row = FhirStringIndexRow
+def _string(bind: Binder, param: SearchParam, modifier: str | None, value: str) -> str:
     if modifier == "exact":
-        match = row.exact == value
+        match = f"exact = {bind(value)}"
     elif modifier == "contains":
-        match = row.normalized.like(f"%{_escape_like(normalize(value))}%", escape="\\")
+        match = f"normalized LIKE {bind(f'%{_escape_like(normalize(value))}%')} ESCAPE '\\'"
     elif modifier is None:
-        match = row.normalized.like(f"{_escape_like(normalize(value))}%", escape="\\")
+        match = f"normalized LIKE {bind(f'{_escape_like(normalize(value))}%')} ESCAPE '\\'"
     else:
         raise Invalid(f"modifier :{modifier} is not supported on {param.name}")
-    return _having(row, row.name == param.name, match)
+    return _having("fhir_index_strings", [f"name = {bind(param.name)}", match])
 
 
-def _token(param: SearchParam, modifier: str | None, value: str) -> ColumnElement[bool]:
-    row = FhirTokenIndexRow
+def _token(bind: Binder, param: SearchParam, modifier: str | None, value: str) -> str:
     if modifier not in (None, "not"):
         raise Invalid(f"modifier :{modifier} is not supported on {param.name}")
-    conditions: list[ColumnElement[bool]] = [row.name == param.name]
+    conditions = [f"name = {bind(param.name)}"]
     if "|" in value:
         system, _, code = value.partition("|")
-        conditions.append(row.system.is_(None) if system == "" else row.system == system)
+        conditions.append("system IS NULL" if system == "" else f"system = {bind(system)}")
         if code:
-            conditions.append(row.code == code)
+            conditions.append(f"code = {bind(code)}")
     else:
-        conditions.append(row.code == value)
-    found = _having(row, *conditions)
-    return not_(found) if modifier == "not" else found
+        conditions.append(f"code = {bind(value)}")
+    found = _having("fhir_index_tokens", conditions)
+    return f"NOT {found}" if modifier == "not" else found
 
 
-def _reference(param: SearchParam, modifier: str | None, value: str) -> ColumnElement[bool]:
-    row = FhirReferenceIndexRow
+def _reference(bind: Binder, param: SearchParam, modifier: str | None, value: str) -> str:
     target = reference_of(value)
+    conditions = [f"name = {bind(param.name)}"]
     if target is None:
         wanted_type = modifier or param.target
         if modifier is not None and not modifier[:1].isupper():
             raise Invalid(f"modifier :{modifier} is not supported on {param.name}")
-        target_id = value
-        conditions = [row.target_id == target_id]
+        conditions.append(f"target_id = {bind(value)}")
         if wanted_type is not None:
-            conditions.append(row.target_type == wanted_type)
+            conditions.append(f"target_type = {bind(wanted_type)}")
     else:
-        conditions = [row.target_type == target[0], row.target_id == target[1]]
-    return _having(row, row.name == param.name, *conditions)
+        conditions.append(f"target_type = {bind(target[0])}")
+        conditions.append(f"target_id = {bind(target[1])}")
+    return _having("fhir_index_references", conditions)
 
 
 def _prefixed(value: str) -> tuple[str, tuple[int, int]]:
@@ -141,59 +157,62 @@ def _prefixed(value: str) -> tuple[str, tuple[int, int]]:
     return prefix, covered
 
 
-def _compare(prefix: str, low: Any, high: Any, search: tuple[Any, Any]) -> ColumnElement[bool]:
-    """FHIR R4 §3.1.1.5.3: the target range ``[low, high)`` against the search range."""
+def _compare(bind: Binder, prefix: str, low: str, high: str, search: tuple[Any, Any]) -> str:
+    """FHIR R4 §3.1.1.5.3: the target range ``[low, high)`` (SQL expressions) against the
+    search range."""
     start, end = search
-    within = and_(low >= start, high <= end)
-    condition: Any = {
-        "eq": within,
-        "ne": not_(within),
-        "lt": low < start,
-        "gt": high > end,
-        "le": low < end,
-        "ge": high > start,
-        "sa": low >= end,
-        "eb": high <= start,
-        "ap": and_(low < end, high > start),  # approximately: overlapping
+    if prefix in ("eq", "ne"):
+        within = f"({low} >= {bind(start)} AND {high} <= {bind(end)})"
+        return within if prefix == "eq" else f"NOT {within}"
+    if prefix == "ap":  # approximately: overlapping
+        return f"({low} < {bind(end)} AND {high} > {bind(start)})"
+    column, operator, bound = {
+        "lt": (low, "<", start),
+        "gt": (high, ">", end),
+        "le": (low, "<", end),
+        "ge": (high, ">", start),
+        "sa": (low, ">=", end),
+        "eb": (high, "<=", start),
     }[prefix]
-    return cast(ColumnElement[bool], condition)
+    return f"{column} {operator} {bind(bound)}"
 
 
-def _date(param: SearchParam, modifier: str | None, value: str) -> ColumnElement[bool]:
+def _date(bind: Binder, param: SearchParam, modifier: str | None, value: str) -> str:
     if modifier is not None:
         raise Invalid(f"modifier :{modifier} is not supported on {param.name}")
     prefix, search = _prefixed(value)
-    row = FhirDateIndexRow
-    return _having(row, row.name == param.name, _compare(prefix, row.low, row.high, search))
+    compared = _compare(bind, prefix, "low", "high", search)
+    return _having("fhir_index_dates", [f"name = {bind(param.name)}", compared])
 
 
-def _last_updated(value: str) -> ColumnElement[bool]:
+def _last_updated(bind: Binder, value: str) -> str:
     prefix, (start, end) = _prefixed(value)
-    moment = FhirResourceRow.last_updated
     as_time = (datetime.fromtimestamp(start, UTC), datetime.fromtimestamp(end, UTC))
-    # the column is an instant: its range is the instant itself
-    return _compare(prefix, moment, moment, as_time)
+    moment = "fhir_resources.last_updated"  # an instant: its range is the instant itself
+    return _compare(bind, prefix, moment, moment, as_time)
 
 
 _BUILDERS = {"string": _string, "token": _token, "reference": _reference, "date": _date}
 
 
-def _condition(resource_type: str, name: str, value: str, lenient: bool) -> Any:
+def _condition(
+    bind: Binder, resource_type: str, name: str, value: str, lenient: bool
+) -> str | None:
     base, _, modifier = name.partition(":")
     values = value.split(",")
     if len(values) > _MAX_VALUES or not all(values):
         raise Invalid(f"parameter {base} has an empty or too long list of values")
     if base == "_id":
-        return FhirResourceRow.resource_id.in_(values)
+        return f"fhir_resources.resource_id IN ({', '.join(bind(item) for item in values)})"
     if base == "_lastUpdated":
-        return or_(*(_last_updated(item) for item in values))
+        return _any([_last_updated(bind, item) for item in values])
     param = parameter(resource_type, base)
     if param is None:
         if lenient:
             return None
         raise Invalid(f"unknown search parameter {base[:64]!r} for {resource_type}")
     build = _BUILDERS[param.type]
-    return or_(*(build(param, modifier or None, item) for item in values))
+    return _any([build(bind, param, modifier or None, item) for item in values])
 
 
 def page_number(name: str, value: str, top: int) -> int:
@@ -204,30 +223,31 @@ def page_number(name: str, value: str, top: int) -> int:
 
 
 #: What a resource sorts by for a parameter of each type (its smallest value ascending, its
-#: largest descending; FHIR R4 §3.1.1.5.10 leaves multi-valued elements to the server).
-_SORT_VALUE: dict[str, tuple[Any, Any, Any]] = {
-    "string": (FhirStringIndexRow, FhirStringIndexRow.normalized, FhirStringIndexRow.normalized),
-    "token": (FhirTokenIndexRow, FhirTokenIndexRow.code, FhirTokenIndexRow.code),
-    "date": (FhirDateIndexRow, FhirDateIndexRow.low, FhirDateIndexRow.high),
+#: largest descending; FHIR R4 §3.1.1.5.10 leaves multi-valued elements to the server):
+#: (index table, column ascending, column descending).
+_SORT_VALUE = {
+    "string": ("fhir_index_strings", "normalized", "normalized"),
+    "token": ("fhir_index_tokens", "code", "code"),
+    "date": ("fhir_index_dates", "low", "high"),
 }
 
 
-def _sort_key(resource_type: str, key: str) -> Any:
+def _sort_key(bind: Binder, resource_type: str, key: str) -> str:
     """One ``_sort`` key as an ORDER BY term; resources without a value come last."""
     descending, name = key.startswith("-"), key.lstrip("-")
+    direction = "DESC" if descending else "ASC"
     column = _SORTABLE.get(name)
     if column is not None:
-        return column.desc() if descending else column.asc()
+        return f"{column} {direction}"
     param = parameter(resource_type, name)
     if param is None or param.type not in _SORT_VALUE:
         raise Invalid(f"_sort by {name[:64]!r} is not supported for {resource_type}")
     table, low, high = _SORT_VALUE[param.type]
-    value = (
-        select(func.max(high) if descending else func.min(low))
-        .where(table.row_id == FhirResourceRow.row_id, table.name == param.name)
-        .scalar_subquery()
+    value = f"max({high})" if descending else f"min({low})"
+    return (
+        f"(SELECT {value} FROM {table} s WHERE s.row_id = fhir_resources.row_id"  # noqa: S608
+        f" AND s.name = {bind(param.name)}) {direction} NULLS LAST"
     )
-    return (value.desc() if descending else value.asc()).nulls_last()
 
 
 def _control(request: SearchRequest, name: str, value: str, resource_type: str) -> None:
@@ -240,7 +260,8 @@ def _control(request: SearchRequest, name: str, value: str, resource_type: str) 
             raise Invalid("_total must be none, estimate or accurate")
         request.total = value != "none"
     elif name == "_sort":
-        request.order.extend(_sort_key(resource_type, key) for key in value.split(",")[:5])
+        keys = value.split(",")[:5]
+        request.order.extend(_sort_key(request.bind, resource_type, key) for key in keys)
 
 
 def _inclusion(request: SearchRequest, resource_type: str, name: str, value: str) -> None:
@@ -263,10 +284,14 @@ def _inclusion(request: SearchRequest, resource_type: str, name: str, value: str
 
 
 def parse_search(
-    resource_type: str, pairs: Sequence[tuple[str, str]], lenient: bool
+    resource_type: str,
+    pairs: Sequence[tuple[str, str]],
+    lenient: bool,
+    bind: Binder | None = None,
 ) -> SearchRequest:
-    """The conditions, paging and order of a search of ``resource_type``."""
-    request = SearchRequest()
+    """The conditions, paging and order of a search of ``resource_type`` (their parameters
+    bound in ``bind``, a new :class:`Binder` by default)."""
+    request = SearchRequest(bind or Binder())
     for name, value in pairs:
         if name in _CONTROL:
             _control(request, name, value, resource_type)
@@ -277,23 +302,27 @@ def parse_search(
             _inclusion(request, resource_type, name, value)
             request.controls.append((name, value))
             continue
-        condition = _condition(resource_type, name, value, lenient)
+        condition = _condition(request.bind, resource_type, name, value, lenient)
         if condition is not None:
             request.conditions.append(condition)
             request.used.append((name, value))
-    request.order.append(FhirResourceRow.row_id.asc())  # a stable order for paging
+    request.order.append("fhir_resources.row_id ASC")  # a stable order for paging
     return request
 
 
-def restricted_to(resource_type: str, restrictions: Sequence[frozenset[tuple[str, str]]]) -> Any:
+def restricted_to(
+    resource_type: str, restrictions: Sequence[frozenset[tuple[str, str]]], bind: Binder
+) -> str:
     """The SQL condition a set of restricted scopes allows: any one scope's restrictions, all
     of them (SMART App Launch 2.x, scopes §finer-grained-resource-constraints-using-search-
-    parameters). A restriction fhirgate cannot evaluate matches nothing (fail closed)."""
+    parameters), its parameters bound in ``bind``. A restriction fhirgate cannot evaluate
+    matches nothing (fail closed)."""
     allowed = []
     for restriction in restrictions:
         try:
-            parsed = parse_search(resource_type, sorted(restriction), lenient=False)
+            parsed = parse_search(resource_type, sorted(restriction), False, bind)
         except Invalid:
-            continue
-        allowed.append(and_(*parsed.conditions))
-    return or_(*allowed) if allowed else false()
+            continue  # values it bound before failing are never referenced
+        if parsed.conditions:  # a restriction that names no resources grants none
+            allowed.append(_all(parsed.conditions))
+    return _any(allowed) if allowed else NOTHING

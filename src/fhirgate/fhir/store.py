@@ -1,5 +1,9 @@
 """The FHIR resource store: current versions, history and partitions, in the main database.
 
+Reads and searches are single statements of SQL text (:mod:`fhirgate.storage.direct`) whose
+values are all bound parameters (table and column names are constants of this module and of
+:mod:`fhirgate.fhir.search`); writes go through SQLAlchemy in one transaction each.
+
 Every read and write is confined to a :class:`Partition` in the SQL itself, so a resource
 outside it is indistinguishable from one that does not exist:
 
@@ -23,12 +27,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, exists, false, func, insert, or_, select, true, tuple_, update
+from sqlalchemy import and_, delete, exists, false, insert, or_, select, true, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from fhirgate.fhir.errors import Forbidden, PreconditionFailed
 from fhirgate.fhir.indexing import index
-from fhirgate.fhir.search import SearchRequest
+from fhirgate.fhir.search import Binder, SearchRequest
 from fhirgate.storage.direct import Statements, as_datetime, as_json
 from fhirgate.storage.models import (
     FhirDateIndexRow,
@@ -76,11 +80,12 @@ class Partition:
         parameters, for the single statements of :mod:`fhirgate.storage.direct`."""
         if self.application_id is None:
             return "", {}
-        mine = " AND application_id = :application_id"
+        mine = " AND fhir_resources.application_id = :application_id"
         if self.user_id is None:
             return mine, {"application_id": self.application_id}
         owned_or_shared = (
-            " AND (owner_user_id = :user_id OR EXISTS (SELECT 1 FROM fhir_permissions p"
+            " AND (fhir_resources.owner_user_id = :user_id OR EXISTS (SELECT 1"
+            " FROM fhir_permissions p"
             " WHERE p.row_id = fhir_resources.row_id AND p.oneup_user_id = :user_id))"
         )
         params = {"application_id": self.application_id, "user_id": self.user_id}
@@ -123,12 +128,20 @@ _CURRENT = (
 )
 
 
-_READ = (
-    "SELECT row_id, resource_type, resource_id, version_id, last_updated, deleted, content"
-    " FROM fhir_resources WHERE environment_id = :environment_id"
-    " AND fhir_version = :fhir_version AND resource_type = :resource_type"
-    " AND resource_id = :resource_id"
+_COLUMNS = (
+    "SELECT fhir_resources.row_id, fhir_resources.resource_type, fhir_resources.resource_id,"
+    " fhir_resources.version_id, fhir_resources.last_updated, fhir_resources.deleted,"
+    " fhir_resources.content FROM fhir_resources WHERE"
 )
+_IN_VERSION = (
+    " fhir_resources.environment_id = :environment_id"
+    " AND fhir_resources.fhir_version = :fhir_version"
+)
+_KEY = (
+    f"{_IN_VERSION} AND fhir_resources.resource_type = :resource_type"
+    " AND fhir_resources.resource_id = :resource_id"
+)
+_READ = _COLUMNS + _KEY
 
 
 def _resource(
@@ -208,15 +221,19 @@ class ResourceStore:
             async with self._engine.connect() as own:
                 yield own
 
-    def _live(self, partition: Partition) -> list[Any]:
-        """Conditions for the live resources of this version the partition may see."""
-        row = FhirResourceRow
-        return [
-            row.environment_id == partition.environment_id,
-            row.fhir_version == self.fhir_version,
-            row.deleted.is_(False),
-            partition.visible(),
-        ]
+    def _seen_by(self, partition: Partition) -> tuple[str, dict[str, Any]]:
+        """What the partition may see of this version (deleted resources included), as SQL
+        text to follow a key or :data:`_IN_VERSION`, and its parameters."""
+        visible, params = partition.visible_sql()
+        params.update(environment_id=partition.environment_id, fhir_version=self.fhir_version)
+        return visible, params
+
+    def _live(self, partition: Partition, bind: Binder) -> str:
+        """The live resources of this version the partition may see: SQL text (after
+        ``WHERE``), its parameters bound in ``bind``."""
+        visible, params = self._seen_by(partition)
+        bind.params.update(params)
+        return f"{_IN_VERSION} AND NOT fhir_resources.deleted{visible}"
 
     def _key(self, partition: Partition, resource_type: str, resource_id: str) -> Any:
         row = FhirResourceRow
@@ -237,23 +254,25 @@ class ResourceStore:
     ) -> StoredResource | None:
         """The current version (possibly a deletion) if the partition may see it: one
         statement (:mod:`fhirgate.storage.direct`), the hottest path of the API."""
-        visible, params = partition.visible_sql()
-        params["environment_id"] = partition.environment_id
-        params["fhir_version"] = self.fhir_version
-        params["resource_type"] = resource_type
-        params["resource_id"] = resource_id
+        visible, params = self._seen_by(partition)
+        params.update(resource_type=resource_type, resource_id=resource_id)
         row = await self._statements.fetchrow(_READ + visible, params, conn)
         return None if row is None else _resource(*row)
 
     async def matches(
-        self, partition: Partition, resource_type: str, resource_id: str, condition: Any
+        self,
+        partition: Partition,
+        resource_type: str,
+        resource_id: str,
+        condition: str,
+        bind: Binder,
     ) -> bool:
-        """Whether the resource, in the partition, meets ``condition`` (search SQL)."""
-        stmt = select(FhirResourceRow.row_id).where(
-            self._key(partition, resource_type, resource_id), partition.visible(), condition
-        )
-        async with self._engine.connect() as conn:
-            return (await conn.execute(stmt)).first() is not None
+        """Whether the resource, in the partition, meets ``condition`` (search SQL whose
+        parameters are in ``bind``)."""
+        visible, params = self._seen_by(partition)
+        params.update(bind.params, resource_type=resource_type, resource_id=resource_id)
+        sql = f"SELECT fhir_resources.row_id FROM fhir_resources WHERE{_KEY}{visible}"  # noqa: S608
+        return await self._statements.fetchrow(f"{sql} AND {condition}", params) is not None
 
     async def owns(
         self,
@@ -494,24 +513,28 @@ class ResourceStore:
         conn: AsyncConnection | None = None,
     ) -> tuple[list[StoredResource], bool, int | None]:
         """One page of the live resources of ``resource_type`` in the partition matching the
-        request: ``(page, more_after_it, total or None)``."""
-        row = FhirResourceRow
-        where = [*self._live(partition), row.resource_type == resource_type, *request.conditions]
-        page = (
-            select(*_CURRENT)
-            .where(*where)
-            .order_by(*request.order)
-            .offset(request.offset)
-            .limit(request.count + 1)
+        request: ``(page, more_after_it, total or None)``. One statement for the page, one
+        for the total."""
+        bind = request.bind
+        live = self._live(partition, bind)
+        where = " AND ".join(
+            [live, "fhir_resources.resource_type = :resource_type", *request.conditions]
         )
-        async with self._using(conn, write=False) as conn:
-            rows = (await conn.execute(page)).all() if request.count else []
-            total = None
-            if request.total:
-                count = select(func.count()).select_from(row).where(*where)
-                total = int((await conn.execute(count)).scalar_one())
-        found = [_resource(*item) for item in rows[: request.count]]
-        return found, len(rows) > request.count, total
+        bind.params.update(resource_type=resource_type)
+        rows: list[Any] = []
+        if request.count:
+            page = (
+                f"{_COLUMNS} {where} ORDER BY {', '.join(request.order)}"
+                f" LIMIT {bind(request.count + 1)} OFFSET {bind(request.offset)}"
+            )
+            rows = await self._statements.fetch(page, bind.params, conn)
+        total = None
+        if request.total:
+            counted = f"SELECT count(*) FROM fhir_resources WHERE {where}"  # noqa: S608
+            found = await self._statements.fetchrow(counted, bind.params, conn)
+            total = int(found[0]) if found is not None else 0
+        matches = [_resource(*item) for item in rows[: request.count]]
+        return matches, len(rows) > request.count, total
 
     async def included(
         self, partition: Partition, matches: list[StoredResource], request: SearchRequest
@@ -520,43 +543,40 @@ class ResourceStore:
         those the partition may see, none twice, none already a match (FHIR R4 §3.1.1.5.4)."""
         if not matches or not (request.includes or request.revincludes):
             return []
-        row, ref = FhirResourceRow, FhirReferenceIndexRow
-        match_rows = [match.row_id for match in matches]
-        live = self._live(partition)
         found: dict[int, StoredResource] = {}
-        async with self._engine.connect() as conn:
-            for _source, param, target in request.includes:
-                pointed = select(ref.target_type, ref.target_id).where(
-                    ref.row_id.in_(match_rows), ref.name == param
-                )
-                if target is not None:
-                    pointed = pointed.where(ref.target_type == target)
-                stmt = (
-                    select(*_CURRENT)
-                    .where(*live, tuple_(row.resource_type, row.resource_id).in_(pointed))
-                    .limit(MAX_INCLUDED)
-                )
-                for item in (await conn.execute(stmt)).all():
-                    found.setdefault(int(item[0]), _resource(*item))
-            for source, param, target in request.revincludes:
-                keys = [
-                    (match.resource_type, match.resource_id)
-                    for match in matches
-                    if match.resource_type == target
-                ]
-                if not keys:
-                    continue
-                pointing = select(ref.row_id).where(
-                    ref.name == param, tuple_(ref.target_type, ref.target_id).in_(keys)
-                )
-                stmt = (
-                    select(*_CURRENT)
-                    .where(*live, row.resource_type == source, row.row_id.in_(pointing))
-                    .limit(MAX_INCLUDED)
-                )
-                for item in (await conn.execute(stmt)).all():
-                    found.setdefault(int(item[0]), _resource(*item))
-        already = set(match_rows)
+        for _source, param, target in request.includes:
+            bind = Binder()
+            rows = ", ".join(bind(match.row_id) for match in matches)
+            pointed = f"row_id IN ({rows}) AND name = {bind(param)}"
+            if target is not None:
+                pointed += f" AND target_type = {bind(target)}"
+            sql = (
+                f"{_COLUMNS} {self._live(partition, bind)} AND"  # noqa: S608
+                " (fhir_resources.resource_type, fhir_resources.resource_id) IN"
+                f" (SELECT target_type, target_id FROM fhir_index_references WHERE {pointed})"
+                f" LIMIT {MAX_INCLUDED}"
+            )
+            for item in await self._statements.fetch(sql, bind.params):
+                found.setdefault(int(item[0]), _resource(*item))
+        for source, param, target in request.revincludes:
+            ids = [match.resource_id for match in matches if match.resource_type == target]
+            if not ids:
+                continue
+            bind = Binder()
+            pointing = (
+                f"name = {bind(param)} AND target_type = {bind(target)}"
+                f" AND target_id IN ({', '.join(bind(item) for item in ids)})"
+            )
+            sql = (
+                f"{_COLUMNS} {self._live(partition, bind)}"  # noqa: S608
+                f" AND fhir_resources.resource_type = {bind(source)}"
+                " AND fhir_resources.row_id IN"
+                f" (SELECT row_id FROM fhir_index_references WHERE {pointing})"
+                f" LIMIT {MAX_INCLUDED}"
+            )
+            for item in await self._statements.fetch(sql, bind.params):
+                found.setdefault(int(item[0]), _resource(*item))
+        already = {match.row_id for match in matches}
         return [resource for row_id, resource in found.items() if row_id not in already]
 
     async def compartment(
@@ -564,17 +584,12 @@ class ResourceStore:
     ) -> tuple[list[StoredResource], bool]:
         """One page of the live resources the partition may see that reference
         ``Patient/{patient_id}`` (its compartment, for ``$everything``): ``(page, more)``."""
-        row, ref = FhirResourceRow, FhirReferenceIndexRow
-        pointing = select(ref.row_id).where(
-            ref.target_type == "Patient", ref.target_id == patient_id
+        bind = Binder()
+        pointing = f"target_type = 'Patient' AND target_id = {bind(patient_id)}"
+        sql = (
+            f"{_COLUMNS} {self._live(partition, bind)} AND fhir_resources.row_id IN"  # noqa: S608
+            f" (SELECT row_id FROM fhir_index_references WHERE {pointing})"
+            f" ORDER BY fhir_resources.row_id LIMIT {bind(count + 1)} OFFSET {bind(offset)}"
         )
-        stmt = (
-            select(*_CURRENT)
-            .where(*self._live(partition), row.row_id.in_(pointing))
-            .order_by(row.row_id)
-            .offset(offset)
-            .limit(count + 1)
-        )
-        async with self._engine.connect() as conn:
-            rows = (await conn.execute(stmt)).all()
+        rows = await self._statements.fetch(sql, bind.params)
         return [_resource(*item) for item in rows[:count]], len(rows) > count

@@ -44,6 +44,7 @@ __all__ = [
 
 #: How SQLAlchemy stores a DateTime in SQLite (UTC here).
 SQLITE_DATETIME = "%Y-%m-%d %H:%M:%S.%f"
+_MAX_CACHED_TEXTS = 2000
 _NAMED = re.compile(r"(?<![:\w]):([a-z_][a-z0-9_]*)")
 
 Row = Sequence[Any]
@@ -55,6 +56,10 @@ class Statements(Protocol):
     async def fetchrow(
         self, sql: str, params: Mapping[str, Any], conn: AsyncConnection | None = None
     ) -> Row | None: ...
+
+    async def fetch(
+        self, sql: str, params: Mapping[str, Any], conn: AsyncConnection | None = None
+    ) -> list[Row]: ...
 
     async def execute(
         self, sql: str, params: Mapping[str, Any], conn: AsyncConnection | None = None
@@ -96,18 +101,26 @@ class SqliteStatements:
     async def fetchrow(
         self, sql: str, params: Mapping[str, Any], conn: AsyncConnection | None = None
     ) -> Row | None:
-        if conn is not None:
-            return (await _in_transaction(conn, sql, params)).first()  # type: ignore[no-any-return]
         named = {name: _sqlite_value(value) for name, value in params.items()}
+        if conn is not None:
+            return (await _in_transaction(conn, sql, named)).first()  # type: ignore[no-any-return]
         row: Row | None = await self._db.run(lambda db: db.execute(sql, named).fetchone())
         return row
+
+    async def fetch(
+        self, sql: str, params: Mapping[str, Any], conn: AsyncConnection | None = None
+    ) -> list[Row]:
+        named = {name: _sqlite_value(value) for name, value in params.items()}
+        if conn is not None:
+            return list((await _in_transaction(conn, sql, named)).all())
+        return await self._db.run(lambda db: db.execute(sql, named).fetchall())
 
     async def execute(
         self, sql: str, params: Mapping[str, Any], conn: AsyncConnection | None = None
     ) -> int:
-        if conn is not None:
-            return int((await _in_transaction(conn, sql, params)).rowcount)
         named = {name: _sqlite_value(value) for name, value in params.items()}
+        if conn is not None:
+            return int((await _in_transaction(conn, sql, named)).rowcount)
         return await self._db.run(lambda db: db.execute(sql, named).rowcount)
 
     async def aclose(self) -> None:
@@ -197,6 +210,8 @@ class PostgresStatements:
         """``:name`` parameters as ``$n``, and the names in that order (cached per text)."""
         known = self._positional.get(sql)
         if known is None:
+            if len(self._positional) >= _MAX_CACHED_TEXTS:  # search shapes vary: stay bounded
+                self._positional.clear()
             names: list[str] = []
 
             def number(match: re.Match[str]) -> str:
@@ -219,6 +234,15 @@ class PostgresStatements:
             return (await _in_transaction(conn, sql, params)).first()  # type: ignore[no-any-return]
         positional, names = self._as_positional(sql)
         return await self.fetchrow_args(positional, [params[name] for name in names])
+
+    async def fetch(
+        self, sql: str, params: Mapping[str, Any], conn: AsyncConnection | None = None
+    ) -> list[Row]:
+        if conn is not None:
+            return list((await _in_transaction(conn, sql, params)).all())
+        positional, names = self._as_positional(sql)
+        async with self._connection() as connection:
+            return list(await connection.fetch(positional, *[params[name] for name in names]))
 
     async def execute(
         self, sql: str, params: Mapping[str, Any], conn: AsyncConnection | None = None

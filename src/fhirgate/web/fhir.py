@@ -209,7 +209,7 @@ async def _search(
     prefer = request.headers.get("prefer", "").replace(" ", "").lower()
     wanted = parse_search(resource_type, pairs, lenient="handling=lenient" in prefer)
     if restrictions is not None:  # granular scopes: only what they allow is searched
-        wanted.conditions.append(restricted_to(resource_type, restrictions))
+        wanted.conditions.append(restricted_to(resource_type, restrictions, wanted.bind))
     store = _store(request)
     found, more, total = await store.search(access.partition, resource_type, wanted)
     extra = await store.included(access.partition, found, wanted)
