@@ -135,6 +135,7 @@ async def fhir_requests(app: Any, mode: str) -> tuple[str, str]:
             path = f"/fhir/R4/Patient/{answer['id']}"
         else:
             path = f"/fhir/R4/Observation?patient={answer['id']}"
+    await services.refresh_statistics()  # as the server does every 10 minutes
     return path, token
 
 

@@ -34,7 +34,7 @@ from fhirgate.oauth.tokens import AccessTokenService
 from fhirgate.storage.app_users import AppUserRepo
 from fhirgate.storage.audit import AuditLog
 from fhirgate.storage.db import create_engine, sqlite_path
-from fhirgate.storage.direct import Statements, statements_for
+from fhirgate.storage.direct import SqliteStatements, Statements, statements_for
 from fhirgate.storage.opaque_tokens import OpaqueTokenRepo
 from fhirgate.storage.repos import ClientRepo, OrganizationRepo
 from fhirgate.storage.sqlite_inline import checkpoint, refresh_statistics
@@ -183,10 +183,11 @@ class Services:
         await asyncio.to_thread(checkpoint, sqlite_path(self.settings.database_url))
 
     async def refresh_statistics(self) -> None:
-        """SQLite: the planner's statistics, in a thread (PostgreSQL's autovacuum keeps its own
-        up to date)."""
-        if self.settings.is_sqlite:
+        """SQLite: the planner's statistics, gathered in a thread, then loaded by the inline
+        connections (PostgreSQL's autovacuum keeps its own up to date)."""
+        if isinstance(self.statements, SqliteStatements):
             await asyncio.to_thread(refresh_statistics, sqlite_path(self.settings.database_url))
+            await self.statements.reload_statistics()
 
     async def aclose(self) -> None:
         try:

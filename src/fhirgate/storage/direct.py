@@ -123,6 +123,11 @@ class SqliteStatements:
             return int((await _in_transaction(conn, sql, named)).rowcount)
         return await self._db.run(lambda db: db.execute(sql, named).rowcount)
 
+    async def reload_statistics(self) -> None:
+        """After ``ANALYZE`` elsewhere (:func:`~fhirgate.storage.sqlite_inline.
+        refresh_statistics`): plan with the new statistics."""
+        await self._db.reload_statistics()
+
     async def aclose(self) -> None:
         self._db.close()
 

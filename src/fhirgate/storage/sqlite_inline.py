@@ -58,6 +58,14 @@ class InlineSqlite:
                 raise
         return await asyncio.to_thread(self._run_waiting, work)
 
+    async def reload_statistics(self) -> None:
+        """Make both connections plan with the statistics an ``ANALYZE`` on another connection
+        wrote: SQLite reads them only when a connection loads the schema, so without this a
+        connection opened before the first ``ANALYZE`` plans every search as if the tables
+        were empty (docs/benchmarks.md)."""
+        await self.run(_reload_statistics)
+        await asyncio.to_thread(self._run_waiting, _reload_statistics)
+
     def _run_waiting(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
         with self._waiting_lock:
             return work(self._waiting)
@@ -65,6 +73,10 @@ class InlineSqlite:
     def close(self) -> None:
         self._inline.close()
         self._waiting.close()
+
+
+def _reload_statistics(db: sqlite3.Connection) -> None:
+    db.execute("ANALYZE sqlite_schema")
 
 
 #: Rows sampled per index by ANALYZE: enough for the planner, fast on any size of table.
