@@ -151,6 +151,9 @@ async def _load(database_url: str, environment_id: str, count: int) -> list[tupl
                     if values:
                         await conn.execute(insert(table), values)
             print(f"  loaded {start + len(batch)}/{len(documents)}", file=sys.stderr)
+        if engine.dialect.name == "postgresql":  # as after any bulk load (on SQLite the
+            async with engine.begin() as conn:  # server refreshes statistics at start)
+                await conn.exec_driver_sql("ANALYZE")
     finally:
         await engine.dispose()
     return [(kind, rid) for kind, rid, _ in documents]
