@@ -29,7 +29,7 @@ import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from fhirgate.storage.direct import PostgresStatements
-from fhirgate.storage.sqlite_inline import InlineSqlite
+from fhirgate.storage.sqlite_inline import InlineSqlite, in_transaction
 
 __all__ = [
     "ASYNCPG_ERRORS",
@@ -209,14 +209,7 @@ class SqliteGrantStore:
 
 
 def _in_transaction(db: sqlite3.Connection, steps: Steps, named: dict[str, Any]) -> Issued | None:
-    db.execute("BEGIN IMMEDIATE")  # raises at once if locked (inline: busy_timeout 0)
-    try:
-        issued: Issued | None = steps(db, named)
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    return issued
+    return in_transaction(db, lambda db: steps(db, named))
 
 
 def _issue_refresh(db: sqlite3.Connection, named: dict[str, Any], grant: Issued) -> Issued:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-__all__ = ["InlineSqlite", "checkpoint", "refresh_statistics"]
+__all__ = ["InlineSqlite", "checkpoint", "in_transaction", "refresh_statistics"]
 
 _T = TypeVar("_T")
 WAIT_MS = 10_000
@@ -33,6 +33,20 @@ def _connect(path: str | Path, busy_ms: int) -> sqlite3.Connection:
     db.execute(f"PRAGMA busy_timeout={busy_ms}")
     db.execute("PRAGMA wal_autocheckpoint=0")  # a background job checkpoints, off the loop
     return db
+
+
+def in_transaction(db: sqlite3.Connection, work: Callable[[sqlite3.Connection], _T]) -> _T:
+    """``work(db)`` in one ``BEGIN IMMEDIATE`` transaction: committed, or rolled back when it
+    raises (so :meth:`InlineSqlite.run` may retry it on the waiting connection). Inline, the
+    ``BEGIN`` raises at once when another connection holds the write lock."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        done = work(db)
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    return done
 
 
 def _locked(exc: sqlite3.OperationalError) -> bool:
