@@ -191,6 +191,7 @@ class Services:
 
     async def aclose(self) -> None:
         try:
+            await self.audit.aclose()
             await self.audit.flush()
             await self.audit.seal()
         except Exception:

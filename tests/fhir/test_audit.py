@@ -3,6 +3,7 @@ only, and a chain that shows any edit."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from sqlalchemy import delete, select, text, update
@@ -92,3 +93,20 @@ async def test_token_issues_are_audited(running: Running) -> None:
     await system_headers(running)  # one client_credentials grant
     await running.services.audit.flush()
     assert len(await rows(running, event="token.issued")) == 1
+
+
+async def test_a_path_no_database_can_store_is_audited_and_answered_alone(server: Running) -> None:
+    """A NUL or an undecodable byte in the path (PostgreSQL text refuses NUL) is stored as a
+    replacement character: the request gets its 4xx, and requests audited in the same group
+    commit get their answers."""
+    headers = await system_headers(server)
+    patient = await create(server.http, headers, {"resourceType": "Patient"})
+    odd = ["/fhir/R4/Pat%00ient/1", "/fhir/R4/Patient/%00", "/fhir/R4/Patient/%ED%A0%80"]
+    answers = await asyncio.gather(
+        *(server.http.get(path, headers=headers) for path in odd),
+        *(server.http.get(f"/fhir/R4/Patient/{patient}", headers=headers) for _ in range(5)),
+    )
+    assert [answer.status_code // 100 for answer in answers[:3]] == [4, 4, 4]
+    assert [answer.status_code for answer in answers[3:]] == [200] * 5
+    (row,) = await rows(server, request_id=answers[0].headers["x-request-id"])
+    assert row.resource_type == "Pat\ufffdient"

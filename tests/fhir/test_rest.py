@@ -320,6 +320,16 @@ async def test_a_deeply_nested_body_is_answered_with_fhir_not_a_crash(
     assert_no_internals(response)
 
 
+async def test_a_trailing_slash_is_the_same_interaction(
+    running: Running, system: dict[str, str]
+) -> None:
+    created = await create(running.http, system, patient())
+    read = await running.http.get(f"{FHIR}/Patient/{created['id']}/", headers=system)
+    assert read.status_code == 200 and read.json()["id"] == created["id"]
+    found = await running.http.get(f"{FHIR}/Patient/?_id={created['id']}", headers=system)
+    assert found.status_code == 200 and found.json()["total"] == 1
+
+
 async def test_unsupported_methods_and_unknown_paths_under_the_base_are_operation_outcomes(
     running: Running, system: dict[str, str]
 ) -> None:
@@ -328,8 +338,11 @@ async def test_unsupported_methods_and_unknown_paths_under_the_base_are_operatio
     path = f"{FHIR}/Patient/{created['id']}"
     patch = await send(http, "PATCH", path, system, [], content_type="application/json-patch+json")
     assert_outcome(patch, 405)
+    assert patch.headers["Allow"] == "DELETE, GET, PUT"
     assert_outcome(await send(http, "POST", path, system, created), 405)
     assert_outcome(await http.delete(f"{FHIR}/Patient", headers=system), 405)
+    assert_outcome(await http.get(f"{FHIR}//Patient", headers=system), 404)
+    assert_outcome(await http.get(f"{FHIR}/Patient/{created['id']}//_history", headers=system), 404)
     assert_outcome(await http.get(f"{path}/_history/1/extra", headers=system), 404)
     assert_outcome(
         await http.get(f"/r4/Patient/{created['id']}/_history/1/a/b", headers=system), 404

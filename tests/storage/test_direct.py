@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import sqlite3
+from collections.abc import AsyncIterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
+from sqlalchemy.ext.asyncio import AsyncConnection
 from tests.support import PG_URL, fresh_postgres_database, require_service
 
-from fhirgate.storage.direct import PostgresStatements, SqliteStatements
+from fhirgate.storage.direct import GroupInsert, PostgresStatements, SqliteStatements
 
 
 @pytest.fixture
@@ -138,3 +142,65 @@ async def test_sqlite_datetimes_are_stored_as_sqlalchemy_does(tmp_path: object) 
         assert as_datetime(row[0]) == moment.astimezone(UTC)
     finally:
         await runner.aclose()
+
+
+class _Counting(SqliteStatements):
+    """SQLite statements that also count how rows reached the database."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.batches: list[int] = []
+        self.alone = 0
+
+    async def execute_many(self, sql: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        self.batches.append(len(rows))
+        await super().execute_many(sql, rows)
+
+    async def execute(
+        self, sql: str, params: Mapping[str, Any], conn: AsyncConnection | None = None
+    ) -> int:
+        self.alone += 1
+        return await super().execute(sql, params, conn)
+
+
+@pytest.fixture
+async def counting(tmp_path: Path) -> AsyncIterator[_Counting]:
+    runner = _Counting(f"{tmp_path}/g.db")
+    await runner.execute("CREATE TABLE g (n INTEGER NOT NULL)", {})
+    runner.alone = 0
+    yield runner
+    await runner.aclose()
+
+
+async def test_rows_queued_in_one_turn_are_committed_together(counting: _Counting) -> None:
+    group = GroupInsert(counting, "INSERT INTO g (n) VALUES (:n)")
+    await asyncio.gather(*(group.insert({"n": n}) for n in range(40)))
+    assert counting.batches == [40] and counting.alone == 0
+    await group.insert({"n": 40})  # alone in its turn: one plain statement
+    assert counting.batches == [40] and counting.alone == 1
+    rows = await counting.fetch("SELECT n FROM g ORDER BY n", {})
+    assert [row[0] for row in rows] == list(range(41))
+
+
+async def test_a_refused_row_fails_only_its_own_caller(counting: _Counting) -> None:
+    group = GroupInsert(counting, "INSERT INTO g (n) VALUES (:n)")
+    outcomes = await asyncio.gather(
+        *(group.insert({"n": None if n == 3 else n}) for n in range(6)), return_exceptions=True
+    )
+    assert isinstance(outcomes[3], sqlite3.IntegrityError)  # NOT NULL
+    assert [o for i, o in enumerate(outcomes) if i != 3] == [None] * 5
+    rows = await counting.fetch("SELECT n FROM g ORDER BY n", {})
+    assert [row[0] for row in rows] == [0, 1, 2, 4, 5]
+
+
+async def test_a_batch_is_one_transaction_on_postgres(statements: PostgresStatements) -> None:
+    await statements.execute("CREATE TABLE g (n int NOT NULL)", {})
+    group = GroupInsert(statements, "INSERT INTO g (n) VALUES (:n)")
+    await asyncio.gather(*(group.insert({"n": n}) for n in range(25)))
+    outcomes = await asyncio.gather(
+        *(group.insert({"n": None if n == 0 else 100 + n}) for n in range(3)),
+        return_exceptions=True,
+    )
+    assert isinstance(outcomes[0], asyncpg.NotNullViolationError) and outcomes[1:] == [None, None]
+    count = await statements.fetchrow("SELECT count(*), max(n) FROM g", {})
+    assert count is not None and tuple(count) == (27, 102)

@@ -3,8 +3,9 @@ failures, secret rotations, client and user changes. Rows hold identifiers only:
 secret, token, assertion or resource content; long caller-supplied values are cut.
 
 FHIR interactions are written by :meth:`AuditLog.fhir_event` before the response leaves: if the
-row cannot be written, the request fails (no health data without its audit row). On SQLite that
-insert runs inline on its own connection (:mod:`fhirgate.storage.sqlite_inline`).
+row cannot be written, the request fails (no health data without its audit row). The rows of
+one event-loop turn share one transaction (:class:`~fhirgate.storage.direct.GroupInsert`; on
+SQLite inline on its own connection).
 
 Tamper evidence (ONC §170.315(d)(2)): :meth:`AuditLog.seal` (a background job, every second)
 numbers the rows not sealed yet (``chain_seq``) and chains them: ``chain_hash`` = HMAC-SHA256
@@ -37,7 +38,7 @@ from typing import Any
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from fhirgate.storage.direct import Statements
+from fhirgate.storage.direct import GroupInsert, Statements
 from fhirgate.storage.models import AuditChainRow, AuditEventRow
 from fhirgate.storage.repos import now
 
@@ -94,7 +95,12 @@ class AuditEvent:
 
 
 def _cut(value: str | None, length: int) -> str | None:
-    return None if value is None else value[:length]
+    """At most ``length`` characters, storable by every backend: no NUL (PostgreSQL text
+    refuses it), no lone surrogate (not UTF-8) — whatever a caller put in a path."""
+    if value is None:
+        return None
+    value = value[:length].replace("\x00", "\ufffd")
+    return value.encode("utf-8", "replace").decode("utf-8")
 
 
 def _row(
@@ -106,7 +112,7 @@ def _row(
         "client_id": _cut(client_id, 64),
         "source": _cut(source, 64),
         "actor": _cut(actor, 200),
-        "detail": detail[:1000],
+        "detail": _cut(detail, 1000) or "",
     }
 
 
@@ -132,7 +138,7 @@ class AuditLog:
     ) -> None:
         self._engine = engine
         self._chain_key = chain_key
-        self._statements = statements
+        self._fhir_rows = None if statements is None else GroupInsert(statements, _FHIR_INSERT)
         self._queue: deque[dict[str, Any]] = deque()
         self._dropped = 0
 
@@ -208,20 +214,26 @@ class AuditLog:
         source: str | None,
         request_id: str,
     ) -> None:
-        """Write the audit row of one FHIR interaction now (the caller answers only after)."""
+        """Write the audit row of one FHIR interaction now (the caller answers only after):
+        with the rows of the same event-loop turn, in one transaction (group commit)."""
         row = _row(f"fhir.{action}", client_id, source, None, "")
         row.update(
             user_id=user_id,
             resource_type=_cut(resource_type, 64),
-            resource_ids=",".join(resource_ids)[:20_000],
+            resource_ids=_cut(",".join(resource_ids), 20_000),
             outcome=str(outcome),
             request_id=request_id,
         )
-        if self._statements is not None:  # one autocommit insert (inline on SQLite)
-            await self._statements.execute(_FHIR_INSERT, row)
+        if self._fhir_rows is not None:
+            await self._fhir_rows.insert(row)
             return
         async with self._engine.begin() as conn:
             await conn.execute(insert(AuditEventRow), [row])
+
+    async def aclose(self) -> None:
+        """Wait for the FHIR rows being written."""
+        if self._fhir_rows is not None:
+            await self._fhir_rows.aclose()
 
     async def seal(self) -> int:
         """Chain the rows written since the last seal, oldest first; how many."""
