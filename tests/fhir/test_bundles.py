@@ -7,6 +7,7 @@ from typing import Any
 
 from tests.delegation.support import register_application
 from tests.fhir.support import system_headers
+from tests.fhir.test_audit import rows
 from tests.support import Running
 
 
@@ -105,9 +106,52 @@ async def test_malformed_bundles_are_400(running: Running) -> None:
         {"resourceType": "Patient"},
         {"resourceType": "Bundle", "type": "document"},
         bundle("batch", {"request": {"method": "PATCH", "url": "Patient/1"}}),
-        bundle("batch", entry("GET", "Patient?name=x")),
+        bundle("batch", entry("DELETE", "Patient?name=x")),  # conditional: not supported
+        bundle("batch", entry("PUT", "Patient?name=x", {"resourceType": "Patient"})),
         bundle("batch", *[entry("GET", "Patient/x")] * 1001),
     ):
         answer = await running.http.post("/fhir/R4", json=body, headers=headers)
         assert answer.status_code == 400, body
         assert answer.json()["resourceType"] == "OperationOutcome"
+
+
+async def test_search_entries_answer_with_searchsets_on_every_backend(server: Running) -> None:
+    """``GET Type?…`` entries (FHIR R4 §3.1.0.11): a batch answers each with a searchset; a
+    transaction's searches run after its writes and see them; a user's searches see only its
+    own partition; the audit row names what they returned."""
+    headers = await system_headers(server)
+    posted = bundle(
+        "transaction",
+        entry("POST", "Patient", {"resourceType": "Patient", "name": [{"family": "Searchable"}]}),
+        entry("GET", "Patient?family=searchable&_total=accurate"),
+        entry("GET", "Patient"),
+    )
+    answer = await server.http.post("/fhir/R4", json=posted, headers=headers)
+    assert answer.status_code == 200, answer.text
+    created, searched, everyone = answer.json()["entry"]
+    new_id = created["resource"]["id"]
+    assert searched["response"]["status"] == "200 OK"
+    assert searched["resource"]["type"] == "searchset" and searched["resource"]["total"] == 1
+    assert searched["resource"]["entry"][0]["resource"]["id"] == new_id
+    assert "family=searchable" in searched["resource"]["link"][0]["url"]
+    assert everyone["resource"]["total"] >= 1
+
+    batch = await server.http.post(
+        "/fhir/R4",
+        json=bundle(
+            "batch", entry("GET", "Patient?family=searchable"), entry("GET", "Patient?x=1")
+        ),
+        headers=headers,
+    )
+    found, refused = batch.json()["entry"]
+    assert [item["resource"]["id"] for item in found["resource"]["entry"]] == [new_id]
+    assert refused["response"]["status"].startswith("400")
+
+    app = await register_application(server.services, server.http)
+    tokens = await app.user_tokens("searcher")
+    as_user = {"Authorization": f"Bearer {tokens['access_token']}"}
+    mine = bundle("batch", entry("GET", "Patient?family=searchable"))
+    answered = await server.http.post("/r4", json=mine, headers=as_user)
+    assert answered.json()["entry"][0]["resource"]["total"] == 0  # the system's, not the user's
+    (row,) = await rows(server, request_id=batch.headers["x-request-id"])
+    assert row.resource_ids == f"Patient/{new_id}"

@@ -1,8 +1,10 @@
 """batch and transaction Bundles posted to a FHIR base (FHIR R4 §3.1.0.11).
 
 Each entry is one interaction — ``POST Type`` (create), ``PUT Type/id`` (update),
-``DELETE Type/id``, ``GET Type/id`` (read) — authorized and validated exactly like its REST
-request (:class:`~fhirgate.fhir.interactions.Interactions`).
+``DELETE Type/id``, ``GET Type/id`` (read), ``GET Type?params`` (search: a ``searchset``
+Bundle as the entry's resource) — authorized and validated exactly like its REST request
+(:class:`~fhirgate.fhir.interactions.Interactions`). Conditional create, update and delete
+(a query on a write) are refused.
 
 * batch: entries run one by one, each in its own transaction; each gets its own status, a
   failure an OperationOutcome (``batch-response``).
@@ -18,6 +20,7 @@ import uuid
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
+from urllib.parse import parse_qsl
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -41,6 +44,8 @@ class _Entry:
     resource: Any
     full_url: str | None
     if_match: int | None
+    #: A search's parameters (``GET Type?…``); ``None`` for every other interaction.
+    query: list[tuple[str, str]] | None = None
 
 
 def _if_match(value: Any) -> int | None:
@@ -60,9 +65,16 @@ def _entry(index: int, raw: Any) -> _Entry:
     method, url = request.get("method"), request.get("url")
     if method not in _ORDER or not isinstance(url, str) or not url:
         raise Invalid(f"entry {index}: request.method must be GET, POST, PUT or DELETE with a url")
-    if "?" in url:
-        raise Invalid(f"entry {index}: searches and conditional requests are not supported")
-    parts = url.strip("/").split("/")
+    path, searching, query = url.partition("?")
+    parts = path.strip("/").split("/")
+    if searching or (method == "GET" and len(parts) == 1):  # GET Type[?…]: a search
+        if method != "GET" or len(parts) != 1:
+            raise Invalid(f"entry {index}: conditional requests are not supported")
+        try:
+            pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=False)
+        except ValueError as exc:
+            raise Invalid(f"entry {index}: the search is not a valid query") from exc
+        return _Entry(index, method, parts[0], None, None, None, None, pairs)
     if len(parts) > 2 or (method == "POST") != (len(parts) == 1):
         raise Invalid(f"entry {index}: {method} takes {'Type' if method == 'POST' else 'Type/id'}")
     full_url = raw.get("fullUrl")
@@ -161,6 +173,9 @@ class BundleProcessor:
         new_id: str | None = None,
     ) -> dict[str, Any]:
         act = self._interactions
+        if entry.query is not None:
+            bundle = await act.search(access, entry.resource_type, entry.query, base, conn=conn)
+            return {"resource": bundle, "response": {"status": "200 OK"}}
         if entry.method == "POST":
             stored = await act.create(access, entry.resource_type, entry.resource, conn, new_id)
             return _response(stored, 201, base)

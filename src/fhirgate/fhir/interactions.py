@@ -5,18 +5,20 @@ REST request and for an entry of a batch or transaction Bundle alike."""
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlencode
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from fhirgate.fhir.access import Access, Restriction
+from fhirgate.fhir.access import Access, InsufficientScope, Restriction
 from fhirgate.fhir.errors import Gone, Invalid, NotFound
-from fhirgate.fhir.search import Binder, restricted_to
+from fhirgate.fhir.search import Binder, parse_search, restricted_to
 from fhirgate.fhir.store import ResourceStore, StoredResource
 from fhirgate.fhir.validation import validate
 from fhirgate.fhir.versions import R4, FhirVersion
 
-__all__ = ["MAX_DEPTH", "Interactions", "checked", "checked_content", "depth"]
+__all__ = ["MAX_DEPTH", "Interactions", "checked", "checked_content", "depth", "may_read"]
 
 _ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")  # FHIR R4 §2.24.0.1 id
 #: Deeper than any real resource (nested extensions included), shallow enough for every walk.
@@ -58,6 +60,15 @@ def checked_content(resource_type: str, content: Any, version: FhirVersion = R4)
     return content
 
 
+def may_read(access: Access, resource_type: str) -> bool:
+    """Included resources appear only where the token may read their type outright."""
+    try:
+        access.require(resource_type, "read")
+    except InsufficientScope:
+        return False
+    return True
+
+
 class Interactions:
     """read, create, update and delete, authorized and validated."""
 
@@ -83,6 +94,56 @@ class Interactions:
         if stored.content is None:
             raise Gone(f"{resource_type}/{resource_id} was deleted")
         return stored
+
+    async def search(
+        self,
+        access: Access,
+        resource_type: str,
+        pairs: Sequence[tuple[str, str]],
+        base: str,
+        *,
+        lenient: bool = False,
+        conn: AsyncConnection | None = None,
+    ) -> dict[str, Any]:
+        """Type search (FHIR R4 §3.1.1): a ``searchset`` Bundle of one page — the matches, the
+        included resources the token may read, the total and the paging links (which repeat
+        the parameters used, under ``base``)."""
+        checked(resource_type, None, self.version)
+        restrictions = access.grants(resource_type, "search")
+        wanted = parse_search(resource_type, pairs, lenient)
+        if restrictions is not None:  # granular scopes: only what they allow is searched
+            wanted.conditions.append(restricted_to(resource_type, restrictions, wanted.bind))
+        found, more, total = await self.store.search(
+            access.partition, resource_type, wanted, conn=conn
+        )
+        extra = await self.store.included(access.partition, found, wanted, conn=conn)
+
+        def page(offset: int) -> dict[str, str]:
+            query = [*wanted.used, *wanted.controls, ("_count", str(wanted.count))]
+            query.append(("_offset", str(offset)))
+            return {"url": f"{base}/{resource_type}?{urlencode(query)}"}
+
+        links = [{"relation": "self", **page(wanted.offset)}]
+        if more:
+            links.append({"relation": "next", **page(wanted.offset + wanted.count)})
+        if wanted.offset > 0:
+            links.append({"relation": "previous", **page(max(0, wanted.offset - wanted.count))})
+        bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
+        if total is not None:
+            bundle["total"] = total
+        bundle["link"] = links
+        bundle["entry"] = [
+            {
+                "fullUrl": f"{base}/{stored.resource_type}/{stored.resource_id}",
+                "resource": stored.content,
+                "search": {"mode": mode},
+            }
+            for stored, mode in [
+                *((item, "match") for item in found),
+                *((item, "include") for item in extra if may_read(access, item.resource_type)),
+            ]
+        ]
+        return bundle
 
     async def require_match(
         self,

@@ -537,7 +537,12 @@ class ResourceStore:
         return matches, len(rows) > request.count, total
 
     async def included(
-        self, partition: Partition, matches: list[StoredResource], request: SearchRequest
+        self,
+        partition: Partition,
+        matches: list[StoredResource],
+        request: SearchRequest,
+        *,
+        conn: AsyncConnection | None = None,
     ) -> list[StoredResource]:
         """The resources ``_include`` and ``_revinclude`` add to a page of ``matches`` — only
         those the partition may see, none twice, none already a match (FHIR R4 §3.1.1.5.4)."""
@@ -556,7 +561,7 @@ class ResourceStore:
                 f" (SELECT target_type, target_id FROM fhir_index_references WHERE {pointed})"
                 f" LIMIT {MAX_INCLUDED}"
             )
-            for item in await self._statements.fetch(sql, bind.params):
+            for item in await self._statements.fetch(sql, bind.params, conn):
                 found.setdefault(int(item[0]), _resource(*item))
         for source, param, target in request.revincludes:
             ids = [match.resource_id for match in matches if match.resource_type == target]
@@ -574,7 +579,7 @@ class ResourceStore:
                 f" (SELECT row_id FROM fhir_index_references WHERE {pointing})"
                 f" LIMIT {MAX_INCLUDED}"
             )
-            for item in await self._statements.fetch(sql, bind.params):
+            for item in await self._statements.fetch(sql, bind.params, conn):
                 found.setdefault(int(item[0]), _resource(*item))
         already = {match.row_id for match in matches}
         return [resource for row_id, resource in found.items() if row_id not in already]

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email.utils import format_datetime
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl
 
 import orjson
 from starlette.requests import Request
@@ -40,13 +40,11 @@ from fhirgate.fhir.errors import (
     NotFound,
     UnsupportedMediaType,
 )
-from fhirgate.fhir.interactions import Interactions, checked
+from fhirgate.fhir.interactions import Interactions, checked, may_read
 from fhirgate.fhir.search import (
     DEFAULT_COUNT,
     MAX_COUNT,
     page_number,
-    parse_search,
-    restricted_to,
 )
 from fhirgate.fhir.store import Partition, ResourceStore, StoredResource, fhir_instant
 from fhirgate.fhir.versions import VERSIONS, FhirVersion
@@ -204,46 +202,25 @@ async def search_by_post(request: Request, access: Access, resource_type: str) -
 async def _search(
     request: Request, access: Access, resource_type: str, pairs: list[tuple[str, str]]
 ) -> Response:
-    _check(request, resource_type)
-    restrictions = access.grants(resource_type, "search")
     prefer = request.headers.get("prefer", "").replace(" ", "").lower()
-    wanted = parse_search(resource_type, pairs, lenient="handling=lenient" in prefer)
-    if restrictions is not None:  # granular scopes: only what they allow is searched
-        wanted.conditions.append(restricted_to(resource_type, restrictions, wanted.bind))
-    store = _store(request)
-    found, more, total = await store.search(access.partition, resource_type, wanted)
-    extra = await store.included(access.partition, found, wanted)
-    base = _base(request)
-
-    def page(offset: int) -> dict[str, str]:
-        query = [*wanted.used, *wanted.controls, ("_count", str(wanted.count))]
-        query.append(("_offset", str(offset)))
-        return {"url": f"{base}/{resource_type}?{urlencode(query)}"}
-
-    links = [{"relation": "self", **page(wanted.offset)}]
-    if more:
-        links.append({"relation": "next", **page(wanted.offset + wanted.count)})
-    if wanted.offset > 0:
-        links.append({"relation": "previous", **page(max(0, wanted.offset - wanted.count))})
-    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
-    if total is not None:
-        bundle["total"] = total
-    bundle["link"] = links
-    bundle["entry"] = [
-        {
-            "fullUrl": f"{base}/{stored.resource_type}/{stored.resource_id}",
-            "resource": stored.content,
-            "search": {"mode": mode},
-        }
-        for stored, mode in [
-            *((item, "match") for item in found),
-            *((item, "include") for item in extra if _may_read(access, item.resource_type)),
-        ]
-    ]
-    _audited_ids(
-        request, [f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in bundle["entry"]]
+    bundle = await _interactions(request).search(
+        access, resource_type, pairs, _base(request), lenient="handling=lenient" in prefer
     )
+    _audited_ids(request, _carried(bundle))
     return fhir_response(bundle)
+
+
+def _carried(bundle: dict[str, Any]) -> list[str]:
+    """``Type/id`` of every resource a Bundle carries, those of the Bundles inside it too
+    (search entries of a batch)."""
+    carried = []
+    for entry in bundle.get("entry", []):
+        resource = entry.get("resource") or {}
+        if resource.get("resourceType") == "Bundle":
+            carried += _carried(resource)
+        elif "id" in resource:
+            carried.append(f"{resource['resourceType']}/{resource['id']}")
+    return carried
 
 
 def _audited_ids(request: Request, ids: list[str]) -> None:
@@ -251,22 +228,12 @@ def _audited_ids(request: Request, ids: list[str]) -> None:
     request.state.audit_ids = ids
 
 
-def _may_read(access: Access, resource_type: str) -> bool:
-    """Included resources appear only where the token may read their type."""
-    try:
-        access.require(resource_type, "read")
-    except InsufficientScope:
-        return False
-    return True
-
-
 async def bundle(request: Request, access: Access) -> Response:
     """batch and transaction (FHIR R4 §3.1.0.11): a Bundle posted to the base."""
     services: Services = request.app.state.services
     processor = BundleProcessor(_interactions(request), services.engine)
     answer = await processor.process(access, await _body(request), _base(request))
-    written = [item["fullUrl"] for item in answer["entry"] if "fullUrl" in item]
-    _audited_ids(request, [url.removeprefix(_base(request) + "/") for url in written])
+    _audited_ids(request, _carried(answer))
     return fhir_response(answer)
 
 
@@ -290,7 +257,7 @@ async def everything(request: Request, access: Access, resource_id: str) -> Resp
     if more:
         links.append({"relation": "next", "url": f"{url}?_count={count}&_offset={offset + count}"})
     members = [patient] if offset == 0 else []
-    members += [item for item in page if _may_read(access, item.resource_type)]
+    members += [item for item in page if may_read(access, item.resource_type)]
     entries = [
         {"fullUrl": f"{base}/{item.resource_type}/{item.resource_id}", "resource": item.content}
         for item in members
