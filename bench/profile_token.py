@@ -64,7 +64,14 @@ def scope_for(body: bytes, path: str, authorization: str) -> dict[str, Any]:
     }
 
 
-async def call(app: Any, body: bytes, path: str = "/oauth2/token", authorization: str = "") -> int:
+async def exchange(
+    app: Any, body: bytes, path: str, authorization: str, content_type: bytes | None = None
+) -> tuple[int, bytes]:
+    """One request through the ASGI app: its status and body."""
+    scope = scope_for(body, path, authorization)
+    if content_type is not None:
+        scope["headers"][1] = (b"content-type", content_type)
+    answer: list[bytes] = []
     status = 0
 
     async def receive() -> dict[str, Any]:
@@ -74,9 +81,15 @@ async def call(app: Any, body: bytes, path: str = "/oauth2/token", authorization
         nonlocal status
         if message["type"] == "http.response.start":
             status = message["status"]
+        elif message["type"] == "http.response.body":
+            answer.append(message.get("body", b""))
 
-    await app(scope_for(body, path, authorization), receive, send)
-    return status
+    await app(scope, receive, send)
+    return status, b"".join(answer)
+
+
+async def call(app: Any, body: bytes, path: str = "/oauth2/token", authorization: str = "") -> int:
+    return (await exchange(app, body, path, authorization))[0]
 
 
 async def jwt_bodies(services: Any, args: argparse.Namespace) -> list[bytes]:
@@ -144,23 +157,8 @@ async def call_json(
 ) -> tuple[int, Any]:
     """A FHIR create through the ASGI app."""
     body = orjson.dumps(document)
-    scope = scope_for(body, path, authorization)
-    scope["headers"][1] = (b"content-type", b"application/fhir+json")
-    answer: list[bytes] = []
-    status = 0
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    async def send(message: dict[str, Any]) -> None:
-        nonlocal status
-        if message["type"] == "http.response.start":
-            status = message["status"]
-        elif message["type"] == "http.response.body":
-            answer.append(message.get("body", b""))
-
-    await app(scope, receive, send)
-    return status, orjson.loads(b"".join(answer))
+    status, answer = await exchange(app, body, path, authorization, b"application/fhir+json")
+    return status, orjson.loads(answer)
 
 
 async def run(args: argparse.Namespace) -> None:
