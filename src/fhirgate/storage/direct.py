@@ -172,8 +172,12 @@ class PostgresStatements:
             try:
                 handed = await waiter
             except asyncio.CancelledError:
-                if waiter.done() and not waiter.cancelled() and waiter.result() is not None:
-                    self._give_back(waiter.result())
+                if waiter.done() and not waiter.cancelled():  # handed over as it was cancelled
+                    handed = waiter.result()
+                    if handed is None:
+                        self._hand_over(None)  # the right to open one goes to the next
+                    else:
+                        self._give_back(handed)
                 raise
             if handed is not None:
                 return handed
