@@ -30,7 +30,7 @@ from typing import Any
 from sqlalchemy import and_, delete, exists, false, insert, or_, select, true, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from fhirgate.fhir.errors import Forbidden, PreconditionFailed
+from fhirgate.fhir.errors import Forbidden, NotFound, PreconditionFailed
 from fhirgate.fhir.indexing import index
 from fhirgate.fhir.search import Binder, SearchRequest
 from fhirgate.storage.direct import Statements, as_datetime, as_json
@@ -417,17 +417,21 @@ class ResourceStore:
         *,
         conn: AsyncConnection | None = None,
     ) -> tuple[StoredResource, bool]:
-        """Update, or create with the client's id (update-as-create, FHIR R4 §3.1.0.4.3);
-        ``(resource, created)``."""
+        """Update, or create with the client's id (update-as-create, FHIR R4 §3.1.0.4.3) —
+        for system principals only; ``(resource, created)``."""
         async with self._using(conn, write=True) as conn:
             current = await self._current_for_writing(conn, partition, resource_type, resource_id)
-            if current is None:
+            if current is None or not current[3]:  # no such resource, or one it cannot see
+                if partition.application_id is not None:
+                    # an application's users never choose ids: were they allowed to, creating
+                    # or not would tell another user's ids from free ones
+                    raise NotFound(f"{resource_type}/{resource_id} is not known")
                 if if_match is not None:
                     raise PreconditionFailed(f"{resource_type}/{resource_id} does not exist")
                 stored = await self._insert(conn, partition, resource_type, resource_id, content)
                 return stored, True
             row_id, version, _, _, writable = current
-            if not writable:  # another partition's id: it cannot be taken over, nor revealed
+            if not writable:  # seen but not its own: shared with it, or the application's
                 raise Forbidden(f"{resource_type}/{resource_id} may not be written by this token")
             if if_match is not None and if_match != version:
                 raise PreconditionFailed(
