@@ -10,6 +10,7 @@ import click
 import uvicorn
 
 from fhirgate import __version__
+from fhirgate.cli.admin import admin
 from fhirgate.cli.audit import audit
 from fhirgate.cli.clients import clients
 from fhirgate.cli.context import Storage, emit, load_settings, run_storage
@@ -91,6 +92,7 @@ def orgs_create(slug: str, name: str, as_json: bool) -> None:
     emit({"id": org_id, "slug": slug, "name": name}, as_json, f"Created organization {slug}.")
 
 
+cli.add_command(admin)
 cli.add_command(audit)
 cli.add_command(clients)
 cli.add_command(fhir)

@@ -57,6 +57,23 @@ class EnvironmentKind(StrEnum):
     PRODUCTION = "production"
 
 
+class OrganizationRole(StrEnum):
+    """A dashboard user's role in an organization (issue 6)."""
+
+    OWNER = "owner"
+    ADMIN = "admin"
+    MEMBER = "member"
+
+
+class EnvironmentRole(StrEnum):
+    """A member's role in one environment: engineers change its API keys; support and viewers
+    see them read-only."""
+
+    ENGINEER = "engineer"
+    SUPPORT = "support"
+    VIEWER = "viewer"
+
+
 class ClientStatus(StrEnum):
     ACTIVE = "active"
     REVOKED = "revoked"
@@ -199,6 +216,48 @@ class AuditEventRow(Base):
     request_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
     chain_seq: Mapped[int | None] = mapped_column(Integer, nullable=True, unique=True, index=True)
     chain_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class DashboardUserRow(Base):
+    """A person who signs in to the dashboard (not an application user of the FHIR API).
+    ``email`` is stored lower-cased; ``password_hash`` is an argon2id PHC string."""
+
+    __tablename__ = "dashboard_users"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    email: Mapped[str] = mapped_column(String(254), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime]
+    password_changed_at: Mapped[datetime]
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+class MembershipRow(Base):
+    """A dashboard user's role in an organization."""
+
+    __tablename__ = "organization_members"
+
+    user_id: Mapped[str] = mapped_column(
+        ForeignKey("dashboard_users.id", ondelete="CASCADE"), primary_key=True
+    )
+    organization_id: Mapped[str] = mapped_column(
+        ForeignKey("organizations.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    role: Mapped[str] = mapped_column(String(16))
+
+
+class EnvironmentRoleRow(Base):
+    """A member's role in one environment of its organization."""
+
+    __tablename__ = "environment_roles"
+
+    user_id: Mapped[str] = mapped_column(
+        ForeignKey("dashboard_users.id", ondelete="CASCADE"), primary_key=True
+    )
+    environment_id: Mapped[str] = mapped_column(
+        ForeignKey("environments.id", ondelete="CASCADE"), primary_key=True
+    )
+    role: Mapped[str] = mapped_column(String(16))
 
 
 class AuditChainRow(Base):

@@ -1,0 +1,1 @@
+"""The developer dashboard: people, their organizations and roles, and (next) its pages."""
