@@ -99,8 +99,10 @@ def _cut(value: str | None, length: int) -> str | None:
     refuses it), no lone surrogate (not UTF-8) — whatever a caller put in a path."""
     if value is None:
         return None
-    value = value[:length].replace("\x00", "\ufffd")
-    return value.encode("utf-8", "replace").decode("utf-8")
+    value = value[:length]
+    if value.isascii() and "\x00" not in value:  # nearly always: nothing to replace
+        return value
+    return value.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
 
 
 def _row(
