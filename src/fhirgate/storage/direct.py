@@ -6,8 +6,9 @@ Here they are constant SQL text with ``:name`` parameters, run
 
 * on SQLite inline on the event loop on a ``sqlite3`` connection of their own, never waiting
   there for the write lock (:class:`~fhirgate.storage.sqlite_inline.InlineSqlite`);
-* on PostgreSQL as one autocommit statement on a few asyncpg connections of its own (no
-  pre-ping, no ``BEGIN``/``COMMIT``, no reset query), the text turned into ``$n`` form once;
+* on PostgreSQL as one autocommit statement on a few asyncpg connections of its own
+  (:mod:`fhirgate.storage.lease`: no pre-ping, no ``BEGIN``/``COMMIT``, no reset query), the
+  text turned into ``$n`` form once;
 * inside a caller's SQLAlchemy transaction (a transaction Bundle) through that connection, so
   the statement sees the transaction's own writes.
 
@@ -18,10 +19,8 @@ SQLAlchemy's text form, and :func:`as_datetime` and :func:`as_json` read results
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
-from collections import deque
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -31,6 +30,7 @@ import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from fhirgate.storage.lease import Lease
 from fhirgate.storage.sqlite_inline import InlineSqlite, in_transaction
 
 __all__ = [
@@ -142,87 +142,20 @@ class SqliteStatements:
 
 
 class PostgresStatements:
-    """One autocommit statement per call, on a few asyncpg connections of its own.
-
-    The connections are lent by a minimal lease instead of ``asyncpg.Pool``, whose release
-    (shielded, with a timeout and a reset hook) costs a third of a deny-list check
-    (docs/benchmarks.md): only single autocommit statements run here, so a connection comes
-    back in the state it left. One whose statement did not end cleanly (cancelled, or the
-    connection broke) is closed, never lent again.
-    """
+    """One autocommit statement per call, on a few asyncpg connections of its own, lent by
+    :class:`~fhirgate.storage.lease.Lease` instead of ``asyncpg.Pool`` (whose release costs a
+    third of a deny-list check)."""
 
     def __init__(self, url: str, max_size: int = 10) -> None:
-        self._url = url
-        self._max_size = max_size
-        self._idle: list[asyncpg.Connection] = []
-        self._open = 0
-        self._waiting: deque[asyncio.Future[asyncpg.Connection | None]] = deque()
-        self._closed = False
+        self._lease: Lease[asyncpg.Connection] = Lease(
+            lambda: asyncpg.connect(url),
+            _terminate,
+            lambda connection: not connection.is_closed(),
+            (asyncpg.PostgresError,),  # the server refused the statement; the session is fine
+            max_size,
+        )
+        self._connection = self._lease.connection
         self._positional: dict[str, tuple[str, tuple[str, ...]]] = {}
-
-    async def _lend(self) -> asyncpg.Connection:
-        while self._idle:
-            connection = self._idle.pop()
-            if not connection.is_closed():
-                return connection
-            self._open -= 1
-        if self._open >= self._max_size:
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiting.append(waiter)
-            try:
-                handed = await waiter
-            except asyncio.CancelledError:
-                if waiter.done() and not waiter.cancelled():  # handed over as it was cancelled
-                    handed = waiter.result()
-                    if handed is None:
-                        self._hand_over(None)  # the right to open one goes to the next
-                    else:
-                        self._give_back(handed)
-                raise
-            if handed is not None:
-                return handed
-        self._open += 1  # a new connection (or the place of one that was closed)
-        try:
-            return await asyncpg.connect(self._url)
-        except BaseException:
-            self._open -= 1
-            self._hand_over(None)
-            raise
-
-    def _hand_over(self, connection: asyncpg.Connection | None) -> bool:
-        """Give ``connection`` (or, with ``None``, the right to open one) to the first task
-        still waiting; ``False`` when none is."""
-        while self._waiting:
-            waiter = self._waiting.popleft()
-            if not waiter.done():
-                waiter.set_result(connection)
-                return True
-        return False
-
-    def _give_back(self, connection: asyncpg.Connection) -> None:
-        if self._closed:
-            self._open -= 1
-            connection.terminate()
-        elif not self._hand_over(connection):
-            self._idle.append(connection)
-
-    def _discard(self, connection: asyncpg.Connection) -> None:
-        connection.terminate()
-        self._open -= 1
-        self._hand_over(None)
-
-    @contextlib.asynccontextmanager
-    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
-        connection = await self._lend()
-        try:
-            yield connection
-        except asyncpg.PostgresError:  # the server refused the statement; the session is fine
-            self._give_back(connection)
-            raise
-        except BaseException:  # broken, or cancelled mid-statement: its state is unknown
-            self._discard(connection)
-            raise
-        self._give_back(connection)
 
     def _as_positional(self, sql: str) -> tuple[str, tuple[str, ...]]:
         """``:name`` parameters as ``$n``, and the names in that order (cached per text)."""
@@ -280,11 +213,11 @@ class PostgresStatements:
             await connection.executemany(positional, arguments)  # atomic: one transaction
 
     async def aclose(self) -> None:
-        self._closed = True
-        idle, self._idle = self._idle, []
-        self._open -= len(idle)
-        for connection in idle:
-            await connection.close()
+        await self._lease.aclose()
+
+
+async def _terminate(connection: asyncpg.Connection) -> None:
+    connection.terminate()
 
 
 class GroupInsert:
