@@ -196,8 +196,8 @@ class Services:
             await self.audit.seal()
         except Exception:
             log.exception("could not write or seal the last audit events")
-        self.used_jti.close()
-        self.revoked.close()
+        await self.used_jti.aclose()
+        await self.revoked.aclose()
         await self.delegation.grants.aclose()
         await self.statements.aclose()
         await self.jwks.aclose()

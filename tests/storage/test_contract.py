@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 from tests.support import (
     PG_URL,
     REDIS_URL,
@@ -139,7 +140,9 @@ async def ttl_set(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         redis_url = require_service(REDIS_URL, "Redis")
         await flush_redis(redis_url)
         redis = Redis.from_url(redis_url)
-        yield RedisTTLSet(redis, "fhirgate:test:")
+        redis_set = RedisTTLSet(redis, "fhirgate:test:")
+        yield redis_set
+        await redis_set.aclose()
         await redis.aclose()
 
 
@@ -254,3 +257,28 @@ async def test_sqlite_checkpoint_moves_writes_into_the_database_file(tmp_path: P
     checkpoint(sqlite_path(url))
     assert rows_in_main_file() == 1
     await sqlite.aclose()
+
+
+async def test_redis_set_survives_connections_redis_ends() -> None:
+    """The set's own connections (storage/lease.py): when Redis ends them, a command fails at
+    most once (a storage fault: 503 upstream, never a wrong answer) and the next ones reconnect."""
+    redis_url = require_service(REDIS_URL, "Redis")
+    await flush_redis(redis_url)
+    admin = Redis.from_url(redis_url)
+    redis_set = RedisTTLSet(admin, "fhirgate:test:")
+    try:
+        assert await redis_set.add("k", int(time.time()) + 60)
+        await admin.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+        outcomes = []
+        for _ in range(3):
+            try:
+                outcomes.append(await redis_set.contains("k"))
+            except (RedisError, OSError) as exc:
+                outcomes.append(type(exc).__name__)
+        assert outcomes[-2:] == [True, True], outcomes
+        assert outcomes[0] in (True, "ConnectionError"), outcomes
+        many = await asyncio.gather(*(redis_set.contains("k") for _ in range(40)))
+        assert many == [True] * 40  # more callers than connections: they wait their turn
+    finally:
+        await redis_set.aclose()
+        await admin.aclose()

@@ -18,8 +18,11 @@ import time
 from typing import Protocol
 
 from redis.asyncio import Redis
+from redis.asyncio.connection import Connection
+from redis.exceptions import ResponseError
 
 from fhirgate.storage.direct import Statements
+from fhirgate.storage.lease import Lease
 from fhirgate.storage.models import RevokedTokenRow, UsedJtiRow
 
 __all__ = ["RedisTTLSet", "SqlTTLSet", "TTLSet", "digest"]
@@ -44,7 +47,7 @@ class TTLSet(Protocol):
         """Drop expired keys; returns how many went (Redis expires them itself: 0)."""
         ...
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
         """Release what the set holds itself (shared engines and clients are closed by owners)."""
         ...
 
@@ -90,7 +93,7 @@ class SqlTTLSet:
             await asyncio.sleep(0)  # let requests in between batches
         return purged
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
         """Nothing: the statements runner belongs to whoever made it."""
 
     @classmethod
@@ -103,23 +106,45 @@ class SqlTTLSet:
 
 
 class RedisTTLSet:
-    """A TTL set in Redis under ``prefix``; expiry is Redis's own."""
+    """A TTL set in Redis under ``prefix``; expiry is Redis's own.
+
+    Each check is one command on a connection of its own lease (:mod:`fhirgate.storage.lease`)
+    rather than through redis-py's client and pool, whose per-command machinery cost twice the
+    round trip (docs/benchmarks.md); the connections take the client's settings.
+    """
 
     def __init__(self, redis: Redis, prefix: str) -> None:
-        self._redis = redis
         self._prefix = prefix
+
+        async def connect() -> Connection:
+            connection: Connection = redis.connection_pool.make_connection()  # type: ignore[no-untyped-call]
+            await connection.connect()  # type: ignore[no-untyped-call]
+            return connection
+
+        self._lease: Lease[Connection] = Lease(
+            connect, _disconnect, lambda c: bool(c.is_connected), (ResponseError,)
+        )
+
+    async def _command(self, *args: str | bytes | int) -> object:
+        async with self._lease.connection() as connection:
+            await connection.send_command(*args)
+            return await connection.read_response()
 
     async def add(self, key: str, expires_at: int) -> bool:
         ttl_ms = int((expires_at - time.time()) * 1000)
         if ttl_ms <= 0:  # already expired: nothing to remember, as in the SQL sets
             return not await self.contains(key)
-        return bool(await self._redis.set(self._prefix + key, b"1", nx=True, px=ttl_ms))
+        return await self._command("SET", self._prefix + key, b"1", "NX", "PX", ttl_ms) is not None
 
     async def contains(self, key: str) -> bool:
-        return bool(await self._redis.exists(self._prefix + key))
+        return bool(await self._command("EXISTS", self._prefix + key))
 
     async def purge(self) -> int:
         return 0
 
-    def close(self) -> None:
-        pass
+    async def aclose(self) -> None:
+        await self._lease.aclose()
+
+
+async def _disconnect(connection: Connection) -> None:
+    await connection.disconnect()
