@@ -103,14 +103,16 @@ class FhirgateApp(FastAPI):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            path, endpoint = scope["path"], None
-            if scope["method"] == "POST":
-                endpoint = self.token_endpoints.get(path)
-            if endpoint is None and self.fhir.base_of(path) is not None:
-                endpoint = self.fhir
+            path = scope["path"]
+            endpoint = self.token_endpoints.get(path) if scope["method"] == "POST" else None
             if endpoint is not None:
                 scope["app"] = self
                 await endpoint(scope, receive, send)
+                return
+            found = self.fhir.base_of(path)  # matched once, then served
+            if found is not None:
+                scope["app"] = self
+                await self.fhir.serve(found, scope, receive, send)
                 return
         await super().__call__(scope, receive, send)
 

@@ -97,6 +97,11 @@ def _sqlite_value(value: Any) -> Any:
     return value
 
 
+def _as_stored(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Parameters as SQLite stores them (datetimes in SQLAlchemy's text form)."""
+    return {name: _sqlite_value(value) for name, value in params.items()}
+
+
 class SqliteStatements:
     """Inline on the event loop; in a thread only while another connection writes."""
 
@@ -106,7 +111,7 @@ class SqliteStatements:
     async def fetchrow(
         self, sql: str, params: Mapping[str, Any], conn: AsyncConnection | None = None
     ) -> Row | None:
-        named = {name: _sqlite_value(value) for name, value in params.items()}
+        named = _as_stored(params)
         if conn is not None:
             return (await _in_transaction(conn, sql, named)).first()  # type: ignore[no-any-return]
         row: Row | None = await self._db.run(lambda db: db.execute(sql, named).fetchone())
@@ -115,7 +120,7 @@ class SqliteStatements:
     async def fetch(
         self, sql: str, params: Mapping[str, Any], conn: AsyncConnection | None = None
     ) -> list[Row]:
-        named = {name: _sqlite_value(value) for name, value in params.items()}
+        named = _as_stored(params)
         if conn is not None:
             return list((await _in_transaction(conn, sql, named)).all())
         return await self._db.run(lambda db: db.execute(sql, named).fetchall())
@@ -123,13 +128,13 @@ class SqliteStatements:
     async def execute(
         self, sql: str, params: Mapping[str, Any], conn: AsyncConnection | None = None
     ) -> int:
-        named = {name: _sqlite_value(value) for name, value in params.items()}
+        named = _as_stored(params)
         if conn is not None:
             return int((await _in_transaction(conn, sql, named)).rowcount)
         return await self._db.run(lambda db: db.execute(sql, named).rowcount)
 
     async def execute_many(self, sql: str, rows: Sequence[Mapping[str, Any]]) -> None:
-        named = [{name: _sqlite_value(value) for name, value in row.items()} for row in rows]
+        named = [_as_stored(row) for row in rows]
         await self._db.run(lambda db: in_transaction(db, lambda db: db.executemany(sql, named)))
 
     async def reload_statistics(self) -> None:
@@ -173,6 +178,11 @@ class PostgresStatements:
             known = self._positional[sql] = (_NAMED.sub(number, sql), tuple(names))
         return known
 
+    def _bound(self, sql: str, params: Mapping[str, Any]) -> tuple[str, list[Any]]:
+        """``sql`` in ``$n`` form and its arguments in that order."""
+        positional, names = self._as_positional(sql)
+        return positional, [params[name] for name in names]
+
     async def fetchrow_args(self, sql: str, args: Sequence[Any]) -> asyncpg.Record | None:
         """``sql`` already in asyncpg's ``$n`` form, with its arguments in order."""
         async with self._connection() as connection:
@@ -183,26 +193,25 @@ class PostgresStatements:
     ) -> Row | None:
         if conn is not None:
             return (await _in_transaction(conn, sql, params)).first()  # type: ignore[no-any-return]
-        positional, names = self._as_positional(sql)
-        return await self.fetchrow_args(positional, [params[name] for name in names])
+        return await self.fetchrow_args(*self._bound(sql, params))
 
     async def fetch(
         self, sql: str, params: Mapping[str, Any], conn: AsyncConnection | None = None
     ) -> list[Row]:
         if conn is not None:
             return list((await _in_transaction(conn, sql, params)).all())
-        positional, names = self._as_positional(sql)
+        positional, args = self._bound(sql, params)
         async with self._connection() as connection:
-            return list(await connection.fetch(positional, *[params[name] for name in names]))
+            return list(await connection.fetch(positional, *args))
 
     async def execute(
         self, sql: str, params: Mapping[str, Any], conn: AsyncConnection | None = None
     ) -> int:
         if conn is not None:
             return int((await _in_transaction(conn, sql, params)).rowcount)
-        positional, names = self._as_positional(sql)
+        positional, args = self._bound(sql, params)
         async with self._connection() as connection:
-            status = await connection.execute(positional, *[params[name] for name in names])
+            status = await connection.execute(positional, *args)
         count = status.rsplit(" ", 1)[-1]  # "DELETE 3", "INSERT 0 1"
         return int(count) if count.isdigit() else 0
 

@@ -507,7 +507,8 @@ def _bases() -> list[_Base]:
 
 
 class FhirApi:
-    """The FHIR REST API under every base of every version, as one ASGI app."""
+    """The FHIR REST API under every base of every version: :meth:`base_of` finds the base a
+    path is under, :meth:`serve` answers the request."""
 
     def __init__(self, body_limit: int) -> None:
         self._bases = _bases()
@@ -523,9 +524,10 @@ class FhirApi:
                 return base, matched
         return None
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        found = self.base_of(scope["path"])
-        assert found is not None, "only paths under a FHIR base come here"
+    async def serve(
+        self, found: tuple[_Base, re.Match[str]], scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        """The request under the base :meth:`base_of` found, as an ASGI app would."""
         base, matched = found
         params = {k: v for k, v in matched.groupdict().items() if k != "rest" and v is not None}
         rest = (matched["rest"] or "").removeprefix("/").removesuffix("/")
