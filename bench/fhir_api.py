@@ -224,7 +224,9 @@ def run(args: argparse.Namespace) -> Result:
             wall, cpu = time.perf_counter() - wall_before, cpu_seconds(procs) - cpu_before
         finally:
             server.terminate()
-            server.wait(10)
+            stopping = time.perf_counter()
+            server.wait(120)
+            print(f"server stopped in {time.perf_counter() - stopping:.1f} s", file=sys.stderr)
     latencies.sort()
     return Result(
         mode=args.mode,
