@@ -4,7 +4,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint typecheck check bench clean
+.PHONY: serve test lint typecheck check bench clean tools
+
+# Browser tests drive Debian's chromium (Playwright's Python package, no downloaded browser);
+# the exported Postman collection runs under newman from the npm registry (tools/package.json).
+CHROMIUM ?= /usr/bin/chromium
+NEWMAN := tools/node_modules/.bin/newman
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +23,23 @@ serve: $(STAMP)
 	@echo "fhirgate: sample FHIR data for a first try: $(BIN)/fhirgate fhir load-sample (in another shell)"
 	$(BIN)/fhirgate serve
 
-test: $(STAMP)
-	$(BIN)/python -m pytest
+test: $(STAMP) tools
+	FHIRGATE_CHROMIUM=$(CHROMIUM) FHIRGATE_NEWMAN=$(abspath $(NEWMAN)) $(BIN)/python -m pytest
+
+tools: $(CHROMIUM) $(NEWMAN)
+
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "make: installing Debian's chromium for the browser tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else \
+		echo "make: the browser tests need Chromium: install it (Debian: sudo apt-get install chromium)" \
+			"or run make test CHROMIUM=/path/to/chromium" >&2; exit 1; \
+	fi
+
+$(NEWMAN): tools/package.json tools/package-lock.json
+	npm ci --prefix tools --no-audit --no-fund --loglevel=error
+	touch $(NEWMAN)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
@@ -34,4 +54,4 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.token_endpoint
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache tools/node_modules
