@@ -66,6 +66,7 @@ _CHAINED = (
     AuditEventRow.resource_ids,
     AuditEventRow.outcome,
     AuditEventRow.request_id,
+    AuditEventRow.organization_id,
 )
 
 
@@ -124,8 +125,10 @@ def _instant(value: datetime) -> str:
 
 
 def _link(key: bytes, previous: str, seq: int, row: Sequence[Any]) -> str:
-    """One link of the chain: HMAC(key, previous hash + the row's fields, canonically)."""
-    fields = [seq, row[0], _instant(row[1]), *row[2:]]
+    """One link of the chain: HMAC(key, previous hash + the row's fields, canonically). The
+    last field, ``organization_id`` (added in migration 0008), counts only when set, so rows
+    sealed before it existed still verify."""
+    fields = [seq, row[0], _instant(row[1]), *(row[2:] if row[-1] is not None else row[2:-1])]
     text = json.dumps(fields, separators=(",", ":"), ensure_ascii=False, default=str)
     return hmac.new(key, f"{previous}|{text}".encode(), hashlib.sha256).hexdigest()
 
@@ -152,12 +155,14 @@ class AuditLog:
         source: str | None = None,
         actor: str | None = None,
         detail: str = "",
+        organization_id: str | None = None,
     ) -> None:
-        """Write one event now."""
+        """Write one event now (``organization_id``: the organization whose audit page shows
+        it)."""
+        row = _row(event, client_id, source, actor, detail)
+        row["organization_id"] = organization_id
         async with self._engine.begin() as conn:
-            await conn.execute(
-                insert(AuditEventRow), [_row(event, client_id, source, actor, detail)]
-            )
+            await conn.execute(insert(AuditEventRow), [row])
 
     def enqueue(
         self,

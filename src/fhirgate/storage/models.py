@@ -41,11 +41,13 @@ __all__ = [
     "FhirStringIndexRow",
     "FhirTokenIndexRow",
     "FhirVersionRow",
+    "InvitationRow",
     "OpaqueKind",
     "OpaqueTokenRow",
     "OrganizationRow",
     "RevokedTokenRow",
     "ServerKeyRow",
+    "SessionRow",
     "UsedJtiRow",
     "UserGrantRow",
 ]
@@ -147,6 +149,11 @@ class ClientRow(Base):
     previous_secret_expires_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
     #: Access-token lifetime in seconds; ``None``: the default of the client's auth method.
     token_lifetime: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    #: A user-level API key (Platform API): the dashboard user it acts for; ``None`` for the
+    #: API keys of an environment.
+    owner_user_id: Mapped[str | None] = mapped_column(
+        ForeignKey("dashboard_users.id", ondelete="CASCADE"), nullable=True, index=True
+    )
 
 
 class ServerKeyRow(Base):
@@ -216,6 +223,8 @@ class AuditEventRow(Base):
     request_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
     chain_seq: Mapped[int | None] = mapped_column(Integer, nullable=True, unique=True, index=True)
     chain_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    #: The organization a dashboard or Platform API change concerns (its audit page reads it).
+    organization_id: Mapped[str | None] = mapped_column(String(36), nullable=True, index=True)
 
 
 class DashboardUserRow(Base):
@@ -258,6 +267,39 @@ class EnvironmentRoleRow(Base):
         ForeignKey("environments.id", ondelete="CASCADE"), primary_key=True
     )
     role: Mapped[str] = mapped_column(String(16))
+
+
+class SessionRow(Base):
+    """A signed-in dashboard session. The cookie carries a random token; only its SHA-256 is
+    stored, so a copy of the database signs nobody in."""
+
+    __tablename__ = "dashboard_sessions"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(
+        ForeignKey("dashboard_users.id", ondelete="CASCADE"), index=True
+    )
+    created_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime]
+
+
+class InvitationRow(Base):
+    """An invitation by link to join an organization with a role (single use, expires)."""
+
+    __tablename__ = "dashboard_invitations"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    organization_id: Mapped[str] = mapped_column(
+        ForeignKey("organizations.id", ondelete="CASCADE"), index=True
+    )
+    email: Mapped[str] = mapped_column(String(254))
+    role: Mapped[str] = mapped_column(String(16))
+    invited_by: Mapped[str | None] = mapped_column(
+        ForeignKey("dashboard_users.id", ondelete="SET NULL"), nullable=True
+    )
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    accepted_at: Mapped[datetime | None] = mapped_column(nullable=True)
 
 
 class AuditChainRow(Base):
