@@ -20,7 +20,7 @@ from fhirgate.dialects.pattern import PATTERN
 from fhirgate.dialects.redox import REDOX
 from fhirgate.logs import lean_records
 from fhirgate.services import Services
-from fhirgate.web import discovery, fhir
+from fhirgate.web import dashboard, discovery, fhir
 from fhirgate.web.failures import (
     STORAGE_ERRORS,
     BodyLimitMiddleware,
@@ -141,6 +141,7 @@ def create_app(settings: Settings | None = None) -> FhirgateApp:
     if settings.legacy_api_keys:
         app.include_router(redox_legacy.router)
     _whoami_routes(app)
+    dashboard.install(app)
     app.add_exception_handler(BearerError, lambda _r, e: bearer_error_response(e))
     app.add_exception_handler(HTTPException, http_error)
     for exc_type in STORAGE_ERRORS:

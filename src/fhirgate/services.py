@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from fhirgate.config import MAX_TOKEN_LIFETIME, Settings
+from fhirgate.dashboard.sessions import SessionStore
 from fhirgate.fhir.interactions import Interactions
 from fhirgate.fhir.store import ResourceStore
 from fhirgate.fhir.versions import VERSIONS
@@ -31,10 +32,12 @@ from fhirgate.oauth.quota import CallQuota
 from fhirgate.oauth.server import TokenEndpoint
 from fhirgate.oauth.throttle import FailureLimiter
 from fhirgate.oauth.tokens import AccessTokenService
+from fhirgate.storage.accounts import AccountRepo
 from fhirgate.storage.app_users import AppUserRepo
 from fhirgate.storage.audit import AuditLog
 from fhirgate.storage.db import create_engine, sqlite_path
 from fhirgate.storage.direct import SqliteStatements, Statements, statements_for
+from fhirgate.storage.invitations import InvitationRepo
 from fhirgate.storage.opaque_tokens import OpaqueTokenRepo
 from fhirgate.storage.repos import ClientRepo, OrganizationRepo
 from fhirgate.storage.sqlite_inline import checkpoint, refresh_statistics
@@ -51,6 +54,7 @@ PURGE_SECONDS = 60.0  # expired jti and deny-list entries are dropped this often
 AUDIT_FLUSH_SECONDS = 1.0  # queued audit events (failed authentications) are written this often
 CHECKPOINT_SECONDS = 1.0  # SQLite: the WAL is copied back this often, off the event loop
 STATISTICS_SECONDS = 600.0  # SQLite: the planner's statistics are refreshed this often
+SIGN_IN_FAILURES = 10  # failed dashboard sign-ins a minute per (email, address); 50 per address
 
 
 @dataclass
@@ -77,6 +81,10 @@ class Services:
     user_management_quota: CallQuota
     fhir: dict[str, Interactions]
     statements: Statements
+    accounts: AccountRepo
+    invitations: InvitationRepo
+    sessions: SessionStore
+    sign_in_limiter: FailureLimiter
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -159,6 +167,15 @@ class Services:
             CallQuota(settings.user_management_rate_limit, 3600, redis, "fhirgate:um:"),
             {v.name: Interactions(ResourceStore(engine, v.name, statements), v) for v in VERSIONS},
             statements,
+            AccountRepo(engine),
+            InvitationRepo(engine),
+            SessionStore(engine, derive_key(secret, b"fhirgate dashboard csrf")),
+            FailureLimiter(
+                SIGN_IN_FAILURES,
+                redis,
+                prefix="fhirgate:signin:",
+                address_limit=SIGN_IN_FAILURES * 5,
+            ),
         )
 
     def background_jobs(self) -> list[tuple[float, Callable[[], Awaitable[object]]]]:
@@ -171,6 +188,7 @@ class Services:
             (AUDIT_FLUSH_SECONDS, self.audit.seal),
             (PURGE_SECONDS, self.opaque.purge),
             (PURGE_SECONDS, self.delegation.grants.purge),
+            (PURGE_SECONDS, self.sessions.purge),
         ]
         if self.settings.is_sqlite:
             jobs.append((CHECKPOINT_SECONDS, self.checkpoint))

@@ -104,6 +104,36 @@ class AccountRepo:
             found = (await conn.execute(stmt)).first()
         return None if found is None else (DashboardUser(*found[:3]), str(found[3]))
 
+    async def get(self, user_id: str) -> DashboardUser | None:
+        row = DashboardUserRow
+        stmt = select(row.id, row.email, row.active).where(row.id == user_id)
+        async with self._engine.connect() as conn:
+            found = (await conn.execute(stmt)).first()
+        return None if found is None else DashboardUser(*found)
+
+    async def set_password(self, user_id: str, password_hash: str) -> None:
+        """Replace the person's password hash (the caller ends their other sessions)."""
+        stmt = (
+            update(DashboardUserRow)
+            .where(DashboardUserRow.id == user_id)
+            .values(password_hash=password_hash, password_changed_at=now())
+        )
+        async with self._engine.begin() as conn:
+            if (await conn.execute(stmt)).rowcount == 0:
+                raise NotFound("no such person")
+
+    async def members(self, organization_id: str) -> list[tuple[DashboardUser, str]]:
+        """The organization's people and their organization roles, by email."""
+        user = DashboardUserRow
+        stmt = (
+            select(user.id, user.email, user.active, MembershipRow.role)
+            .join(MembershipRow, MembershipRow.user_id == user.id)
+            .where(MembershipRow.organization_id == organization_id)
+            .order_by(user.email)
+        )
+        async with self._engine.connect() as conn:
+            return [(DashboardUser(*row[:3]), str(row[3])) for row in await conn.execute(stmt)]
+
     async def memberships(self, user_id: str) -> list[Membership]:
         """The person's organizations and roles, by slug."""
         stmt = (

@@ -194,8 +194,10 @@ class AuditLog:
             raise
         return len(rows)
 
-    async def recent(self, client_id: str | None = None, limit: int = 100) -> Sequence[AuditEvent]:
-        """The latest events, newest first, optionally of one client."""
+    async def recent(
+        self, client_id: str | None = None, limit: int = 100, organization_id: str | None = None
+    ) -> Sequence[AuditEvent]:
+        """The latest events, newest first, optionally of one client or one organization."""
         stmt = select(
             AuditEventRow.occurred_at,
             AuditEventRow.event,
@@ -206,6 +208,8 @@ class AuditLog:
         ).order_by(AuditEventRow.id.desc())
         if client_id is not None:
             stmt = stmt.where(AuditEventRow.client_id == client_id)
+        if organization_id is not None:
+            stmt = stmt.where(AuditEventRow.organization_id == organization_id)
         async with self._engine.connect() as conn:
             return [AuditEvent(*row) for row in await conn.execute(stmt.limit(limit))]
 

@@ -1,0 +1,364 @@
+"""Pages about people: sign-in and sign-out, the account (password), invitations by link, an
+organization's members and roles, and its audit log."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Form, Request
+from starlette.responses import Response
+
+from fhirgate.dashboard.passwords import PasswordRejected, hash_password, verify_password
+from fhirgate.dashboard.sessions import Session
+from fhirgate.oauth.throttle import FailureLimiter
+from fhirgate.storage.accounts import LastOwner, Membership
+from fhirgate.storage.models import EnvironmentKind, EnvironmentRole, OrganizationRole
+from fhirgate.storage.repos import Conflict, NotFound
+from fhirgate.web.dashboard.common import (
+    Page,
+    PageError,
+    check_csrf,
+    check_signin_csrf,
+    membership,
+    not_found,
+    redirect,
+    render,
+    require_session,
+    safe_next,
+    services_of,
+    session_of,
+    sessions_of,
+    set_session_cookie,
+    signin_csrf,
+)
+from fhirgate.web.token import source_address
+
+__all__ = ["router"]
+
+router = APIRouter()
+
+#: argon2id takes 64 MiB and tens of milliseconds: run off the event loop, two at a time.
+_HASHING = asyncio.Semaphore(2)
+_WRONG = "The email or the password is not right."
+
+
+async def _verified(stored: str | None, password: str) -> bool:
+    async with _HASHING:
+        return await asyncio.to_thread(verify_password, stored, password)
+
+
+async def _hashed(password: str, email: str) -> str:
+    async with _HASHING:
+        return await asyncio.to_thread(hash_password, password, email)
+
+
+def _limiter(request: Request) -> FailureLimiter:
+    return services_of(request).sign_in_limiter
+
+
+@router.get("/")
+async def home(session: Annotated[Session, Depends(require_session)], request: Request) -> Response:
+    """The first organization's Developer page."""
+    memberships = await services_of(request).accounts.memberships(session.user.id)
+    if not memberships:
+        return render(
+            request,
+            "message.html",
+            {
+                "heading": "No organization yet",
+                "message": "You are not a member of any organization. Ask an owner or admin to "
+                "invite you.",
+            },
+        )
+    return redirect(f"/dashboard/{memberships[0].organization_slug}/development/developer")
+
+
+@router.get("/sign-in")
+async def sign_in_page(request: Request, next: str | None = None) -> Response:
+    if await session_of(request) is not None:
+        return redirect(safe_next(next))
+    context = {"signin_csrf": signin_csrf(request), "next": safe_next(next), "email": ""}
+    return render(request, "sign_in.html", context)
+
+
+@router.post("/sign-in", dependencies=[Depends(check_signin_csrf)])
+async def sign_in(
+    request: Request,
+    email: Annotated[str, Form(max_length=254)],
+    password: Annotated[str, Form(max_length=1024)],
+    next: Annotated[str, Form(max_length=2048)] = "/dashboard/",
+) -> Response:
+    """Check the password (throttled per email and address, NIST SP 800-63B §5.2.2), then start
+    a new session: any session the browser had is ended (its id is never reused)."""
+    services = services_of(request)
+    source = source_address(request.scope)
+    email_key = email.strip().lower()
+    context = {"signin_csrf": signin_csrf(request), "next": safe_next(next), "email": email}
+    retry_after = _limiter(request).check(source, email_key)
+    if retry_after is not None:
+        context["error"] = f"Too many failed attempts. Try again in {retry_after} seconds."
+        refused = render(request, "sign_in.html", context, status=429)
+        refused.headers["Retry-After"] = str(retry_after)
+        return refused
+    found = await services.accounts.find(email)
+    user = found[0] if found else None
+    if not await _verified(found[1] if found else None, password) or not (user and user.active):
+        await _limiter(request).record_failure(source, email_key)
+        services.audit.enqueue("dashboard.sign_in_failed", source=source, detail=email_key[:100])
+        return render(request, "sign_in.html", {**context, "error": _WRONG}, status=401)
+    old = await session_of(request)
+    if old is not None:
+        await sessions_of(request).end(old)
+    token = await sessions_of(request).start(user.id)
+    await services.audit.record("dashboard.signed_in", source=source, actor=user.email)
+    response = redirect(safe_next(next))
+    set_session_cookie(request, response, token)
+    return response
+
+
+@router.post("/sign-out")
+async def sign_out(request: Request, session: Annotated[Session, Depends(check_csrf)]) -> Response:
+    await sessions_of(request).end(session)
+    response = redirect("/dashboard/sign-in")
+    set_session_cookie(request, response, None)
+    return response
+
+
+@router.get("/account")
+async def account(
+    request: Request, session: Annotated[Session, Depends(require_session)]
+) -> Response:
+    return render(request, "account.html", page=Page("account"))
+
+
+@router.post("/account/password")
+async def change_password(
+    request: Request,
+    session: Annotated[Session, Depends(check_csrf)],
+    current: Annotated[str, Form(max_length=1024)],
+    new: Annotated[str, Form(max_length=1024)],
+) -> Response:
+    """A new password ends every session of the person and starts a new one here."""
+    services = services_of(request)
+    found = await services.accounts.find(session.user.email)
+    if not await _verified(found[1] if found else None, current):
+        error = "The current password is not right."
+        return render(request, "account.html", {"error": error}, page=Page("account"), status=400)
+    try:
+        new_hash = await _hashed(new, session.user.email)
+    except PasswordRejected as exc:
+        return render(
+            request, "account.html", {"error": str(exc)}, page=Page("account"), status=400
+        )
+    await services.accounts.set_password(session.user.id, new_hash)
+    await sessions_of(request).end_all(session.user.id)
+    token = await sessions_of(request).start(session.user.id)
+    await services.audit.record("dashboard.password_changed", actor=session.user.email)
+    response = render(
+        request,
+        "message.html",
+        {"heading": "Password changed", "message": "Your other sessions have been signed out."},
+        page=Page("account"),
+    )
+    set_session_cookie(request, response, token)
+    return response
+
+
+# Invitations -------------------------------------------------------------------------------
+
+
+@router.get("/invitations/{token}")
+async def invitation_page(request: Request, token: str) -> Response:
+    invitation = await services_of(request).invitations.find(token)
+    if invitation is None:
+        raise PageError(404, "Invitation not valid", "This link has been used or has expired.")
+    context = {"invitation": invitation, "signin_csrf": signin_csrf(request)}
+    response = render(request, "invitation.html", context, session=await session_of(request))
+    response.headers["Referrer-Policy"] = "no-referrer"  # the link is a credential
+    return response
+
+
+@router.post("/invitations/{token}")
+async def accept_invitation(
+    request: Request, token: str, password: Annotated[str | None, Form(max_length=1024)] = None
+) -> Response:
+    """Signed in as the invited email: join. Not signed in: create the account, then sign in."""
+    services = services_of(request)
+    invitation = await services.invitations.find(token)
+    if invitation is None:
+        raise PageError(404, "Invitation not valid", "This link has been used or has expired.")
+    session = await session_of(request)
+    if session is not None:
+        await check_csrf(request)
+        try:
+            await services.invitations.accept_as(invitation, session.user)
+        except (NotFound, Conflict) as exc:
+            raise PageError(409, "Cannot join", str(exc)) from exc
+        user = session.user
+        response = redirect("/dashboard/")
+    else:
+        await check_signin_csrf(request)
+        try:
+            password_hash = await _hashed(password or "", invitation.email)
+        except PasswordRejected as exc:
+            context = {"invitation": invitation, "signin_csrf": signin_csrf(request)}
+            return render(request, "invitation.html", {**context, "error": str(exc)}, status=400)
+        try:
+            user = await services.invitations.accept_as_new(invitation, password_hash)
+        except (NotFound, Conflict) as exc:
+            raise PageError(409, "Cannot join", str(exc)) from exc
+        response = redirect("/dashboard/")
+        set_session_cookie(request, response, await sessions_of(request).start(user.id))
+    await services.audit.record(
+        "dashboard.invitation_accepted",
+        actor=user.email,
+        organization_id=invitation.organization_id,
+        detail=f"role={invitation.role}",
+    )
+    return response
+
+
+# Members ----------------------------------------------------------------------------------
+
+
+def _manages_people(member: Membership) -> bool:
+    return member.role in {OrganizationRole.OWNER, OrganizationRole.ADMIN}
+
+
+async def _members_page(
+    request: Request, session: Session, org: Membership, **extra: object
+) -> Response:
+    services = services_of(request)
+    people = await services.accounts.members(org.organization_id)
+    roles = {
+        person.id: await services.accounts.environment_roles(person.id) for person, _ in people
+    }
+    environments = {
+        kind.value: await services.organizations.environment_of(org.organization_id, kind.value)
+        for kind in EnvironmentKind
+    }
+    pending = await services.invitations.pending(org.organization_id)
+    context = {
+        "people": people,
+        "env_roles": {
+            person_id: {
+                kind: by_env.get(env.id, "") if env else "" for kind, env in environments.items()
+            }
+            for person_id, by_env in roles.items()
+        },
+        "environments": list(environments),
+        "pending": pending,
+        "can_manage": _manages_people(org),
+        "is_owner": org.role == OrganizationRole.OWNER,
+        "org_roles": [role.value for role in OrganizationRole],
+        "environment_roles": [role.value for role in EnvironmentRole],
+        **extra,
+    }
+    status = 400 if "error" in extra else 200
+    return render(request, "members.html", context, page=Page("members", org), status=status)
+
+
+@router.get("/{slug}/members")
+async def members(
+    request: Request, slug: str, session: Annotated[Session, Depends(require_session)]
+) -> Response:
+    return await _members_page(request, session, await membership(request, session, slug))
+
+
+async def _manager(request: Request, session: Session, slug: str) -> Membership:
+    org = await membership(request, session, slug)
+    if not _manages_people(org):
+        raise PageError(403, "Not allowed", "Only owners and admins manage members.")
+    return org
+
+
+@router.post("/{slug}/members/invite")
+async def invite(
+    request: Request,
+    slug: str,
+    session: Annotated[Session, Depends(check_csrf)],
+    email: Annotated[str, Form(max_length=254)],
+    role: Annotated[str, Form(max_length=16)],
+) -> Response:
+    """A single-use link, valid seven days, shown to the inviter (fhirgate sends no mail)."""
+    org = await _manager(request, session, slug)
+    services = services_of(request)
+    try:
+        wanted = OrganizationRole(role)
+        if wanted == OrganizationRole.OWNER and org.role != OrganizationRole.OWNER:
+            raise ValueError("only an owner can invite an owner")
+        token = await services.invitations.create(
+            org.organization_id, email, wanted, session.user.id
+        )
+    except ValueError as exc:
+        return await _members_page(request, session, org, error=str(exc))
+    await services.audit.record(
+        "dashboard.invitation_created",
+        actor=session.user.email,
+        organization_id=org.organization_id,
+        detail=f"email={email.strip().lower()[:100]} role={wanted.value}",
+    )
+    link = services.settings.url(f"/dashboard/invitations/{token}")
+    return await _members_page(request, session, org, invitation_link=link)
+
+
+@router.post("/{slug}/members/{user_id}/role")
+async def set_role(
+    request: Request,
+    slug: str,
+    user_id: str,
+    session: Annotated[Session, Depends(check_csrf)],
+    role: Annotated[str, Form(max_length=16)],
+    environment: Annotated[str, Form(max_length=16)] = "",
+) -> Response:
+    """An organization role (``environment`` empty) or a role in one environment. Admins
+    cannot make or unmake owners; nobody leaves the organization without an owner."""
+    org = await _manager(request, session, slug)
+    services = services_of(request)
+    people = dict(
+        (person.id, current)
+        for person, current in await services.accounts.members(org.organization_id)
+    )
+    if user_id not in people:
+        not_found()
+    try:
+        if environment:
+            env = await services.organizations.environment_of(org.organization_id, environment)
+            if env is None:
+                raise ValueError(f"unknown environment {environment!r}")
+            await services.accounts.set_environment_role(user_id, env.id, EnvironmentRole(role))
+            detail = f"user={user_id} env={environment} role={role}"
+        else:
+            wanted = OrganizationRole(role)
+            touches_owner = OrganizationRole.OWNER in (wanted, people[user_id])
+            if touches_owner and org.role != OrganizationRole.OWNER:
+                raise ValueError("only an owner can make or unmake an owner")
+            await services.accounts.set_organization_role(user_id, org.organization_id, wanted)
+            detail = f"user={user_id} role={role}"
+    except LastOwner as exc:
+        return await _members_page(request, session, org, error=str(exc))
+    except ValueError as exc:
+        return await _members_page(request, session, org, error=f"Role not changed: {exc}")
+    await services.audit.record(
+        "dashboard.role_changed",
+        actor=session.user.email,
+        organization_id=org.organization_id,
+        detail=detail,
+    )
+    return redirect(f"/dashboard/{slug}/members")
+
+
+# Audit -------------------------------------------------------------------------------------
+
+
+@router.get("/{slug}/audit")
+async def audit(
+    request: Request, slug: str, session: Annotated[Session, Depends(require_session)]
+) -> Response:
+    """Who changed what, when, in this organization (owners and admins)."""
+    org = await membership(request, session, slug)
+    if not _manages_people(org):
+        raise PageError(403, "Not allowed", "Only owners and admins read the audit log.")
+    events = await services_of(request).audit.recent(organization_id=org.organization_id, limit=200)
+    return render(request, "audit.html", {"events": events}, page=Page("audit", org))

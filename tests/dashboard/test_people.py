@@ -1,0 +1,216 @@
+"""Members, roles, invitations by link and the organization audit page, through the pages."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import update
+
+from fhirgate.storage.models import EnvironmentRole, InvitationRow, OrganizationRole
+from fhirgate.storage.repos import now
+from tests.dashboard.support import PASSWORD, Browser, browser_for, csrf_of, person
+from tests.support import Running
+
+_LINK = re.compile(r'<code id="invitation-link">http://[^/]+(/dashboard/invitations/[^<]+)</code>')
+
+
+@pytest.fixture
+async def owner(running: Running) -> AsyncIterator[Browser]:
+    await person(running.services, "owner@example.org")
+    browser = browser_for(running.app)
+    async with browser.http:
+        await browser.sign_in("owner@example.org")
+        yield browser
+
+
+async def _invite(owner: Browser, email: str, role: str = "member") -> str:
+    page = await owner.post("/dashboard/default/members/invite", {"email": email, "role": role})
+    assert page.status_code == 200, page.text
+    found = _LINK.search(page.text)
+    assert found is not None, page.text
+    return found.group(1)
+
+
+async def test_an_invited_person_creates_an_account_and_joins(
+    owner: Browser, running: Running
+) -> None:
+    link = await _invite(owner, "New.Person@example.org", "admin")
+    newcomer = browser_for(running.app)
+    async with newcomer.http:
+        page = await newcomer.http.get(link)
+        assert page.status_code == 200
+        assert "new.person@example.org" in page.text
+        assert page.headers["referrer-policy"] == "no-referrer"
+        joined = await newcomer.http.post(
+            link, data={"csrf_token": csrf_of(page), "password": "a long new password"}
+        )
+        assert joined.status_code == 303
+        assert (await newcomer.http.get("/dashboard/default/members")).status_code == 200
+        assert (await newcomer.http.get(link)).status_code == 404  # single use
+    found = await running.services.accounts.find("new.person@example.org")
+    assert found is not None
+    roles = await running.services.accounts.memberships(found[0].id)
+    assert [(m.organization_slug, m.role) for m in roles] == [("default", "admin")]
+
+
+async def test_an_invitation_link_refuses_a_weak_password_and_stays_open(
+    owner: Browser, running: Running
+) -> None:
+    link = await _invite(owner, "weak@example.org")
+    newcomer = browser_for(running.app)
+    async with newcomer.http:
+        page = await newcomer.http.get(link)
+        refused = await newcomer.http.post(
+            link, data={"csrf_token": csrf_of(page), "password": "short"}
+        )
+        assert refused.status_code == 400
+        assert "at least 12 characters" in refused.text
+    assert await running.services.accounts.find("weak@example.org") is None
+    assert (await browser_for(running.app).http.get(link)).status_code == 200
+
+
+async def test_an_expired_invitation_is_refused(owner: Browser, running: Running) -> None:
+    link = await _invite(owner, "late@example.org")
+    async with running.services.engine.begin() as conn:
+        await conn.execute(update(InvitationRow).values(expires_at=now() - timedelta(seconds=1)))
+    assert (await browser_for(running.app).http.get(link)).status_code == 404
+
+
+async def test_an_existing_account_joins_by_signing_in_as_the_invited_email(
+    owner: Browser, running: Running
+) -> None:
+    other_org = await running.services.organizations.create("other", "Other")
+    await person(running.services, "bea@example.org", organization_id=other_org)
+    link = await _invite(owner, "bea@example.org")
+    bea = browser_for(running.app)
+    async with bea.http:
+        page = await bea.http.get(link)
+        cold = await bea.http.post(
+            link, data={"csrf_token": csrf_of(page), "password": PASSWORD + "x"}
+        )
+        assert cold.status_code == 409  # the email has an account: sign in first
+        await bea.sign_in("bea@example.org")
+        joined = await bea.post(link)
+        assert joined.status_code == 303
+    found = await running.services.accounts.find("bea@example.org")
+    assert found is not None
+    slugs = {m.organization_slug for m in await running.services.accounts.memberships(found[0].id)}
+    assert slugs == {"default", "other"}
+
+
+async def test_signed_in_as_someone_else_the_invitation_is_not_taken(
+    owner: Browser, running: Running
+) -> None:
+    link = await _invite(owner, "carol@example.org")
+    refused = await owner.post(link)  # the owner is not carol
+    assert refused.status_code == 409
+    assert await running.services.invitations.find(link.rsplit("/", 1)[1]) is not None
+
+
+async def test_members_cannot_invite_or_change_roles(owner: Browser, running: Running) -> None:
+    member = await person(running.services, "mem@example.org", OrganizationRole.MEMBER)
+    browser = browser_for(running.app)
+    async with browser.http:
+        await browser.sign_in("mem@example.org")
+        page = await browser.http.get("/dashboard/default/members")
+        assert page.status_code == 200
+        assert "Create invitation link" not in page.text
+        invite = await browser.post(
+            "/dashboard/default/members/invite", {"email": "x@example.org", "role": "member"}
+        )
+        assert invite.status_code == 403
+        promote = await browser.post(
+            f"/dashboard/default/members/{member.id}/role", {"role": "owner"}
+        )
+        assert promote.status_code == 403
+        assert (await browser.http.get("/dashboard/default/audit")).status_code == 403
+    roles = await running.services.accounts.memberships(member.id)
+    assert roles[0].role == "member"
+
+
+async def test_admins_cannot_make_or_unmake_owners(owner: Browser, running: Running) -> None:
+    await person(running.services, "adm@example.org", OrganizationRole.ADMIN)
+    member = await person(running.services, "mem@example.org", OrganizationRole.MEMBER)
+    owner_user = (await running.services.accounts.find("owner@example.org"))[0]  # type: ignore[index]
+    admin = browser_for(running.app)
+    async with admin.http:
+        await admin.sign_in("adm@example.org")
+        promote = await admin.post(
+            f"/dashboard/default/members/{member.id}/role", {"role": "owner"}
+        )
+        demote = await admin.post(
+            f"/dashboard/default/members/{owner_user.id}/role", {"role": "member"}
+        )
+        assert promote.status_code == demote.status_code == 400
+        assert "only an owner" in promote.text
+        owner_invite = await admin.post(
+            "/dashboard/default/members/invite", {"email": "o2@example.org", "role": "owner"}
+        )
+        assert owner_invite.status_code == 400
+        engineer = await admin.post(
+            f"/dashboard/default/members/{member.id}/role",
+            {"role": "engineer", "environment": "production"},
+        )
+        assert engineer.status_code == 303
+    env = await running.services.organizations.environment_of(
+        (await running.services.organizations.default_environment()).organization_id, "production"
+    )
+    assert env is not None
+    assert (await running.services.accounts.environment_roles(member.id)) == {
+        env.id: EnvironmentRole.ENGINEER.value
+    }
+
+
+async def test_the_last_owner_cannot_demote_themself(owner: Browser, running: Running) -> None:
+    me = (await running.services.accounts.find("owner@example.org"))[0]  # type: ignore[index]
+    refused = await owner.post(f"/dashboard/default/members/{me.id}/role", {"role": "admin"})
+    assert refused.status_code == 400
+    assert "last owner" in refused.text
+    roles = await running.services.accounts.memberships(me.id)
+    assert roles[0].role == "owner"
+
+
+async def test_bad_role_values_are_refused_cleanly(owner: Browser, running: Running) -> None:
+    member = await person(running.services, "mem@example.org", OrganizationRole.MEMBER)
+    for data in ({"role": "emperor"}, {"role": "engineer", "environment": "moon"}):
+        refused = await owner.post(f"/dashboard/default/members/{member.id}/role", data)
+        assert refused.status_code == 400
+    unknown = await owner.post("/dashboard/default/members/not-a-member/role", {"role": "admin"})
+    assert unknown.status_code == 404
+    bad_email = await owner.post(
+        "/dashboard/default/members/invite", {"email": "not an email", "role": "member"}
+    )
+    assert bad_email.status_code == 400
+
+
+async def test_another_organization_is_not_found(owner: Browser, running: Running) -> None:
+    await running.services.organizations.create("other", "Other")
+    for path in ("/dashboard/other/members", "/dashboard/other/audit", "/dashboard/nope/members"):
+        assert (await owner.http.get(path)).status_code == 404
+
+
+async def test_the_audit_page_shows_who_changed_what(owner: Browser, running: Running) -> None:
+    member = await person(running.services, "mem@example.org", OrganizationRole.MEMBER)
+    await owner.post(f"/dashboard/default/members/{member.id}/role", {"role": "admin"})
+    await _invite(owner, "dan@example.org")
+    page = await owner.http.get("/dashboard/default/audit")
+    assert page.status_code == 200
+    assert "dashboard.role_changed" in page.text
+    assert "owner@example.org" in page.text
+    assert f"user={member.id} role=admin" in page.text
+    assert "dashboard.invitation_created" in page.text and "dan@example.org" in page.text
+    events = await running.services.audit.recent(organization_id="nobody")
+    assert events == []
+
+
+async def test_names_and_emails_are_escaped(owner: Browser, running: Running) -> None:
+    org = await running.services.organizations.create("x", "<b>Org</b>")
+    token = await running.services.invitations.create(
+        org, "evil@example.org", OrganizationRole.MEMBER, None
+    )
+    page = await browser_for(running.app).http.get(f"/dashboard/invitations/{token}")
+    assert "<b>Org</b>" not in page.text
+    assert "&lt;b&gt;Org&lt;/b&gt;" in page.text
