@@ -20,6 +20,8 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	touch $(STAMP)
 
 serve: $(STAMP)
+	@echo "fhirgate: the dashboard is at http://127.0.0.1:8000/dashboard/ — its first owner, in another shell:"
+	@echo "          $(BIN)/fhirgate admin create-user --email you@example.org   (asks for a password)"
 	@echo "fhirgate: sample FHIR data for a first try: $(BIN)/fhirgate fhir load-sample (in another shell)"
 	$(BIN)/fhirgate serve
 
