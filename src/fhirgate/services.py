@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from fhirgate.config import MAX_TOKEN_LIFETIME, Settings
+from fhirgate.dashboard.api_keys import ApiKeys
 from fhirgate.dashboard.sessions import SessionStore
 from fhirgate.fhir.interactions import Interactions
 from fhirgate.fhir.store import ResourceStore
@@ -85,6 +86,7 @@ class Services:
     invitations: InvitationRepo
     sessions: SessionStore
     sign_in_limiter: FailureLimiter
+    api_keys: ApiKeys
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -175,6 +177,14 @@ class Services:
                 redis,
                 prefix="fhirgate:signin:",
                 address_limit=SIGN_IN_FAILURES * 5,
+            ),
+            ApiKeys(
+                settings=settings,
+                engine=engine,
+                clients=clients,
+                directory=directory,
+                audit=audit,
+                hasher=hasher,
             ),
         )
 

@@ -38,10 +38,11 @@ __all__ = [
 
 CONTEXTS = frozenset({"patient", "user", "system"})
 PERMISSIONS = "cruds"
-#: Scopes without a resource (SMART §scopes-for-requesting-context-data / -identity-data).
+#: Scopes without a resource (SMART §scopes-for-requesting-context-data / -identity-data),
+#: and ``platform``: the Platform API, granted only to user-level API keys (docs/platform-api.md).
 OTHER_SCOPES = frozenset({
     "openid", "fhirUser", "profile", "offline_access", "online_access",
-    "launch", "launch/patient", "launch/encounter",
+    "launch", "launch/patient", "launch/encounter", "platform",
 })  # fmt: skip
 V1_PERMISSIONS = {"read": "rs", "write": "cud", "*": "cruds"}
 MAX_SCOPE_CHARS = 2048

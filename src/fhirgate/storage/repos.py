@@ -7,7 +7,7 @@ import re
 import secrets
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -86,10 +86,17 @@ class Client:
     secret_hash: str | None = field(default=None, repr=False)
     previous_secret_hash: str | None = field(default=None, repr=False)
     previous_secret_expires_at: int | None = None
+    #: A user-level API key (Platform API): the dashboard user it belongs to; ``None`` for the
+    #: API keys of an environment.
+    owner_user_id: str | None = None
 
     @property
     def active(self) -> bool:
         return self.status == ClientStatus.ACTIVE
+
+    @property
+    def user_level(self) -> bool:
+        return self.owner_user_id is not None
 
 
 _CLIENT_COLUMNS = (
@@ -110,6 +117,7 @@ _CLIENT_COLUMNS = (
     EnvironmentRow.kind,
     OrganizationRow.id,
     OrganizationRow.slug,
+    ClientRow.owner_user_id,
 )
 
 
@@ -120,6 +128,7 @@ def _as_utc(value: datetime) -> datetime:
 def _client(row: Row[Any]) -> Client:
     values: tuple[Any, ...] = tuple(row)
     (client_id, name, status, method, jwks, jwks_url, scope, created, updated) = values[:9]
+    lifetime, secret_hash, previous_hash, previous_expires = values[9:13]
     return Client(
         client_id,
         name,
@@ -131,7 +140,11 @@ def _client(row: Row[Any]) -> Client:
         Environment(*values[13:17]),
         _as_utc(created),
         _as_utc(updated),
-        *values[9:13],
+        lifetime,
+        secret_hash,
+        previous_hash,
+        previous_expires,
+        values[17],
     )
 
 
@@ -243,7 +256,9 @@ class ClientRepo:
         jwks_url: str | None = None,
         secret_hash: str | None = None,
         token_lifetime: int | None = None,
+        owner_user_id: str | None = None,
     ) -> Client:
+        """A new active client; with ``owner_user_id``, a user-level API key of that person."""
         client_id, created = new_client_id(), now()
         async with self._engine.begin() as conn:
             await conn.execute(
@@ -260,6 +275,7 @@ class ClientRepo:
                     updated_at=created,
                     secret_hash=secret_hash,
                     token_lifetime=token_lifetime,
+                    owner_user_id=owner_user_id,
                 )
             )
         return Client(
@@ -275,6 +291,7 @@ class ClientRepo:
             created,
             token_lifetime,
             secret_hash,
+            owner_user_id=owner_user_id,
         )
 
     async def get(self, client_id: str) -> Client | None:
@@ -290,6 +307,68 @@ class ClientRepo:
             stmt = stmt.where(OrganizationRow.slug == organization_slug)
         async with self._engine.connect() as conn:
             return [_client(row) for row in await conn.execute(stmt)]
+
+    async def list_environment(self, environment_id: str) -> Sequence[Client]:
+        """The API keys of one environment, oldest first; user-level keys are not among them."""
+        stmt = (
+            self._select()
+            .where(ClientRow.environment_id == environment_id, ClientRow.owner_user_id.is_(None))
+            .order_by(ClientRow.created_at, ClientRow.client_id)
+        )
+        async with self._engine.connect() as conn:
+            return [_client(row) for row in await conn.execute(stmt)]
+
+    async def list_owned(self, user_id: str) -> Sequence[Client]:
+        """A dashboard user's own (user-level) API keys, oldest first."""
+        stmt = (
+            self._select()
+            .where(ClientRow.owner_user_id == user_id)
+            .order_by(ClientRow.created_at, ClientRow.client_id)
+        )
+        async with self._engine.connect() as conn:
+            return [_client(row) for row in await conn.execute(stmt)]
+
+    async def environment(self, environment_id: str) -> Environment | None:
+        """The environment (with its organization) a client may be created in, by id."""
+        stmt = _environments().where(EnvironmentRow.id == environment_id)
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(stmt)).first()
+        return None if row is None else Environment(*row)
+
+    async def environments(self, organization_ids: Collection[str]) -> Sequence[Environment]:
+        """Every environment of these organizations, by organization slug, then development,
+        staging, production."""
+        if not organization_ids:
+            return []
+        stmt = _environments().where(EnvironmentRow.organization_id.in_(list(organization_ids)))
+        async with self._engine.connect() as conn:
+            found = [Environment(*row) for row in await conn.execute(stmt)]
+        order = {kind.value: index for index, kind in enumerate(EnvironmentKind)}
+        return sorted(found, key=lambda env: (env.organization_slug, order.get(env.kind, 9)))
+
+    async def update_keys(
+        self,
+        client_id: str,
+        *,
+        jwks: dict[str, Any] | None,
+        jwks_url: str | None,
+        name: str | None = None,
+        expected_updated_at: datetime,
+    ) -> bool:
+        """Replace the client's JWK Set and JWKS URL (and its name, when given) if the row is
+        unchanged since ``expected_updated_at`` (optimistic concurrency: two people adding a
+        key at once must not lose one); ``False`` when it changed or is gone."""
+        values: dict[str, Any] = {"jwks": jwks, "jwks_url": jwks_url, "updated_at": now()}
+        if name is not None:
+            values["name"] = name
+        stmt = (
+            update(ClientRow)
+            .where(ClientRow.client_id == client_id, ClientRow.updated_at == expected_updated_at)
+            .values(**values)
+        )
+        async with self._engine.begin() as conn:
+            result = await conn.execute(stmt)
+        return bool(result.rowcount)
 
     async def _update(self, conn: AsyncConnection, client_id: str, **values: Any) -> None:
         result = await conn.execute(
