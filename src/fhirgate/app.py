@@ -29,6 +29,7 @@ from fhirgate.web.failures import (
     unexpected_error,
 )
 from fhirgate.web.guard import BearerError, CurrentPrincipal, bearer_error_response
+from fhirgate.web.platform import router as platform_router
 from fhirgate.web.token import STANDARD, token_app
 from fhirgate.web.token_management import (
     INTROSPECTION_PATH,
@@ -136,6 +137,7 @@ def create_app(settings: Settings | None = None) -> FhirgateApp:
         app.router.routes.append(Route(path, endpoint, methods=["POST"]))
     app.include_router(discovery.router)
     app.include_router(oneup.router)
+    app.include_router(platform_router)
     app.fhir = fhir.FhirApi(settings.request_body_limit)
     app.add_exception_handler(oneup.UserManagementError, oneup.error_response)
     if settings.legacy_api_keys:
