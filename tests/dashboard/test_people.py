@@ -27,7 +27,9 @@ async def owner(running: Running) -> AsyncIterator[Browser]:
 
 
 async def _invite(owner: Browser, email: str, role: str = "member") -> str:
-    page = await owner.post("/dashboard/default/members/invite", {"email": email, "role": role})
+    page = await owner.post(
+        "/dashboard/orgs/default/members/invite", {"email": email, "role": role}
+    )
     assert page.status_code == 200, page.text
     found = _LINK.search(page.text)
     assert found is not None, page.text
@@ -48,7 +50,7 @@ async def test_an_invited_person_creates_an_account_and_joins(
             link, data={"csrf_token": csrf_of(page), "password": "a long new password"}
         )
         assert joined.status_code == 303
-        assert (await newcomer.http.get("/dashboard/default/members")).status_code == 200
+        assert (await newcomer.http.get("/dashboard/orgs/default/members")).status_code == 200
         assert (await newcomer.http.get(link)).status_code == 404  # single use
     found = await running.services.accounts.find("new.person@example.org")
     assert found is not None
@@ -115,18 +117,18 @@ async def test_members_cannot_invite_or_change_roles(owner: Browser, running: Ru
     browser = browser_for(running.app)
     async with browser.http:
         await browser.sign_in("mem@example.org")
-        page = await browser.http.get("/dashboard/default/members")
+        page = await browser.http.get("/dashboard/orgs/default/members")
         assert page.status_code == 200
         assert "Create invitation link" not in page.text
         invite = await browser.post(
-            "/dashboard/default/members/invite", {"email": "x@example.org", "role": "member"}
+            "/dashboard/orgs/default/members/invite", {"email": "x@example.org", "role": "member"}
         )
         assert invite.status_code == 403
         promote = await browser.post(
-            f"/dashboard/default/members/{member.id}/role", {"role": "owner"}
+            f"/dashboard/orgs/default/members/{member.id}/role", {"role": "owner"}
         )
         assert promote.status_code == 403
-        assert (await browser.http.get("/dashboard/default/audit")).status_code == 403
+        assert (await browser.http.get("/dashboard/orgs/default/audit")).status_code == 403
     roles = await running.services.accounts.memberships(member.id)
     assert roles[0].role == "member"
 
@@ -139,19 +141,19 @@ async def test_admins_cannot_make_or_unmake_owners(owner: Browser, running: Runn
     async with admin.http:
         await admin.sign_in("adm@example.org")
         promote = await admin.post(
-            f"/dashboard/default/members/{member.id}/role", {"role": "owner"}
+            f"/dashboard/orgs/default/members/{member.id}/role", {"role": "owner"}
         )
         demote = await admin.post(
-            f"/dashboard/default/members/{owner_user.id}/role", {"role": "member"}
+            f"/dashboard/orgs/default/members/{owner_user.id}/role", {"role": "member"}
         )
         assert promote.status_code == demote.status_code == 400
         assert "only an owner" in promote.text
         owner_invite = await admin.post(
-            "/dashboard/default/members/invite", {"email": "o2@example.org", "role": "owner"}
+            "/dashboard/orgs/default/members/invite", {"email": "o2@example.org", "role": "owner"}
         )
         assert owner_invite.status_code == 400
         engineer = await admin.post(
-            f"/dashboard/default/members/{member.id}/role",
+            f"/dashboard/orgs/default/members/{member.id}/role",
             {"role": "engineer", "environment": "production"},
         )
         assert engineer.status_code == 303
@@ -166,7 +168,7 @@ async def test_admins_cannot_make_or_unmake_owners(owner: Browser, running: Runn
 
 async def test_the_last_owner_cannot_demote_themself(owner: Browser, running: Running) -> None:
     me = (await running.services.accounts.find("owner@example.org"))[0]  # type: ignore[index]
-    refused = await owner.post(f"/dashboard/default/members/{me.id}/role", {"role": "admin"})
+    refused = await owner.post(f"/dashboard/orgs/default/members/{me.id}/role", {"role": "admin"})
     assert refused.status_code == 400
     assert "last owner" in refused.text
     roles = await running.services.accounts.memberships(me.id)
@@ -176,27 +178,33 @@ async def test_the_last_owner_cannot_demote_themself(owner: Browser, running: Ru
 async def test_bad_role_values_are_refused_cleanly(owner: Browser, running: Running) -> None:
     member = await person(running.services, "mem@example.org", OrganizationRole.MEMBER)
     for data in ({"role": "emperor"}, {"role": "engineer", "environment": "moon"}):
-        refused = await owner.post(f"/dashboard/default/members/{member.id}/role", data)
+        refused = await owner.post(f"/dashboard/orgs/default/members/{member.id}/role", data)
         assert refused.status_code == 400
-    unknown = await owner.post("/dashboard/default/members/not-a-member/role", {"role": "admin"})
+    unknown = await owner.post(
+        "/dashboard/orgs/default/members/not-a-member/role", {"role": "admin"}
+    )
     assert unknown.status_code == 404
     bad_email = await owner.post(
-        "/dashboard/default/members/invite", {"email": "not an email", "role": "member"}
+        "/dashboard/orgs/default/members/invite", {"email": "not an email", "role": "member"}
     )
     assert bad_email.status_code == 400
 
 
 async def test_another_organization_is_not_found(owner: Browser, running: Running) -> None:
     await running.services.organizations.create("other", "Other")
-    for path in ("/dashboard/other/members", "/dashboard/other/audit", "/dashboard/nope/members"):
+    for path in (
+        "/dashboard/orgs/other/members",
+        "/dashboard/orgs/other/audit",
+        "/dashboard/orgs/nope/members",
+    ):
         assert (await owner.http.get(path)).status_code == 404
 
 
 async def test_the_audit_page_shows_who_changed_what(owner: Browser, running: Running) -> None:
     member = await person(running.services, "mem@example.org", OrganizationRole.MEMBER)
-    await owner.post(f"/dashboard/default/members/{member.id}/role", {"role": "admin"})
+    await owner.post(f"/dashboard/orgs/default/members/{member.id}/role", {"role": "admin"})
     await _invite(owner, "dan@example.org")
-    page = await owner.http.get("/dashboard/default/audit")
+    page = await owner.http.get("/dashboard/orgs/default/audit")
     assert page.status_code == 200
     assert "dashboard.role_changed" in page.text
     assert "owner@example.org" in page.text
@@ -214,3 +222,28 @@ async def test_names_and_emails_are_escaped(owner: Browser, running: Running) ->
     page = await browser_for(running.app).http.get(f"/dashboard/invitations/{token}")
     assert "<b>Org</b>" not in page.text
     assert "&lt;b&gt;Org&lt;/b&gt;" in page.text
+
+
+async def test_an_environment_role_can_be_removed(owner: Browser, running: Running) -> None:
+    member = await person(
+        running.services,
+        "mem@example.org",
+        OrganizationRole.MEMBER,
+        env_roles={"staging": EnvironmentRole.ENGINEER},
+    )
+    cleared = await owner.post(
+        f"/dashboard/orgs/default/members/{member.id}/role", {"role": "", "environment": "staging"}
+    )
+    assert cleared.status_code == 303
+    assert await running.services.accounts.environment_roles(member.id) == {}
+
+
+async def test_malformed_forms_and_unknown_pages_get_html_answers(owner: Browser) -> None:
+    missing = await owner.post("/dashboard/orgs/default/members/invite", {"role": "member"})
+    assert missing.status_code == 400
+    assert missing.headers["content-type"].startswith("text/html")
+    assert "missing or not valid" in missing.text
+    unknown = await owner.http.get("/dashboard/no/such/page")
+    assert unknown.status_code == 404
+    assert unknown.headers["content-type"].startswith("text/html")
+    assert "There is nothing here" in unknown.text

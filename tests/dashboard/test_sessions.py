@@ -35,9 +35,12 @@ def _cookie(response: httpx.Response, name: str) -> str:
 
 
 async def test_pages_need_a_session_and_come_back_after_sign_in(browser: Browser) -> None:
-    page = await browser.http.get("/dashboard/default/members")
+    page = await browser.http.get("/dashboard/orgs/default/members")
     assert page.status_code == 303
-    assert page.headers["location"] == "/dashboard/sign-in?next=%2Fdashboard%2Fdefault%2Fmembers"
+    assert (
+        page.headers["location"]
+        == "/dashboard/sign-in?next=%2Fdashboard%2Forgs%2Fdefault%2Fmembers"
+    )
     form = await browser.http.get(page.headers["location"])
     signed_in = await browser.http.post(
         "/dashboard/sign-in",
@@ -45,12 +48,12 @@ async def test_pages_need_a_session_and_come_back_after_sign_in(browser: Browser
             "csrf_token": csrf_of(form),
             "email": "Ada@Example.org ",
             "password": PASSWORD,
-            "next": "/dashboard/default/members",
+            "next": "/dashboard/orgs/default/members",
         },
     )
     assert signed_in.status_code == 303
-    assert signed_in.headers["location"] == "/dashboard/default/members"
-    assert (await browser.http.get("/dashboard/default/members")).status_code == 200
+    assert signed_in.headers["location"] == "/dashboard/orgs/default/members"
+    assert (await browser.http.get("/dashboard/orgs/default/members")).status_code == 200
 
 
 async def test_session_cookie_flags_on_http(browser: Browser) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import func, insert, or_, select, update
+from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -207,6 +207,14 @@ class AccountRepo:
                         user_id=user_id, environment_id=environment_id, role=role.value
                     )
                 )
+
+    async def clear_environment_role(self, user_id: str, environment_id: str) -> None:
+        """The member has no role of their own in the environment any more."""
+        mine = (EnvironmentRoleRow.user_id == user_id) & (
+            EnvironmentRoleRow.environment_id == environment_id
+        )
+        async with self._engine.begin() as conn:
+            await conn.execute(delete(EnvironmentRoleRow).where(mine))
 
     async def environment_roles(self, user_id: str) -> dict[str, str]:
         """The person's role per environment id."""

@@ -9,11 +9,12 @@ from fastapi import FastAPI, Request
 from starlette.responses import Response
 from starlette.staticfiles import StaticFiles
 
-from fhirgate.web.dashboard import people
+from fhirgate.web.dashboard import developer, people
 from fhirgate.web.dashboard.common import (
     PageError,
     SecurityHeaders,
     SignInRequired,
+    not_found,
     redirect,
     render,
 )
@@ -34,6 +35,11 @@ async def _sign_in_required(request: Request, exc: Exception) -> Response:
     return redirect(f"/dashboard/sign-in?next={quote(target, safe='')}")
 
 
+async def _unknown(path: str) -> Response:
+    """Any other dashboard path: the HTML 404 page."""
+    not_found()
+
+
 def install(app: FastAPI) -> None:
     """Add the dashboard's routes, static files, headers and error pages to ``app``."""
     app.mount(
@@ -42,6 +48,8 @@ def install(app: FastAPI) -> None:
         name="dashboard-static",
     )
     app.include_router(people.router, prefix="/dashboard", include_in_schema=False)
+    app.include_router(developer.router, prefix="/dashboard", include_in_schema=False)
+    app.add_api_route("/dashboard/{path:path}", _unknown, methods=["GET"], include_in_schema=False)
     app.add_exception_handler(PageError, _page_error)
     app.add_exception_handler(SignInRequired, _sign_in_required)
     app.add_middleware(SecurityHeaders)

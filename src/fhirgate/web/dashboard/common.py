@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import hmac
 import secrets
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, NoReturn
 from urllib.parse import quote, urlsplit
 
 from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.datastructures import MutableHeaders
 from starlette.responses import HTMLResponse, RedirectResponse, Response
@@ -34,6 +37,7 @@ from fhirgate.storage.accounts import Membership
 
 __all__ = [
     "CSP",
+    "DashboardRoute",
     "Page",
     "PageError",
     "SecurityHeaders",
@@ -289,3 +293,24 @@ async def membership(request: Request, session: Session, slug: str) -> Membershi
         if found.organization_slug == slug:
             return found
     not_found()
+
+
+class DashboardRoute(APIRoute):
+    """A dashboard route: a form with missing or malformed fields gets an HTML page (400), not
+    FastAPI's JSON."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except RequestValidationError:
+                context = {
+                    "heading": "Request refused",
+                    "message": "Some of the form's fields are missing or not valid. Go back and "
+                    "try again.",
+                }
+                return render(request, "message.html", context, status=400)
+
+        return handle

@@ -16,6 +16,7 @@ from fhirgate.storage.accounts import LastOwner, Membership
 from fhirgate.storage.models import EnvironmentKind, EnvironmentRole, OrganizationRole
 from fhirgate.storage.repos import Conflict, NotFound
 from fhirgate.web.dashboard.common import (
+    DashboardRoute,
     Page,
     PageError,
     check_csrf,
@@ -36,7 +37,7 @@ from fhirgate.web.token import source_address
 
 __all__ = ["router"]
 
-router = APIRouter()
+router = APIRouter(route_class=DashboardRoute)
 
 #: argon2id takes 64 MiB and tens of milliseconds: run off the event loop, two at a time.
 _HASHING = asyncio.Semaphore(2)
@@ -71,7 +72,7 @@ async def home(session: Annotated[Session, Depends(require_session)], request: R
                 "invite you.",
             },
         )
-    return redirect(f"/dashboard/{memberships[0].organization_slug}/development/developer")
+    return redirect(f"/dashboard/orgs/{memberships[0].organization_slug}/development/developer")
 
 
 @router.get("/sign-in")
@@ -259,7 +260,7 @@ async def _members_page(
     return render(request, "members.html", context, page=Page("members", org), status=status)
 
 
-@router.get("/{slug}/members")
+@router.get("/orgs/{slug}/members")
 async def members(
     request: Request, slug: str, session: Annotated[Session, Depends(require_session)]
 ) -> Response:
@@ -273,7 +274,7 @@ async def _manager(request: Request, session: Session, slug: str) -> Membership:
     return org
 
 
-@router.post("/{slug}/members/invite")
+@router.post("/orgs/{slug}/members/invite")
 async def invite(
     request: Request,
     slug: str,
@@ -303,13 +304,13 @@ async def invite(
     return await _members_page(request, session, org, invitation_link=link)
 
 
-@router.post("/{slug}/members/{user_id}/role")
+@router.post("/orgs/{slug}/members/{user_id}/role")
 async def set_role(
     request: Request,
     slug: str,
     user_id: str,
     session: Annotated[Session, Depends(check_csrf)],
-    role: Annotated[str, Form(max_length=16)],
+    role: Annotated[str, Form(max_length=16)] = "",
     environment: Annotated[str, Form(max_length=16)] = "",
 ) -> Response:
     """An organization role (``environment`` empty) or a role in one environment. Admins
@@ -327,8 +328,11 @@ async def set_role(
             env = await services.organizations.environment_of(org.organization_id, environment)
             if env is None:
                 raise ValueError(f"unknown environment {environment!r}")
-            await services.accounts.set_environment_role(user_id, env.id, EnvironmentRole(role))
-            detail = f"user={user_id} env={environment} role={role}"
+            if role:
+                await services.accounts.set_environment_role(user_id, env.id, EnvironmentRole(role))
+            else:
+                await services.accounts.clear_environment_role(user_id, env.id)
+            detail = f"user={user_id} env={environment} role={role or 'none'}"
         else:
             wanted = OrganizationRole(role)
             touches_owner = OrganizationRole.OWNER in (wanted, people[user_id])
@@ -346,13 +350,13 @@ async def set_role(
         organization_id=org.organization_id,
         detail=detail,
     )
-    return redirect(f"/dashboard/{slug}/members")
+    return redirect(f"/dashboard/orgs/{slug}/members")
 
 
 # Audit -------------------------------------------------------------------------------------
 
 
-@router.get("/{slug}/audit")
+@router.get("/orgs/{slug}/audit")
 async def audit(
     request: Request, slug: str, session: Annotated[Session, Depends(require_session)]
 ) -> Response:
