@@ -19,6 +19,7 @@ from fhirgate.cli.main import cli
 from fhirgate.config import Settings
 from fhirgate.dashboard.passwords import hash_password, verify_password
 from fhirgate.storage.accounts import AccountRepo, LastOwner
+from fhirgate.storage.audit import AuditLog
 from fhirgate.storage.db import create_engine, upgrade_async
 from fhirgate.storage.models import DashboardUserRow, OrganizationRole
 from fhirgate.storage.repos import OrganizationRepo
@@ -163,3 +164,26 @@ def test_an_unknown_account_costs_a_hash_too() -> None:
     assert not verify_password(None, PASSWORD)
     assert not verify_password("not a hash", PASSWORD)
     assert not verify_password(hash_password(PASSWORD, "a@example.org"), "x" * 10_000)
+
+
+def test_the_changes_are_on_the_organizations_audit_page(env: dict[str, str]) -> None:
+    """The dashboard's audit page reads events by organization: the CLI's changes carry it."""
+    create(env, "owner@example.org")
+    create(env, "member@example.org")
+    changed = invoke(env, "admin", "set-role", "--email", "member@example.org", "--role", "admin")
+    assert changed.exit_code == 0
+
+    async def events() -> list[str]:
+        engine = create_engine(env["FHIRGATE_DATABASE_URL"])
+        try:
+            org = await OrganizationRepo(engine).environment("default", "development")
+            found = await AuditLog(engine).recent(organization_id=org.organization_id)
+            return [event.event for event in found]
+        finally:
+            await engine.dispose()
+
+    assert asyncio.run(events()) == [
+        "dashboard.role_changed",
+        "dashboard.user_created",
+        "dashboard.user_created",
+    ]

@@ -74,7 +74,10 @@ def create_user(
         )  # fmt: skip
         user = await accounts.create(email, hashed, organization_id, chosen)
         await storage.audit.record(
-            "dashboard.user_created", actor="cli", detail=f"{user.email} {slug} {chosen.value}"
+            "dashboard.user_created",
+            actor="cli",
+            detail=f"{user.email} {slug} {chosen.value}",
+            organization_id=organization_id,
         )
         return user, slug, chosen.value
 
@@ -123,7 +126,12 @@ def set_role(email: str, slug: str | None, environment: str | None, role: str) -
             env = await storage.organizations.environment(membership.organization_slug, kind)
             await accounts.set_environment_role(user.id, env.id, EnvironmentRole(role))
             done = f"{user.email} is now {role} in {membership.organization_slug}/{kind}"
-        await storage.audit.record("dashboard.role_changed", actor="cli", detail=done)
+        await storage.audit.record(
+            "dashboard.role_changed",
+            actor="cli",
+            detail=done,
+            organization_id=membership.organization_id,
+        )
         return done
 
     click.echo(run_storage(job))
