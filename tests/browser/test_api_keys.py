@@ -324,3 +324,23 @@ def test_main_pages_have_no_console_errors_or_csp_violations(
     page.get_by_role("button", name="Sign out").click()
     expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
     assert browsing.problems(page).all() == []
+
+
+def test_a_secret_is_shown_once_and_a_reload_does_not_create_another_key(
+    browsing: Browsing, live: Live
+) -> None:
+    page = browsing.signed_in(OWNER)
+    page.goto(developer_path())
+    before = live.client_count()
+    page.get_by_label("Name").fill("Secret backend")
+    page.get_by_label("Authentication").select_option("client_secret_basic")
+    page.get_by_role("button", name="Create API key").click()
+    secret = page.locator("#secret-value").inner_text().strip()
+    assert len(secret) >= 32
+    client_id = page.locator("#client-id").inner_text().strip()
+    page.wait_for_url(f"**/dashboard/keys/{client_id}")  # the script settles the URL
+    page.reload()
+    expect(page.get_by_role("heading", level=1)).to_contain_text("Secret backend")
+    assert page.locator("#secret-value").count() == 0
+    assert secret not in page.content()
+    assert live.client_count() == before + 1

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator
 
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -16,15 +15,6 @@ from tests.dashboard.support import Browser, browser_for, person
 from tests.support import Running, private_key
 
 DEV = "/dashboard/orgs/default/development"
-
-
-@pytest.fixture
-async def owner(running: Running) -> AsyncIterator[Browser]:
-    await person(running.services, "owner@example.org")
-    browser = browser_for(running.app)
-    async with browser.http:
-        await browser.sign_in("owner@example.org")
-        yield browser
 
 
 async def _create(

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
-import pytest
 from sqlalchemy import update
 
 from fhirgate.storage.models import EnvironmentRole, InvitationRow, OrganizationRole
@@ -15,15 +13,6 @@ from tests.dashboard.support import PASSWORD, Browser, browser_for, csrf_of, per
 from tests.support import Running
 
 _LINK = re.compile(r'<code id="invitation-link">http://[^/]+(/dashboard/invitations/[^<]+)</code>')
-
-
-@pytest.fixture
-async def owner(running: Running) -> AsyncIterator[Browser]:
-    await person(running.services, "owner@example.org")
-    browser = browser_for(running.app)
-    async with browser.http:
-        await browser.sign_in("owner@example.org")
-        yield browser
 
 
 async def _invite(owner: Browser, email: str, role: str = "member") -> str:

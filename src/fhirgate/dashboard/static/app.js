@@ -144,7 +144,15 @@ function setUpJwksTest() {
   });
 }
 
+// A page answering a POST that showed a secret once takes the key's own URL, so reloading it
+// shows the Settings page instead of sending the form again (and creating another key).
+function settleUrl() {
+  const target = document.querySelector("[data-replace-url]")?.dataset.replaceUrl;
+  if (target) history.replaceState(null, "", target);
+}
+
 document.addEventListener("DOMContentLoaded", () => {
+  settleUrl();
   setUpCopyButtons();
   setUpKeyGeneration();
   setUpJwksTest();
