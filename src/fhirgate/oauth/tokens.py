@@ -128,11 +128,23 @@ class AccessTokenService:
         await self._revoked.add(principal.jti, principal.expires_at)
 
     async def verify(self, token: str) -> Principal:
-        """Validate a bearer token (RFC 9068 §4); any failure is ``invalid_token``.
+        """Validate a bearer token (RFC 9068 §4); any failure is ``invalid_token``."""
+        principal = await self.signed_claims(token)
+        await self.check_not_revoked(principal)
+        return principal
+
+    async def check_not_revoked(self, principal: Principal) -> None:
+        """The deny-list check that :meth:`verify` makes after :meth:`signed_claims`."""
+        if await self._revoked.contains(principal.jti):
+            raise InvalidToken(check="revoked", detail="token has been revoked")
+
+    async def signed_claims(self, token: str) -> Principal:
+        """The token's principal if its signature and claims are valid and it has not expired
+        — not yet checked against the deny-list: :meth:`verify` is both.
 
         A token whose signature and claims were checked recently is found in a bounded cache
-        keyed by the exact token text (so nothing else can match it); its expiry and the
-        deny-list are checked on every call all the same."""
+        keyed by the exact token text (so nothing else can match it); its expiry is checked on
+        every call all the same."""
         principal = self._verified.get(token)
         if principal is None:
             principal = await self._verify_signed(token)
@@ -142,8 +154,6 @@ class AccessTokenService:
         elif principal.expires_at <= time.time():
             del self._verified[token]
             raise InvalidToken(check="expired", detail="token has expired")
-        if await self._revoked.contains(principal.jti):
-            raise InvalidToken(check="revoked", detail="token has been revoked")
         return principal
 
     async def _verify_signed(self, token: str) -> Principal:
