@@ -151,3 +151,29 @@ async def test_a_deactivated_owner_is_refused(running: Running, acme: tuple[Org,
     assert_challenge(refused)
     with pytest.raises(Forbidden):
         await services.api_keys.list_keys(owner, org.dev.id)
+
+
+async def test_a_deactivated_owners_keys_get_no_tokens(
+    running: Running, acme: tuple[Org, str]
+) -> None:
+    """Deactivating a person disables their user-level keys at the token endpoint and the guard
+    too (once the client cache has let go, within ``client_cache_ttl``)."""
+    services, http = running.services, running.http
+    _org, owner = acme
+    key = await user_key(services, owner)
+    issued = await token(http, key)
+    async with services.engine.begin() as conn:
+        await conn.execute(
+            update(DashboardUserRow).where(DashboardUserRow.id == owner).values(active=False)
+        )
+    services.directory.forget(key.client_id)
+    refused = await http.post("/oauth2/token", data=key.form(scope="platform"))
+    assert refused.status_code == 401 and refused.json()["error"] == "invalid_client"
+    whoami = await http.get("/whoami", headers={"Authorization": f"Bearer {issued}"})
+    assert whoami.status_code == 401
+    async with services.engine.begin() as conn:
+        await conn.execute(
+            update(DashboardUserRow).where(DashboardUserRow.id == owner).values(active=True)
+        )
+    services.directory.forget(key.client_id)
+    assert (await http.post("/oauth2/token", data=key.form(scope="platform"))).status_code == 200

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from fhirgate.storage.models import (
     ClientRow,
     ClientStatus,
+    DashboardUserRow,
     EnvironmentKind,
     EnvironmentRow,
     OrganizationRow,
@@ -89,10 +90,14 @@ class Client:
     #: A user-level API key (Platform API): the dashboard user it belongs to; ``None`` for the
     #: API keys of an environment.
     owner_user_id: str | None = None
+    #: For a user-level key read from storage: whether its owner's account is active.
+    owner_active: bool | None = None
 
     @property
     def active(self) -> bool:
-        return self.status == ClientStatus.ACTIVE
+        """Not revoked, and for a user-level key, its owner not deactivated (a deactivated
+        person's keys get no tokens, and their tokens are refused)."""
+        return self.status == ClientStatus.ACTIVE and self.owner_active is not False
 
     @property
     def user_level(self) -> bool:
@@ -118,6 +123,7 @@ _CLIENT_COLUMNS = (
     OrganizationRow.id,
     OrganizationRow.slug,
     ClientRow.owner_user_id,
+    DashboardUserRow.active,
 )
 
 
@@ -145,6 +151,7 @@ def _client(row: Row[Any]) -> Client:
         previous_hash,
         previous_expires,
         values[17],
+        values[18],
     )
 
 
@@ -243,6 +250,7 @@ class ClientRepo:
             select(*_CLIENT_COLUMNS)
             .join(EnvironmentRow, EnvironmentRow.id == ClientRow.environment_id)
             .join(OrganizationRow, OrganizationRow.id == EnvironmentRow.organization_id)
+            .outerjoin(DashboardUserRow, DashboardUserRow.id == ClientRow.owner_user_id)
         )
 
     async def create(
