@@ -352,13 +352,19 @@ class ApiKeys:
         if not client_ids:
             return {}
         event = AuditEventRow
-        stmt = (
-            select(event.client_id, func.max(event.occurred_at))
-            .where(event.client_id.in_(client_ids), event.event == "token.issued")
-            .group_by(event.client_id)
-        )
+        latest = {}
         async with self._engine.connect() as conn:
-            return {str(cid): _utc(at) for cid, at in await conn.execute(stmt) if at is not None}
+            for client_id in client_ids:  # one index lookup each (ix_audit_events_client_event)
+                at = (
+                    await conn.execute(
+                        select(func.max(event.occurred_at)).where(
+                            event.client_id == client_id, event.event == "token.issued"
+                        )
+                    )
+                ).scalar_one_or_none()
+                if at is not None:
+                    latest[client_id] = _utc(at)
+        return latest
 
     async def activity(self, actor_id: str, client_id: str) -> KeyActivity:
         """Last use, tokens issued per UTC day over the last 14 days (today included), and

@@ -208,11 +208,13 @@ class AuditEventRow(Base):
     rows in sealing order, so an edited or deleted sealed row is detected."""
 
     __tablename__ = "audit_events"
+    #: A key's activity (last use, tokens per day, failures) without reading its FHIR rows.
+    __table_args__ = (Index("ix_audit_events_client_event", "client_id", "event", "occurred_at"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     occurred_at: Mapped[datetime] = mapped_column(index=True)
     event: Mapped[str] = mapped_column(String(64))
-    client_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    client_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     source: Mapped[str | None] = mapped_column(String(64), nullable=True)
     actor: Mapped[str | None] = mapped_column(String(200), nullable=True)
     detail: Mapped[str] = mapped_column(Text, default="")
