@@ -7,7 +7,8 @@ STAMP := $(VENV)/.installed
 .PHONY: serve test lint typecheck check bench clean tools
 
 # Browser tests drive Debian's chromium (Playwright's Python package, no downloaded browser);
-# the exported Postman collection runs under newman from the npm registry (tools/package.json).
+# the exported Postman collection runs under newman and axe-core checks the pages' accessibility,
+# both from the npm registry (tools/package.json).
 CHROMIUM ?= /usr/bin/chromium
 NEWMAN := tools/node_modules/.bin/newman
 
