@@ -73,9 +73,7 @@ def test_the_sign_in_page_passes_axe(browsing: Browsing, axe_source: str) -> Non
     assert violations(page, axe_source) == []
 
 
-def test_every_main_page_passes_axe(
-    browsing: Browsing, pages: list[str], axe_source: str
-) -> None:
+def test_every_main_page_passes_axe(browsing: Browsing, pages: list[str], axe_source: str) -> None:
     page = browsing.signed_in(OWNER)
     found = {}
     for path in pages:
