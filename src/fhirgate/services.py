@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from fhirgate.config import MAX_TOKEN_LIFETIME, Settings
-from fhirgate.dashboard.api_keys import ApiKeys
+from fhirgate.dashboard.api_keys import JWKS_TESTS_PER_MINUTE, ApiKeys
 from fhirgate.dashboard.sessions import SessionStore
 from fhirgate.fhir.interactions import Interactions
 from fhirgate.fhir.store import ResourceStore
@@ -185,6 +185,7 @@ class Services:
                 directory=directory,
                 audit=audit,
                 hasher=hasher,
+                test_quota=CallQuota(JWKS_TESTS_PER_MINUTE, 60, redis, "fhirgate:jwkstest:"),
             ),
         )
 

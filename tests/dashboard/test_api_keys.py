@@ -25,6 +25,7 @@ from fhirgate.dashboard.api_keys import (
     NotFound,
 )
 from fhirgate.oauth.jose import jwk_from_public_key
+from fhirgate.oauth.quota import CallQuota
 from fhirgate.oauth.registration import jwk_thumbprint
 from fhirgate.services import Services
 from fhirgate.storage.models import AuditEventRow, EnvironmentRole, OrganizationRole
@@ -447,3 +448,29 @@ async def test_user_level_keys_belong_to_their_owner_alone(
         "api_key.deleted",
     ]
     assert {e[1] for e in events} == {"a@acme.example"}
+
+
+async def test_jwks_url_tests_are_rate_limited_per_person(
+    running: Running, acme: tuple[Org, str]
+) -> None:
+    """Each test makes the server fetch a URL someone chose: a person gets a few a minute."""
+    services = running.services
+    org, owner = acme
+    key_id = await _jwt_key(services, owner, org)
+    limited = ApiKeys(
+        settings=services.settings,
+        engine=services.engine,
+        clients=services.clients,
+        directory=services.directory,
+        audit=services.audit,
+        hasher=services.hasher,
+        test_quota=CallQuota(2, 60, None, "test:"),
+    )
+    async with JWKSServer() as jwks_server:
+        jwks_server.replies["/jwks.json"] = jwks_reply(public_jwk("a"))
+        url = jwks_server.url("/jwks.json")
+        for _ in range(2):
+            assert (await limited.test_jwks_url(owner, key_id, url)).kids == ("a",)
+        with pytest.raises(KeyChangeError, match="too many JWKS URL tests"):
+            await limited.test_jwks_url(owner, key_id, url)
+        assert jwks_server.hits["/jwks.json"] == 2  # the refused test fetched nothing

@@ -48,6 +48,7 @@ from fhirgate.dashboard.key_input import (
 from fhirgate.oauth.client_auth import SecretHasher
 from fhirgate.oauth.clients import ClientDirectory
 from fhirgate.oauth.jwks import JWKSFetcher, JWKSFetchError
+from fhirgate.oauth.quota import CallQuota
 from fhirgate.storage.accounts import AccountRepo
 from fhirgate.storage.audit import AuditLog
 from fhirgate.storage.models import (
@@ -84,6 +85,8 @@ __all__ = [
 
 ACTIVITY_DAYS = 14
 FAILURES_SHOWN = 10
+#: JWKS URL tests a person may make a minute (each one is a fetch the server makes for them).
+JWKS_TESTS_PER_MINUTE = 20
 _ATTEMPTS = 3  # optimistic updates retried on a concurrent change
 _NO_SUCH_KEY = "no such API key"
 _NO_SUCH_ENVIRONMENT = "no such environment"
@@ -250,9 +253,12 @@ class ApiKeys:
         audit: AuditLog,
         hasher: SecretHasher,
         fetcher: Callable[[], JWKSFetcher] | None = None,
+        test_quota: CallQuota | None = None,
     ) -> None:
         """``fetcher`` makes the JWKS fetcher a URL test uses (default: a fresh
-        :class:`JWKSFetcher` with the server's settings, so a test is a real fetch)."""
+        :class:`JWKSFetcher` with the server's settings, so a test is a real fetch);
+        ``test_quota`` bounds the JWKS URL tests each person may make (default:
+        :data:`JWKS_TESTS_PER_MINUTE` a minute, counted in this process)."""
         self._settings = settings
         self._engine = engine
         self._clients = clients
@@ -262,6 +268,7 @@ class ApiKeys:
         self._accounts = AccountRepo(engine)
         self._organizations = OrganizationRepo(engine)
         self._new_fetcher = fetcher or (lambda: JWKSFetcher(settings))
+        self._test_quota = test_quota or CallQuota(JWKS_TESTS_PER_MINUTE, 60, None, "")
 
     # -- who is acting ------------------------------------------------------------------------
 
@@ -584,6 +591,11 @@ class ApiKeys:
         target = self._checked_url(url) if url is not None else client.jwks_url
         if target is None:
             raise KeyChangeError("this API key has no JWKS URL to test", "jwks_url")
+        retry_after = await self._test_quota.take(actor.user_id)
+        if retry_after is not None:  # each test makes the server fetch a URL someone chose
+            raise KeyChangeError(
+                f"too many JWKS URL tests: try again in {retry_after} seconds", "jwks_url"
+            )
         fetcher = self._new_fetcher()
         try:
             keys = await fetcher.keys(target)
