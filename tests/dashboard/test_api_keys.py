@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 import pytest
@@ -316,13 +317,8 @@ async def test_the_ssrf_guard_refuses_private_addresses_and_plain_http(
         with pytest.raises(KeyChangeError, match="private, loopback or reserved") as caught:
             await services.api_keys.test_jwks_url(owner, key_id, url)
         assert url.split("/")[2] not in str(caught.value)  # the address is not echoed
-    strict = ApiKeys(
-        settings=services.settings.model_copy(update={"allow_insecure_jwks": False}),
-        engine=services.engine,
-        clients=services.clients,
-        directory=services.directory,
-        audit=services.audit,
-        hasher=services.hasher,
+    strict = _service(
+        services, settings=services.settings.model_copy(update={"allow_insecure_jwks": False})
     )
     async with JWKSServer() as jwks_server:
         jwks_server.replies["/jwks.json"] = jwks_reply(public_jwk("a"))
@@ -457,15 +453,7 @@ async def test_jwks_url_tests_are_rate_limited_per_person(
     services = running.services
     org, owner = acme
     key_id = await _jwt_key(services, owner, org)
-    limited = ApiKeys(
-        settings=services.settings,
-        engine=services.engine,
-        clients=services.clients,
-        directory=services.directory,
-        audit=services.audit,
-        hasher=services.hasher,
-        test_quota=CallQuota(2, 60, None, "test:"),
-    )
+    limited = _service(services, test_quota=CallQuota(2, 60, None, "test:"))
     async with JWKSServer() as jwks_server:
         jwks_server.replies["/jwks.json"] = jwks_reply(public_jwk("a"))
         url = jwks_server.url("/jwks.json")
@@ -474,3 +462,16 @@ async def test_jwks_url_tests_are_rate_limited_per_person(
         with pytest.raises(KeyChangeError, match="too many JWKS URL tests"):
             await limited.test_jwks_url(owner, key_id, url)
         assert jwks_server.hits["/jwks.json"] == 2  # the refused test fetched nothing
+
+
+def _service(services: Services, **changed: Any) -> ApiKeys:
+    """The service over the server's parts, with ``changed`` ones of its own."""
+    parts: dict[str, Any] = {
+        "settings": services.settings,
+        "engine": services.engine,
+        "clients": services.clients,
+        "directory": services.directory,
+        "audit": services.audit,
+        "hasher": services.hasher,
+    }
+    return ApiKeys(**{**parts, **changed})

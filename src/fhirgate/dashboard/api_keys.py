@@ -54,12 +54,18 @@ from fhirgate.storage.audit import AuditLog
 from fhirgate.storage.models import (
     AuditEventRow,
     AuthMethod,
-    DashboardUserRow,
     EnvironmentKind,
     EnvironmentRole,
     OrganizationRole,
 )
-from fhirgate.storage.repos import Client, ClientRepo, Environment, NotFound, OrganizationRepo
+from fhirgate.storage.repos import (
+    Client,
+    ClientRepo,
+    Environment,
+    NotFound,
+    OrganizationRepo,
+    as_utc,
+)
 
 __all__ = [
     "PLATFORM_SCOPE",
@@ -210,10 +216,6 @@ class JwksCheck:
     kids: tuple[str, ...]
 
 
-def _utc(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
 def _view(client: Client, last_used: datetime | None) -> ApiKeyView:
     jwks = [jwk for jwk in (client.jwks or {}).get("keys", []) if isinstance(jwk, Mapping)]
     public = tuple({k: v for k, v in jwk.items() if k not in PRIVATE_JWK_MEMBERS} for jwk in jwks)
@@ -275,16 +277,13 @@ class ApiKeys:
     async def actor(self, user_id: str) -> Actor:
         """The person and their roles; :class:`Forbidden` if the account is unknown or
         deactivated."""
-        row = DashboardUserRow
-        stmt = select(row.email, row.active).where(row.id == user_id)
-        async with self._engine.connect() as conn:
-            found = (await conn.execute(stmt)).first()
-        if found is None or not found[1]:
+        person = await self._accounts.get(user_id)
+        if person is None or not person.active:
             raise Forbidden("this account is deactivated")
         memberships = await self._accounts.memberships(user_id)
         roles = await self._accounts.environment_roles(user_id)
         organizations = {m.organization_id: m.role for m in memberships}
-        return Actor(user_id, str(found[0]), organizations, roles)
+        return Actor(user_id, person.email, organizations, roles)
 
     async def _environment(self, actor: Actor, environment_id: str, manage: bool) -> Environment:
         environment = None
@@ -370,7 +369,7 @@ class ApiKeys:
                     )
                 ).scalar_one_or_none()
                 if at is not None:
-                    latest[client_id] = _utc(at)
+                    latest[client_id] = as_utc(at)
         return latest
 
     async def activity(self, actor_id: str, client_id: str) -> KeyActivity:
@@ -403,7 +402,7 @@ class ApiKeys:
                 date.fromisoformat(str(d)[:10]): int(n) for d, n in await conn.execute(counts)
             }
             failed = [
-                Failure(_utc(at), ev, src, det or "")
+                Failure(as_utc(at), ev, src, det or "")
                 for at, ev, src, det in await conn.execute(failures)
             ]
         used = await self._last_used([client.client_id])

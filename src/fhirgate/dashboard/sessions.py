@@ -17,30 +17,22 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import ColumnElement, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from fhirgate.storage.accounts import DashboardUser
 from fhirgate.storage.models import DashboardUserRow, SessionRow
-from fhirgate.storage.repos import now
+from fhirgate.storage.opaque_tokens import hash_token, new_token
+from fhirgate.storage.repos import as_utc, now
 
 __all__ = ["ABSOLUTE_TIMEOUT", "IDLE_TIMEOUT", "Session", "SessionStore"]
 
 IDLE_TIMEOUT = timedelta(minutes=15)
 ABSOLUTE_TIMEOUT = timedelta(hours=12)
 _TOUCH_EVERY = timedelta(minutes=1)
-
-
-def _digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,12 +59,12 @@ class SessionStore:
 
     async def start(self, user_id: str) -> str:
         """A new session for the person; the token for the cookie."""
-        token = secrets.token_urlsafe(32)
+        token = new_token()
         at = now()
         async with self._engine.begin() as conn:
             await conn.execute(
                 insert(SessionRow).values(
-                    token_hash=_digest(token), user_id=user_id, created_at=at, last_seen_at=at
+                    token_hash=hash_token(token), user_id=user_id, created_at=at, last_seen_at=at
                 )
             )
         return token
@@ -82,7 +74,7 @@ class SessionStore:
         deactivated). A timed-out session is deleted."""
         if not token or len(token) > 100:
             return None
-        token_hash = _digest(token)
+        token_hash = hash_token(token)
         stmt = (
             select(
                 SessionRow.created_at,
@@ -98,7 +90,7 @@ class SessionStore:
             row = (await conn.execute(stmt)).first()
         if row is None:
             return None
-        created, seen = _aware(row[0]), _aware(row[1])
+        created, seen = as_utc(row[0]), as_utc(row[1])
         at = now()
         if not row[4] or at - seen > IDLE_TIMEOUT or at - created > ABSOLUTE_TIMEOUT:
             await self._delete(SessionRow.token_hash == token_hash)

@@ -6,8 +6,6 @@ SHA-256 is stored.
 
 from __future__ import annotations
 
-import hashlib
-import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -25,15 +23,12 @@ from fhirgate.storage.models import (
     OrganizationRole,
     OrganizationRow,
 )
+from fhirgate.storage.opaque_tokens import hash_token, new_token
 from fhirgate.storage.repos import Conflict, NotFound, now
 
 __all__ = ["INVITATION_LIFETIME", "Invitation", "InvitationRepo"]
 
 INVITATION_LIFETIME = timedelta(days=7)
-
-
-def _digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,12 +49,12 @@ class InvitationRepo:
         self, organization_id: str, email: str, role: OrganizationRole, invited_by: str | None
     ) -> str:
         """A new invitation; the token for the link (shown to the inviter once)."""
-        token = secrets.token_urlsafe(32)
+        token = new_token()
         at = now()
         async with self._engine.begin() as conn:
             await conn.execute(
                 insert(InvitationRow).values(
-                    token_hash=_digest(token), organization_id=organization_id,
+                    token_hash=hash_token(token), organization_id=organization_id,
                     email=normalized_email(email), role=role.value, invited_by=invited_by,
                     created_at=at, expires_at=at + INVITATION_LIFETIME,
                 )
@@ -81,7 +76,7 @@ class InvitationRepo:
         if not token or len(token) > 100:
             return None
         stmt = self._select().where(
-            InvitationRow.token_hash == _digest(token),
+            InvitationRow.token_hash == hash_token(token),
             InvitationRow.accepted_at.is_(None),
             InvitationRow.expires_at > now(),
         )

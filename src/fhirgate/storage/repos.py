@@ -33,6 +33,7 @@ __all__ = [
     "Environment",
     "NotFound",
     "OrganizationRepo",
+    "as_utc",
     "new_client_id",
 ]
 
@@ -127,7 +128,8 @@ _CLIENT_COLUMNS = (
 )
 
 
-def _as_utc(value: datetime) -> datetime:
+def as_utc(value: datetime) -> datetime:
+    """A stored time as an aware UTC datetime (SQLite returns naive ones)."""
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
@@ -144,8 +146,8 @@ def _client(row: Row[Any]) -> Client:
         jwks_url,
         scope,
         Environment(*values[13:17]),
-        _as_utc(created),
-        _as_utc(updated),
+        as_utc(created),
+        as_utc(updated),
         lifetime,
         secret_hash,
         previous_hash,

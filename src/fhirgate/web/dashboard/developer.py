@@ -147,14 +147,13 @@ async def _settings_page(
     notice: str | None = None,
 ) -> Response:
     api_keys = _api_keys(request)
-    actor = await api_keys.actor(session.user.id)
     activity = await api_keys.activity(session.user.id, key.client_id)
     org = None
     if not key.user_level:
         org = await membership(request, session, key.organization_slug)
     can_manage = key.user_level or any(
         access.id == key.environment_id and access.can_manage
-        for access in await api_keys.environments(actor.user_id)
+        for access in await api_keys.environments(session.user.id)
     )
     settings = services_of(request).settings
     context = {
