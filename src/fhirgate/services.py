@@ -95,20 +95,31 @@ class Services:
         statements = statements_for(engine)
         used_jti: TTLSet
         revoked: TTLSet
+        # a user grant's tokens are deny-listed beside their grants (GrantRepo), always here
+        revoked_in_database = SqlTTLSet.revoked_tokens(statements)
         if redis is not None:
             used_jti = RedisTTLSet(redis, "fhirgate:jti:")
             revoked = RedisTTLSet(redis, "fhirgate:revoked:")
         else:
             used_jti = SqlTTLSet.used_jti(statements)
-            revoked = SqlTTLSet.revoked_tokens(statements)
+            revoked = revoked_in_database
         secret = server_secret(settings)
         keyring = Keyring(engine, KeyCipher(secret), publish_for=MAX_TOKEN_LIFETIME + 60)
         clients = ClientRepo(engine)
         directory = ClientDirectory(clients, settings.client_cache_ttl)
         jwks = JWKSFetcher(settings)
+        opaque = OpaqueTokenRepo(engine)
+        grants = GrantRepo(
+            engine,
+            opaque,
+            denied=revoked_in_database,
+            family_ttl=settings.grant_lifetime,
+            refresh_ttl=settings.refresh_token_ttl,
+        )
         tokens = AccessTokenService(
             keyring,
             revoked,
+            grants,
             issuer=settings.issuer,
             audience=settings.issuer,
             ttl=settings.access_token_ttl,
@@ -123,13 +134,6 @@ class Services:
             FailureLimiter(settings.auth_failure_limit, redis),
             audit,
             directory,
-        )
-        opaque = OpaqueTokenRepo(engine)
-        grants = GrantRepo(
-            engine,
-            opaque,
-            family_ttl=settings.grant_lifetime,
-            refresh_ttl=settings.refresh_token_ttl,
         )
         delegation = Delegation(
             engine,
@@ -194,10 +198,10 @@ class Services:
         jobs: list[tuple[float, Callable[[], Awaitable[object]]]] = [
             (KEY_RELOAD_SECONDS, self.keyring.reload),
             (PURGE_SECONDS, self.used_jti.purge),
-            (PURGE_SECONDS, self.revoked.purge),
             (AUDIT_FLUSH_SECONDS, self.audit.flush),
             (AUDIT_FLUSH_SECONDS, self.audit.seal),
             (PURGE_SECONDS, self.opaque.purge),
+            # and the database's deny-list (Redis expires its entries itself)
             (PURGE_SECONDS, self.delegation.grants.purge),
             (PURGE_SECONDS, self.sessions.purge),
         ]

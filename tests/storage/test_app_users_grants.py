@@ -12,9 +12,15 @@ from sqlalchemy import delete, select, update
 from tests.support import Running, register_secret_client
 
 from fhirgate.storage.app_users import AppUser, AppUserRepo
-from fhirgate.storage.models import AppUserRow, AuthorizationCodeRow, OpaqueTokenRow, UserGrantRow
+from fhirgate.storage.models import (
+    AppUserRow,
+    AuthorizationCodeRow,
+    OpaqueTokenRow,
+    RevokedTokenRow,
+    UserGrantRow,
+)
 from fhirgate.storage.repos import Conflict, NotFound
-from fhirgate.storage.user_grants import GrantRepo, Redemption
+from fhirgate.storage.user_grants import GrantRepo, Redemption, TokenStanding
 
 SCOPE = "user/*.* openid"
 TTL = 600
@@ -350,6 +356,52 @@ async def test_live_is_none_for_an_expired_or_unknown_grant(server: Running) -> 
     assert await grants(server).live(redemption.grant.grant_id) is None
     assert await grants(server).refresh(client_id, redemption.refresh_token) is None
     assert await grants(server).live("00000000-0000-0000-0000-000000000000") is None
+
+
+async def test_token_standing_tells_a_live_token_from_a_denied_one_and_an_ended_grant(
+    server: Running,
+) -> None:
+    client_id = await application(server)
+    alice = await users(server).create(client_id, "alice")
+    grant_id = (await redeemed(server, client_id, alice.oneup_user_id)).grant.grant_id
+    later = int(time.time()) + 300
+    assert await grants(server).token_standing(grant_id, "jti-1") is TokenStanding.LIVE
+
+    await grants(server).deny_token("jti-1", later)
+    assert await grants(server).token_standing(grant_id, "jti-1") is TokenStanding.REVOKED
+    assert await grants(server).token_standing(grant_id, "jti-2") is TokenStanding.LIVE
+    assert await grants(server).live(grant_id) is not None  # the grant itself is untouched
+
+    await set_active(server, client_id, alice.oneup_user_id, False)
+    assert await grants(server).token_standing(grant_id, "jti-2") is TokenStanding.GRANT_ENDED
+    assert await grants(server).token_standing(grant_id, "jti-1") is TokenStanding.GRANT_ENDED
+    unknown = "00000000-0000-0000-0000-000000000000"
+    assert await grants(server).token_standing(unknown, "jti-2") is TokenStanding.GRANT_ENDED
+
+
+async def test_a_denied_token_is_kept_in_the_database_until_it_would_have_expired(
+    server: Running,
+) -> None:
+    """Whatever backs the other tokens' deny-list (Redis too), a user token's entry is a row
+    beside its grant; an entry past its expiry no longer denies and is purged."""
+    client_id = await application(server)
+    alice = await users(server).create(client_id, "alice")
+    grant_id = (await redeemed(server, client_id, alice.oneup_user_id)).grant.grant_id
+    now = int(time.time())
+    await grants(server).deny_token("live-entry", now + 300)
+    await grants(server).deny_token("old-entry", now + 300)
+    async with server.services.engine.begin() as conn:
+        await conn.execute(
+            update(RevokedTokenRow)
+            .where(RevokedTokenRow.jti == "old-entry")
+            .values(expires_at=now - 5)
+        )
+    assert await grants(server).token_standing(grant_id, "old-entry") is TokenStanding.LIVE
+    assert await grants(server).purge() == 1  # only the expired entry
+    async with server.services.engine.connect() as conn:
+        left = (await conn.execute(select(RevokedTokenRow.jti))).scalars().all()
+    assert left == ["live-entry"]
+    assert await grants(server).token_standing(grant_id, "live-entry") is TokenStanding.REVOKED
 
 
 async def test_purge_drops_codes_and_grants_ended_a_day_ago_only(server: Running) -> None:

@@ -23,6 +23,7 @@ from fhirgate.oauth.scopes import ScopeError
 from fhirgate.storage.app_users import AppUser, AppUserRepo
 from fhirgate.storage.opaque_tokens import OpaqueTokenRepo
 from fhirgate.storage.repos import Client
+from fhirgate.storage.ttl_sets import SqlTTLSet
 from fhirgate.storage.user_grants import GrantRepo
 
 __all__ = ["users"]
@@ -122,6 +123,7 @@ async def _application(storage: Storage, client_id: str) -> Application:
     grants = GrantRepo(
         storage.engine,
         OpaqueTokenRepo(storage.engine),
+        denied=SqlTTLSet.revoked_tokens(storage.statements),
         family_ttl=settings.grant_lifetime,
         refresh_ttl=settings.refresh_token_ttl,
     )

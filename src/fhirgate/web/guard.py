@@ -7,7 +7,8 @@ a bad, expired or revoked token, or one whose client is no longer active, gets 4
 ``invalid_token``; a token whose scope does not cover the request gets 403
 ``insufficient_scope`` (§3.1). A user grant's token is refused the moment its grant ends
 (revoked, reused, past its lifetime, or its user deactivated), on every replica: the grant is
-looked up on every request.
+looked up on every request, with the token's deny-list entry, in one round trip
+(:meth:`~fhirgate.oauth.tokens.AccessTokenService.verify`).
 
 1upHealth's system-level access: instead of a token, an application's ``client_id`` and
 ``client_secret`` headers (checked, throttled and audited like any client secret) with
@@ -17,7 +18,6 @@ looked up on every request.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 
@@ -109,37 +109,13 @@ async def authenticate(request: Request) -> Principal:
     try:
         if "." not in token:  # opaque: a legacy API key's access token
             return await services.legacy.verify(token)
-        principal = await services.tokens.signed_claims(token)
-        if principal.grant_id is None:
-            await services.tokens.check_not_revoked(principal)
-        else:
-            await _check_user_token(services, principal, principal.grant_id)
+        principal = await services.tokens.verify(token)
         registered = await services.directory.get(principal.client_id)
         if registered is None or not registered.client.active:
             raise InvalidToken(check="client_inactive", detail="client revoked or deleted")
     except InvalidToken as error:
         raise BearerError(error) from error
     return principal
-
-
-async def _grant_live(services: Services, grant_id: str) -> None:
-    if await services.delegation.grants.live(grant_id) is None:
-        raise InvalidToken(check="grant_ended", detail="grant revoked or expired")
-
-
-async def _check_user_token(services: Services, principal: Principal, grant_id: str) -> None:
-    """A user grant's token: the deny-list and the grant, both on every request. With a
-    database server they are two round trips (to Redis or PostgreSQL, and to PostgreSQL), made
-    at once: one event-loop wake-up for both answers costs less CPU than two in a row
-    (docs/benchmarks.md). SQLite answers inline, with no I/O to overlap."""
-    if services.settings.is_sqlite:
-        await services.tokens.check_not_revoked(principal)
-        await _grant_live(services, grant_id)
-        return
-    checks = (services.tokens.check_not_revoked(principal), _grant_live(services, grant_id))
-    for outcome in await asyncio.gather(*checks, return_exceptions=True):
-        if isinstance(outcome, BaseException):  # the deny-list's answer first, as in verify()
-            raise outcome
 
 
 async def _header_principal(request: Request, services: Services) -> Principal:
