@@ -83,7 +83,11 @@ async def test_a_forbidden_entry_fails_a_users_transaction(server: Running) -> N
     assert mine.json()["total"] == 0  # the allowed entry was not committed either
 
 
-async def test_a_batch_answers_each_entry(running: Running) -> None:
+async def test_a_batch_answers_each_entry_and_is_audited_with_what_each_touched(
+    running: Running,
+) -> None:
+    """The audit row names the deleted and the missing ids too: a delete's answer carries no
+    resource, and a read of an id that is not there is still an attempt on it."""
     headers = await system_headers(running)
     posted = bundle(
         "batch",
@@ -98,6 +102,33 @@ async def test_a_batch_answers_each_entry(running: Running) -> None:
     assert statuses == ["201 Created", "404 Not Found", "201 Created", "204 No Content"]
     missing = answer.json()["entry"][1]["response"]["outcome"]
     assert missing["resourceType"] == "OperationOutcome"
+    created = answer.json()["entry"][0]["resource"]["id"]
+    (row,) = await rows(running, request_id=answer.headers["x-request-id"])
+    assert (row.event, row.outcome) == ("fhir.bundle", "200")
+    targets = ["Patient/does-not-exist", "Patient/chosen", f"Patient/{created}"]
+    assert row.resource_ids.split(",") == targets
+
+
+async def test_a_refused_transaction_is_audited_with_the_resources_it_named(
+    server: Running,
+) -> None:
+    app = await register_application(server.services, server.http)
+    alice, bob = await app.user_tokens("alice"), await app.user_tokens("bob")
+    as_alice = {"Authorization": f"Bearer {alice['access_token']}"}
+    created = await server.http.post(
+        "/r4/Patient", json={"resourceType": "Patient"}, headers=as_alice
+    )
+    alices = created.json()["id"]
+    posted = bundle("transaction", entry("DELETE", f"Patient/{alices}"))
+    answer = await server.http.post(
+        "/r4", json=posted, headers={"Authorization": f"Bearer {bob['access_token']}"}
+    )
+    assert answer.status_code == 404  # another user's resource: as if it were not there
+    (row,) = await rows(server, request_id=answer.headers["x-request-id"])
+    assert (row.outcome, row.user_id) == ("404", bob["oneup_user_id"])
+    assert row.resource_ids == f"Patient/{alices}"
+    read = await server.http.get(f"/r4/Patient/{alices}", headers=as_alice)
+    assert read.status_code == 200  # and nothing was deleted
 
 
 async def test_malformed_bundles_are_400(running: Running) -> None:

@@ -29,7 +29,7 @@ from fhirgate.fhir.errors import FhirError, Invalid
 from fhirgate.fhir.interactions import MAX_DEPTH, Interactions, depth
 from fhirgate.fhir.store import StoredResource, fhir_instant
 
-__all__ = ["MAX_ENTRIES", "BundleProcessor"]
+__all__ = ["MAX_ENTRIES", "BundleProcessor", "ParsedBundle"]
 
 MAX_ENTRIES = 1000
 _ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "GET": 3}
@@ -46,6 +46,21 @@ class _Entry:
     if_match: int | None
     #: A search's parameters (``GET Type?…``); ``None`` for every other interaction.
     query: list[tuple[str, str]] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedBundle:
+    """A batch or transaction whose entries are well formed (not yet authorized or run)."""
+
+    kind: str
+    entries: list[_Entry]
+
+    @property
+    def targets(self) -> list[str]:
+        """``Type/id`` of every resource an entry names (read, update, delete), in order: what
+        the request tried to touch, for its audit row whatever each entry's outcome."""
+        named = (f"{e.resource_type}/{e.resource_id}" for e in self.entries if e.resource_id)
+        return list(dict.fromkeys(named))
 
 
 def _if_match(value: Any) -> int | None:
@@ -111,17 +126,18 @@ class BundleProcessor:
         self._interactions = interactions
         self._engine = engine
 
-    async def process(self, access: Access, bundle: Any, base: str) -> dict[str, Any]:
+    async def process(self, access: Access, bundle: ParsedBundle, base: str) -> dict[str, Any]:
         """The ``batch-response`` or ``transaction-response`` of ``bundle``."""
-        kind, entries = self._parse(bundle)
-        if kind == "batch":
-            responses = [await self._batch_entry(access, entry, base) for entry in entries]
+        if bundle.kind == "batch":
+            responses = [await self._batch_entry(access, entry, base) for entry in bundle.entries]
         else:
-            responses = await self._transaction(access, entries, base)
-        return {"resourceType": "Bundle", "type": f"{kind}-response", "entry": responses}
+            responses = await self._transaction(access, bundle.entries, base)
+        return {"resourceType": "Bundle", "type": f"{bundle.kind}-response", "entry": responses}
 
     @staticmethod
-    def _parse(bundle: Any) -> tuple[str, list[_Entry]]:
+    def parse(bundle: Any) -> ParsedBundle:
+        """Check the Bundle's shape and each entry's request; ``Invalid`` names the first
+        problem."""
         if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
             raise Invalid("POST to the base takes a Bundle")
         kind = bundle.get("type")
@@ -132,7 +148,7 @@ class BundleProcessor:
             raise Invalid(f"a Bundle has at most {MAX_ENTRIES} entries")
         if depth(bundle) > MAX_DEPTH + 4:
             raise Invalid("the Bundle nests too deeply")
-        return kind, [_entry(index, item) for index, item in enumerate(raw)]
+        return ParsedBundle(kind, [_entry(index, item) for index, item in enumerate(raw)])
 
     async def _batch_entry(self, access: Access, entry: _Entry, base: str) -> dict[str, Any]:
         try:

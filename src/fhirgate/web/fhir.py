@@ -232,8 +232,10 @@ async def bundle(request: Request, access: Access) -> Response:
     """batch and transaction (FHIR R4 §3.1.0.11): a Bundle posted to the base."""
     services: Services = request.app.state.services
     processor = BundleProcessor(_interactions(request), services.engine)
-    answer = await processor.process(access, await _body(request), _base(request))
-    _audited_ids(request, _carried(answer))
+    parsed = processor.parse(await _body(request))
+    _audited_ids(request, parsed.targets)  # audited as tried, even if refused or rolled back
+    answer = await processor.process(access, parsed, _base(request))
+    _audited_ids(request, list(dict.fromkeys([*parsed.targets, *_carried(answer)])))
     return fhir_response(answer)
 
 
