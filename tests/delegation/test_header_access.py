@@ -74,6 +74,19 @@ async def test_an_app_user_id_selects_the_user(running: Running) -> None:
     assert response.json()["all_users"] is False
 
 
+async def test_an_app_user_id_outside_ascii_is_read_as_utf8(running: Running) -> None:
+    app = await new_app(running)
+    await new_user(app, "Jose")
+    jose = await new_user(app, "José Ñúñez")
+    utf8 = {**app.credentials, "x-app-user-id": "José Ñúñez".encode()}
+    response = await running.http.get("/whoami", headers=utf8)
+    assert response.status_code == 200, response.text
+    assert response.json()["oneup_user_id"] == jose
+    not_utf8 = {**app.credentials, "x-app-user-id": "José".encode("latin-1")}
+    response = await running.http.get("/whoami", headers=not_utf8)
+    assert_guard_error(response, 400, "invalid_request")
+
+
 async def test_both_headers_naming_the_same_user_are_accepted(running: Running) -> None:
     app = await new_app(running)
     alice = await new_user(app, "alice")

@@ -135,10 +135,24 @@ async def _header_principal(request: Request, services: Services) -> Principal:
             services.authenticator, client_id, secret, source_address(request.scope)
         )
         return await services.delegation.header_principal(
-            client, headers.get("x-oneup-user-id"), headers.get("x-app-user-id"), request.method
+            client,
+            headers.get("x-oneup-user-id"),
+            _utf8_header(headers.get("x-app-user-id")),
+            request.method,
         )
     except OAuthError as error:
         raise BearerError(error) from error
+
+
+def _utf8_header(value: str | None) -> str | None:
+    """An ``app_user_id`` header as the text it was created with: clients send it as UTF-8,
+    which Starlette hands over decoded as Latin-1 (RFC 9110 §5.5: field values are octets)."""
+    if value is None:
+        return None
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest("x-app-user-id must be UTF-8", check="user_header") from exc
 
 
 CurrentPrincipal = Annotated[Principal, Depends(authenticate)]
