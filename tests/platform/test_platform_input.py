@@ -148,6 +148,10 @@ async def test_malformed_bodies_and_unknown_routes_get_the_error_shape(
     assert_error(huge_id, 404, "not_found")
     odd_env = await me.get("/platform/v1/environments/%00%ff/apikeys")
     assert_error(odd_env, 404, "not_found")
+    limit = running.services.settings.request_body_limit
+    oversized = b'{"name": "' + b"k" * limit + b'"}'
+    too_large = await me.send("POST", path, content=oversized, headers=json_type)
+    assert_error(too_large, 413, "too_large")
 
 
 async def test_the_openapi_schema_documents_the_platform_api(running: Running) -> None:

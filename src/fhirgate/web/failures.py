@@ -26,11 +26,14 @@ from fhirgate.oauth.errors import ServiceUnavailable
 from fhirgate.storage.grant_store import ASYNCPG_ERRORS
 
 __all__ = [
+    "PLATFORM_PREFIX",
     "STORAGE_ERRORS",
     "BodyLimitMiddleware",
     "BodyTooLarge",
     "http_error",
     "is_fhir",
+    "platform_body",
+    "platform_item",
     "read_body",
     "replaying",
     "storage_unavailable",
@@ -59,6 +62,28 @@ def is_fhir(path: str) -> bool:
     return path.startswith(FHIR_PREFIXES) or path in ("/r4", "/stu3", "/dstu2", "/fhir")
 
 
+#: The Platform API's paths, whose errors have its own shape (docs/platform-api.md).
+PLATFORM_PREFIX = "/platform/"
+PLATFORM_VERSION = "1.0.0"
+#: The Platform API's codes for the faults answered outside its routes.
+_PLATFORM_CODES = {413: "too_large", 500: "server_error", 503: "unavailable"}
+
+
+def platform_body(items: list[dict[str, str]], request_id: str | None = None) -> dict[str, Any]:
+    """A Platform API error body: ``meta``, ``errors`` and the ``requestId`` of a fault."""
+    body: dict[str, Any] = {"meta": {"version": PLATFORM_VERSION}, "errors": items}
+    if request_id:
+        body["requestId"] = request_id
+    return body
+
+
+def platform_item(code: str, message: str, field: str | None = None) -> dict[str, str]:
+    item = {"code": code, "message": message}
+    if field:
+        item["field"] = field
+    return item
+
+
 def error_response(
     path: str,
     status: int,
@@ -68,7 +93,8 @@ def error_response(
     request_id: str | None = None,
 ) -> Response:
     """One error in the surface's format: an OperationOutcome on the FHIR API (FHIR R4
-    §3.1.0.1.5), an RFC 6749 §5.2-style JSON body elsewhere."""
+    §3.1.0.1.5), the Platform API's ``errors`` body there, an RFC 6749 §5.2-style JSON body
+    elsewhere."""
     if is_fhir(path):
         code = {404: "not-found", 405: "not-supported", 413: "too-long"}.get(status, "exception")
         issue: dict[str, Any] = {"severity": "error", "code": code, "diagnostics": description}
@@ -76,6 +102,9 @@ def error_response(
             issue["diagnostics"] = f"{description} (request id {request_id})"
         body: dict[str, Any] = {"resourceType": "OperationOutcome", "issue": [issue]}
         return Response(orjson.dumps(body), status, headers, "application/fhir+json")
+    if path.startswith(PLATFORM_PREFIX):
+        item = platform_item(_PLATFORM_CODES.get(status, error), description)
+        return JSONResponse(platform_body([item], request_id), status_code=status, headers=headers)
     body = {"error": error, "error_description": description}
     if request_id:
         body["request_id"] = request_id

@@ -17,8 +17,6 @@
 
 from __future__ import annotations
 
-import logging
-import secrets
 from collections.abc import Callable, Coroutine, Mapping
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -46,15 +44,21 @@ from fhirgate.dashboard.api_keys import (
 from fhirgate.oauth.errors import InsufficientScope, InvalidToken, TooManyAttempts
 from fhirgate.services import Services
 from fhirgate.storage.models import AuthMethod
-from fhirgate.web.failures import STORAGE_ERRORS
+from fhirgate.web.failures import (
+    PLATFORM_PREFIX,
+    PLATFORM_VERSION,
+    STORAGE_ERRORS,
+    platform_body,
+    platform_item,
+    storage_unavailable,
+    unexpected_error,
+)
 from fhirgate.web.guard import BearerError, authenticate, bearer_error_parts
 
-__all__ = ["VERSION", "PlatformError", "router"]
+__all__ = ["PlatformError", "router"]
 
-log = logging.getLogger("fhirgate.platform")
 
-VERSION = "1.0.0"
-PREFIX = "/platform/v1"
+PREFIX = f"{PLATFORM_PREFIX}v1"
 _FIELDS = {"jwk_set": "jwkSet", "jwks_url": "jwksURL", "auth_method": "authMethod"}
 _MAX_ERRORS = 20
 
@@ -79,7 +83,7 @@ class PlatformError(Exception):
 
 
 class Meta(BaseModel):
-    version: str = VERSION
+    version: str = PLATFORM_VERSION
 
 
 class JWK(BaseModel):
@@ -212,20 +216,6 @@ def _apikey(view: ApiKeyView) -> ApiKey:
 # -- errors ---------------------------------------------------------------------------------
 
 
-def _error_body(items: list[dict[str, str]], request_id: str | None = None) -> dict[str, Any]:
-    body: dict[str, Any] = {"meta": {"version": VERSION}, "errors": items}
-    if request_id:
-        body["requestId"] = request_id
-    return body
-
-
-def _item(code: str, message: str, field: str | None = None) -> dict[str, str]:
-    item = {"code": code, "message": message}
-    if field:
-        item["field"] = field
-    return item
-
-
 def _validation(exc: RequestValidationError) -> PlatformError | JSONResponse:
     errors = list(exc.errors())
     if any(e.get("type") == "json_invalid" for e in errors):
@@ -235,8 +225,10 @@ def _validation(exc: RequestValidationError) -> PlatformError | JSONResponse:
     items = []
     for error in errors[:_MAX_ERRORS]:
         loc = [str(part) for part in error.get("loc", ()) if part != "body"]
-        items.append(_item("invalid_value", str(error.get("msg", "invalid")), ".".join(loc)))
-    return JSONResponse(_error_body(items), status_code=422)
+        items.append(
+            platform_item("invalid_value", str(error.get("msg", "invalid")), ".".join(loc))
+        )
+    return JSONResponse(platform_body(items), status_code=422)
 
 
 def _allowed_methods(request: Request) -> set[str]:
@@ -278,19 +270,12 @@ async def _error_response(request: Request, exc: Exception) -> Response:
     try:
         found = _as_platform_error(exc)
     except STORAGE_ERRORS as storage:
-        ref = secrets.token_hex(6)
-        log.error("storage unavailable [%s] %s %s: %r", ref, request.method, request.url, storage)
-        item = _item("unavailable", "the service is temporarily unavailable; try again shortly")
-        headers = {"Retry-After": "5", "Cache-Control": "no-store"}
-        return JSONResponse(_error_body([item], ref), status_code=503, headers=headers)
+        return await storage_unavailable(request, storage)
     except Exception as unexpected:
-        ref = secrets.token_hex(6)
-        log.error("unexpected error [%s] %s", ref, request.url.path, exc_info=unexpected)
-        item = _item("server_error", "internal error")
-        return JSONResponse(_error_body([item], ref), status_code=500)
+        return await unexpected_error(request, unexpected)
     if isinstance(found, JSONResponse):
         return found
-    body = _error_body([_item(found.code, found.message, found.field)])
+    body = platform_body([platform_item(found.code, found.message, found.field)])
     headers = {"Cache-Control": "no-store", **found.headers}
     return JSONResponse(body, status_code=found.status, headers=headers)
 
