@@ -386,6 +386,54 @@ async def test_json_media_types_are_accepted(
     assert response.status_code == 201, response.text
 
 
+@pytest.mark.parametrize(
+    ("query", "accept"),
+    [
+        ("_format=xml", None),
+        ("_format=application/fhir%2Bxml", None),
+        ("_format=ttl", None),
+        ("_format=xml", "application/fhir+json"),  # _format overrides Accept
+        ("", "application/fhir+xml"),
+        ("", "application/xml, text/xml"),
+        ("", "application/fhir+json;q=0, application/fhir+xml"),
+        ("", "text/turtle"),
+    ],
+)
+async def test_a_format_other_than_json_is_406(
+    running: Running, system: dict[str, str], query: str, accept: str | None
+) -> None:
+    created = (await create(running.http, system, patient()))["id"]
+    headers = system if accept is None else {**system, "Accept": accept}
+    for url in (f"{FHIR}/Patient/{created}?{query}", f"{FHIR}/Patient?{query}"):
+        assert_outcome(await running.http.get(url, headers=headers), 406, "not-supported")
+    refused = await running.http.get(f"{FHIR}/metadata?{query}", headers=headers)
+    assert_outcome(refused, 406, "not-supported")
+
+
+@pytest.mark.parametrize(
+    ("query", "accept"),
+    [
+        ("_format=json", None),
+        ("_format=application/fhir%2Bjson", None),
+        ("_format=application/json", "application/fhir+xml"),  # _format overrides Accept
+        ("", "application/json"),
+        ("", "application/fhir+json; fhirVersion=4.0"),
+        ("", "application/fhir+xml;q=0.9, application/fhir+json;q=0.5"),
+        ("", "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"),  # a browser
+        ("", ""),
+    ],
+)
+async def test_json_is_served_when_the_client_admits_it(
+    running: Running, system: dict[str, str], query: str, accept: str | None
+) -> None:
+    created = (await create(running.http, system, patient()))["id"]
+    headers = system if accept is None else {**system, "Accept": accept}
+    read = await running.http.get(f"{FHIR}/Patient/{created}?{query}", headers=headers)
+    assert read.status_code == 200, read.text
+    assert_fhir_json(read)
+    assert read.json()["id"] == created
+
+
 @pytest.mark.parametrize("resource_type", ["Nope", "patient", "PATIENT", "OperationOutcomes"])
 async def test_an_unknown_resource_type_is_404(
     running: Running, system: dict[str, str], resource_type: str

@@ -87,6 +87,11 @@ class UnsupportedMediaType(FhirError):
     code = "not-supported"
 
 
+class NotAcceptable(FhirError):
+    status_code = 406
+    code = "not-supported"
+
+
 class PreconditionFailed(FhirError):
     status_code = 412
     code = "conflict"

@@ -37,6 +37,7 @@ from fhirgate.fhir.errors import (
     Forbidden,
     Gone,
     Invalid,
+    NotAcceptable,
     NotFound,
     UnsupportedMediaType,
 )
@@ -69,6 +70,10 @@ __all__ = ["FHIR_JSON", "FhirApi"]
 
 FHIR_JSON = "application/fhir+json; charset=utf-8"
 _ACCEPTED_BODIES = ("application/fhir+json", "application/json")
+#: What ``_format`` may name (FHIR R4 http.html#mime-type: ``json`` and the JSON media types).
+_JSON_FORMATS = frozenset({"json", "application/json", "application/fhir+json", "text/json"})
+#: What an ``Accept`` header may list for JSON to be acceptable.
+_JSON_ACCEPTED = _JSON_FORMATS | {"*/*", "application/*", "text/*"}
 _USER_NUMBER = re.compile(r"[0-9]{1,9}")
 _CORS = {"Access-Control-Allow-Origin": "*"}
 
@@ -157,6 +162,30 @@ def _headers(request: Request, stored: StoredResource, location: bool = False) -
             f"/_history/{stored.version_id}"
         )
     return headers
+
+
+def _check_acceptable(request: Request) -> None:
+    """FHIR R4 http.html#mime-type: answers are JSON only. ``_format`` overrides ``Accept``;
+    either one that admits no JSON (XML, Turtle, …) is a 406 rather than an answer the client
+    did not ask for. No ``Accept`` or ``_format`` means JSON."""
+    wanted = request.query_params.get("_format")
+    if wanted is not None:
+        if wanted.split(";", 1)[0].strip().lower() not in _JSON_FORMATS:
+            raise NotAcceptable(f"_format={wanted[:40]} is not served: use _format=json")
+        return
+    accept = request.headers.get("accept", "").strip()
+    if accept and not any(_admits_json(item) for item in accept.split(",")):
+        raise NotAcceptable("Accept admits no JSON: ask for application/fhir+json")
+
+
+def _admits_json(item: str) -> bool:
+    """One ``Accept`` member (RFC 9110 §12.5.1): a JSON media type or a wildcard, not q=0."""
+    media, *params = (part.strip().lower() for part in item.split(";"))
+    for param in params:
+        name, _, value = param.partition("=")
+        if name.strip() == "q" and value.strip() in ("0", "0.", "0.0", "0.00", "0.000"):
+            return False
+    return media in _JSON_ACCEPTED
 
 
 async def _body(request: Request) -> Any:
@@ -579,6 +608,7 @@ async def _audited(
     OperationOutcome instead. ``X-Request-Id`` ties the answer to its row."""
     request_id = secrets.token_hex(8)
     try:
+        _check_acceptable(request)
         if route.public:
             response = await handler(request, **params)
         else:
