@@ -5,9 +5,14 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 
-from sqlalchemy import update
+from sqlalchemy import insert, update
 
-from fhirgate.storage.models import EnvironmentRole, InvitationRow, OrganizationRole
+from fhirgate.storage.models import (
+    EnvironmentRole,
+    InvitationRow,
+    MembershipRow,
+    OrganizationRole,
+)
 from fhirgate.storage.repos import now
 from tests.dashboard.support import PASSWORD, Browser, browser_for, csrf_of, person
 from tests.support import Running
@@ -153,6 +158,53 @@ async def test_admins_cannot_make_or_unmake_owners(owner: Browser, running: Runn
     assert (await running.services.accounts.environment_roles(member.id)) == {
         env.id: EnvironmentRole.ENGINEER.value
     }
+
+
+async def test_the_members_page_shows_each_persons_roles_in_this_organizations_environments(
+    owner: Browser, running: Running
+) -> None:
+    """One query for everyone's environment roles, limited to this organization's
+    environments: a role the same person holds elsewhere never shows here."""
+    services = running.services
+    default = (await services.organizations.default_environment()).organization_id
+    elsewhere = await services.organizations.create("elsewhere", "Elsewhere")
+    both = await person(services, "both@example.org", OrganizationRole.MEMBER,
+                        env_roles={"production": EnvironmentRole.ENGINEER})  # fmt: skip
+    async with services.engine.begin() as conn:
+        await conn.execute(
+            insert(MembershipRow).values(
+                user_id=both.id, organization_id=elsewhere, role=OrganizationRole.MEMBER.value
+            )
+        )
+    their_dev = await services.organizations.environment_of(elsewhere, "development")
+    assert their_dev is not None
+    await services.accounts.set_environment_role(both.id, their_dev.id, EnvironmentRole.VIEWER)
+    plain = await person(services, "plain@example.org", OrganizationRole.MEMBER)
+
+    production = await services.organizations.environment_of(default, "production")
+    assert production is not None
+    assert await services.accounts.environment_roles_in(default) == {
+        both.id: {production.id: EnvironmentRole.ENGINEER.value}
+    }
+    page = await owner.http.get("/dashboard/orgs/default/members")
+    assert page.status_code == 200
+    assert "both@example.org" in page.text and "plain@example.org" in page.text
+
+    def selected(column: int, user_id: str) -> str:
+        found = re.search(rf'id="env-{column}-{user_id}" name="role">(.*?)</select>', page.text,
+                          re.S)  # fmt: skip
+        assert found is not None, page.text
+        chosen = re.search(r'<option value="([^"]*)" selected>', found.group(1))
+        assert chosen is not None
+        return chosen.group(1)
+
+    # development, staging, production: their viewer role elsewhere is not shown here
+    assert [selected(column, both.id) for column in (1, 2, 3)] == ["", "", "engineer"]
+    assert [selected(column, plain.id) for column in (1, 2, 3)] == ["", "", ""]
+    assert await services.accounts.environment_roles_in(elsewhere) == {
+        both.id: {their_dev.id: EnvironmentRole.VIEWER.value}
+    }
+    assert plain.id not in await services.accounts.environment_roles_in(default)
 
 
 async def test_the_last_owner_cannot_demote_themself(owner: Browser, running: Running) -> None:

@@ -224,6 +224,21 @@ class AccountRepo:
         async with self._engine.connect() as conn:
             return {str(env): str(role) for env, role in await conn.execute(stmt)}
 
+    async def environment_roles_in(self, organization_id: str) -> dict[str, dict[str, str]]:
+        """Every person's role per environment id, in the organization's environments: one
+        query for a whole Members page."""
+        stmt = (
+            select(EnvironmentRoleRow.user_id, EnvironmentRoleRow.environment_id,
+                   EnvironmentRoleRow.role)
+            .join(EnvironmentRow, EnvironmentRow.id == EnvironmentRoleRow.environment_id)
+            .where(EnvironmentRow.organization_id == organization_id)
+        )  # fmt: skip
+        roles: dict[str, dict[str, str]] = {}
+        async with self._engine.connect() as conn:
+            for user_id, environment_id, role in await conn.execute(stmt):
+                roles.setdefault(str(user_id), {})[str(environment_id)] = str(role)
+        return roles
+
     @staticmethod
     async def _locked_members(conn: AsyncConnection, organization_id: str) -> dict[str, str]:
         """Every member's role, the rows locked until the transaction ends (PostgreSQL; SQLite

@@ -232,9 +232,7 @@ async def _members_page(
 ) -> Response:
     services = services_of(request)
     people = await services.accounts.members(org.organization_id)
-    roles = {
-        person.id: await services.accounts.environment_roles(person.id) for person, _ in people
-    }
+    roles = await services.accounts.environment_roles_in(org.organization_id)
     environments = {
         kind.value: await services.organizations.environment_of(org.organization_id, kind.value)
         for kind in EnvironmentKind
@@ -243,10 +241,11 @@ async def _members_page(
     context = {
         "people": people,
         "env_roles": {
-            person_id: {
-                kind: by_env.get(env.id, "") if env else "" for kind, env in environments.items()
+            person.id: {
+                kind: roles.get(person.id, {}).get(env.id, "") if env else ""
+                for kind, env in environments.items()
             }
-            for person_id, by_env in roles.items()
+            for person, _ in people
         },
         "environments": list(environments),
         "pending": pending,
