@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
+import sqlite3
 from pathlib import Path
 
+import asyncpg
+import pytest
 from click.testing import CliRunner
 from tests.delegation.support import Application
 from tests.fhir.support import system_headers
-from tests.support import BASE, start
+from tests.support import BASE, PG_URL, fresh_postgres_database, require_service, start
 
 from fhirgate.cli.main import cli
 from fhirgate.config import Settings
@@ -47,6 +51,41 @@ async def test_load_sample_fills_the_organizations_and_the_users(tmp_path: Path)
         assert vitals.json()["total"] == 6
     finally:
         await stack.aclose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+async def test_load_sample_leaves_the_planner_statistics_up_to_date(
+    tmp_path: Path, backend: str
+) -> None:
+    """A bulk load ends with ``ANALYZE``: the first searches are planned for the data, not for
+    the empty tables the migrations made."""
+    env = {"FHIRGATE_VAR_DIR": str(tmp_path / "var")}
+    if backend == "sqlite":
+        env["FHIRGATE_DATABASE_URL"] = f"sqlite+aiosqlite:///{tmp_path}/sample.db"
+    else:
+        url = await fresh_postgres_database(require_service(PG_URL, "PostgreSQL"))
+        env["FHIRGATE_DATABASE_URL"] = url
+        env["FHIRGATE_SECRET_KEY"] = secrets.token_hex(16)
+    result = await asyncio.to_thread(
+        CliRunner().invoke,
+        cli, ["fhir", "load-sample", "--patients", "1", "--json"], env=env,
+        catch_exceptions=False,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "planner's statistics" in result.stderr
+    if backend == "sqlite":
+        with sqlite3.connect(tmp_path / "sample.db") as db:
+            tables = {row[0] for row in db.execute("SELECT tbl FROM sqlite_stat1")}
+    else:
+        conn = await asyncpg.connect(env["FHIRGATE_DATABASE_URL"].replace("+asyncpg", ""))
+        try:
+            rows = await conn.fetch(
+                "SELECT relname FROM pg_class WHERE relkind = 'r' AND reltuples > 0"
+            )
+        finally:
+            await conn.close()
+        tables = {row["relname"] for row in rows}
+    assert {"fhir_resources", "fhir_resource_versions", "fhir_index_tokens"} <= tables, tables
 
 
 def test_the_same_seed_gives_the_same_people(tmp_path: Path) -> None:

@@ -15,9 +15,10 @@ from fhirgate.config import Settings
 from fhirgate.oauth.client_auth import SecretHasher
 from fhirgate.oauth.keys import server_secret
 from fhirgate.storage.audit import AuditLog
-from fhirgate.storage.db import create_engine, upgrade
+from fhirgate.storage.db import create_engine, sqlite_path, upgrade
 from fhirgate.storage.direct import statements_for
 from fhirgate.storage.repos import ClientRepo, Conflict, NotFound, OrganizationRepo
+from fhirgate.storage.sqlite_inline import refresh_statistics
 
 __all__ = ["Storage", "emit", "load_settings", "run_storage"]
 
@@ -34,6 +35,14 @@ class Storage:
         self.clients = ClientRepo(self.engine)
         self.audit = AuditLog(self.engine)
         self.statements = statements_for(self.engine)
+
+    async def analyze(self) -> None:
+        """Refresh the query planner's statistics (``ANALYZE``) after a bulk load, so that the
+        first searches are planned for the data rather than for empty tables."""
+        if self.engine.dialect.name == "sqlite":
+            await asyncio.to_thread(refresh_statistics, sqlite_path(self.settings.database_url))
+        else:
+            await self.statements.execute("ANALYZE", {})
 
     def hasher(self) -> SecretHasher:
         """The client-secret hasher under the server secret (the same on every replica)."""

@@ -91,6 +91,8 @@ def load_sample(patients: int, seed: int, as_json: bool) -> None:
             partition = Partition(default.id, app.client_id, user.oneup_user_id)
             first = patients * (2 + number) + 1
             await loader.patients(partition, patients, seed + 2 + number, first)
+        click.echo("Updating the query planner's statistics…", err=True)
+        await storage.analyze()
         return {
             "patients": loader.done,
             "resources": loader.resources,
