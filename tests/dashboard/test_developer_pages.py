@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 
+import httpx
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
@@ -66,6 +67,49 @@ async def test_rotating_a_secret_shows_the_new_one_once(owner: Browser) -> None:
     rotated = await owner.post(f"/dashboard/keys/{client_id}/secret")
     second = re.search(r'id="secret-value">([^<]+)<', rotated.text).group(1)  # type: ignore[union-attr]
     assert rotated.status_code == 200 and first != second
+
+
+def _once(page: httpx.Response, action: str) -> str:
+    """The ``once`` field of the page's form posting to ``action``."""
+    form = re.search(rf'<form method="post" action="{re.escape(action)}"[^>]*>(.*?)</form>',
+                     page.text, re.S)  # fmt: skip
+    assert form is not None, page.text
+    once = re.search(r'name="once" value="([^"]+)"', form.group(1))
+    assert once is not None, form.group(1)
+    return once.group(1)
+
+
+async def test_a_form_sent_again_by_a_reload_neither_creates_nor_replaces_twice(
+    owner: Browser, running: Running
+) -> None:
+    """Without the page's script, reloading the page that showed a secret sends its form again:
+    it must not create a second key, nor replace the secret just shown."""
+    listing = await owner.http.get(f"{DEV}/developer")
+    fields = {"name": "Reloaded", "auth_method": "client_secret_post",
+              "once": _once(listing, f"{DEV}/api-keys")}  # fmt: skip
+    created = await owner.post(f"{DEV}/api-keys", fields)
+    assert created.status_code == 200 and 'id="secret-value"' in created.text
+    client_id = re.search(r'<code id="client-id">([^<]+)</code>', created.text).group(1)  # type: ignore[union-attr]
+    count = len(await running.services.clients.list())
+    again = await owner.post(f"{DEV}/api-keys", fields)
+    assert again.status_code == 303
+    assert again.headers["location"] == f"{DEV}/developer?resent=1"
+    assert len(await running.services.clients.list()) == count  # no second key
+    landed = await owner.http.get(again.headers["location"])
+    assert "already sent" in landed.text and client_id in landed.text
+
+    action = f"/dashboard/keys/{client_id}/secret"
+    once = _once(created, action)
+    rotated = await owner.post(action, {"once": once})
+    secret = re.search(r'id="secret-value">([^<]+)<', rotated.text).group(1)  # type: ignore[union-attr]
+    resent = await owner.post(action, {"once": once})
+    assert resent.status_code == 303
+    assert resent.headers["location"] == f"/dashboard/keys/{client_id}?resent=1"
+    stored = await running.services.clients.get(client_id)
+    assert stored is not None and stored.secret_hash == running.services.hasher.hash(secret)
+    assert "already sent" in (await owner.http.get(resent.headers["location"])).text
+    malformed = await owner.post(action, {"once": "not-a-once"})
+    assert malformed.status_code == 400
 
 
 async def test_paste_rename_and_remove_public_keys(owner: Browser, running: Running) -> None:
@@ -248,11 +292,16 @@ async def test_bad_names_and_methods_are_refused(owner: Browser, running: Runnin
 
 
 async def test_user_level_keys_page(owner: Browser, running: Running) -> None:
-    created = await owner.post("/dashboard/account/api-keys", {"name": "My platform key"})
+    form = await owner.http.get("/dashboard/account/api-keys")
+    fields = {"name": "My platform key", "once": _once(form, "/dashboard/account/api-keys")}
+    created = await owner.post("/dashboard/account/api-keys", fields)
     assert created.status_code == 303
     client_id = created.headers["location"].rsplit("/", 1)[1]
-    listing = await owner.http.get("/dashboard/account/api-keys")
+    twice = await owner.post("/dashboard/account/api-keys", fields)  # a double click
+    assert twice.headers["location"] == "/dashboard/account/api-keys?resent=1"
+    listing = await owner.http.get(twice.headers["location"])
     assert "My platform key" in listing.text and "JWKS with 0 key(s)" in listing.text
+    assert listing.text.count("My platform key") == 1 and "already sent" in listing.text
     tab = await owner.http.get(f"{DEV}/developer")
     assert client_id not in tab.text  # never among an environment's keys
     stored = await running.services.clients.get(client_id)

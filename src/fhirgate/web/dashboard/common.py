@@ -11,13 +11,18 @@ the HTML error pages.
   session's CSRF token (form field ``csrf_token`` or header ``X-CSRF-Token``) and, when the
   browser says where it comes from (``Origin``, ``Sec-Fetch-Site``), come from this site. Before
   sign-in, a double-submit cookie stands in for the session.
+* **Forms that show a secret once** (create a key, replace its secret) carry a single-use
+  ``once`` field: reloading the page their POST answered sends the form again, and must not
+  create a second key or replace the secret just shown (:func:`first_submission`).
 * Templates autoescape everything: a key named ``<script>`` is shown as text.
 """
 
 from __future__ import annotations
 
 import hmac
+import re
 import secrets
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -34,6 +39,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from fhirgate.dashboard.sessions import Session, SessionStore
 from fhirgate.services import Services
 from fhirgate.storage.accounts import Membership
+from fhirgate.storage.ttl_sets import digest
 
 __all__ = [
     "CSP",
@@ -45,6 +51,7 @@ __all__ = [
     "check_csrf",
     "check_signin_csrf",
     "cookie_name",
+    "first_submission",
     "membership",
     "render",
     "require_session",
@@ -68,6 +75,10 @@ _TEMPLATES = Environment(
     lstrip_blocks=True,
 )
 _TEMPLATES.globals["static"] = lambda name: f"/dashboard/static/{quote(name)}"
+_TEMPLATES.globals["once"] = lambda: secrets.token_urlsafe(18)  # a fresh form's ``once``
+_ONCE = re.compile(r"[A-Za-z0-9_-]{24}")
+#: How long a form's ``once`` is remembered: a session's absolute lifetime.
+_ONCE_SECONDS = 12 * 3600
 
 
 class PageError(Exception):
@@ -268,6 +279,18 @@ def render(
     response = HTMLResponse(body, status_code=status)
     remember_signin_csrf(request, response)
     return response
+
+
+async def first_submission(request: Request, session: Session, once: str) -> bool:
+    """Whether the form whose ``once`` field this is arrives for the first time (remembered
+    with the single-use assertion ids, on every replica). A request without one (not sent from
+    the page's form) is not told apart from others; a malformed one is a 400."""
+    if not once:
+        return True
+    if not _ONCE.fullmatch(once):
+        raise PageError(400, "This form is out of date", "Reload the page and try again.")
+    key = digest("dashboard form", session.user.id, once)
+    return await services_of(request).used_jti.add(key, int(time.time()) + _ONCE_SECONDS)
 
 
 def redirect(location: str) -> RedirectResponse:

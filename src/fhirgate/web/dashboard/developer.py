@@ -31,6 +31,7 @@ from fhirgate.web.dashboard.common import (
     Page,
     PageError,
     check_csrf,
+    first_submission,
     membership,
     not_found,
     redirect,
@@ -50,6 +51,21 @@ METHODS = {
     AuthMethod.LEGACY_API_KEY.value: "Legacy API key",
 }
 _ALG_OF_KTY = {"RSA": "RS384", "EC": "ES384"}
+#: ``?resent=1``: where a form sent again (a reload) lands instead of acting twice.
+_RESENT = {
+    "keys": "That form was already sent: the API key it created is in the list below. A secret "
+    "is shown only once; if it was not kept, create a new secret on the key's page.",
+    "user-keys": "That form was already sent: the API key it created is in the list below.",
+    "secret": "That form was already sent: the secret was replaced then and is not shown "
+    "again. If it was not kept, create a new secret.",
+}
+_Once = Annotated[str, Form(max_length=64)]
+
+
+def _resent(request: Request, kind: str) -> str | None:
+    return _RESENT[kind] if request.query_params.get("resent") == "1" else None
+
+
 _Session = Annotated[Session, Depends(require_session)]
 _Changing = Annotated[Session, Depends(check_csrf)]
 
@@ -96,7 +112,8 @@ async def developer(request: Request, slug: str, env: str, session: _Session) ->
     page, access = await _environment_page(request, session, slug, env)
     keys = await _guarded(_api_keys(request).list_keys(session.user.id, access.id))
     context = {"access": access, "keys": keys, "methods": METHODS, "tab": "keys"}
-    return render(request, "developer.html", context, page=page)
+    return render(request, "developer.html", {**context, "notice": _resent(request, "keys")},
+                  page=page)  # fmt: skip
 
 
 @router.get("/orgs/{slug}/{env}/developer/devtools")
@@ -117,8 +134,11 @@ async def create(
     session: _Changing,
     name: Annotated[str, Form(max_length=1000)],
     auth_method: Annotated[str, Form(max_length=40)] = AuthMethod.PRIVATE_KEY_JWT.value,
+    once: _Once = "",
 ) -> Response:
     page, access = await _environment_page(request, session, slug, env)
+    if not await first_submission(request, session, once):
+        return redirect(f"/dashboard/orgs/{slug}/{env}/developer?resent=1")
     try:
         created = await _guarded(
             _api_keys(request).create(session.user.id, access.id, name, auth_method)
@@ -199,7 +219,8 @@ async def _key_or_404(request: Request, session: Session, client_id: str) -> Api
 
 @router.get("/keys/{client_id}")
 async def settings(request: Request, client_id: str, session: _Session) -> Response:
-    return await _settings_page(request, session, await _key_or_404(request, session, client_id))
+    key = await _key_or_404(request, session, client_id)
+    return await _settings_page(request, session, key, notice=_resent(request, "secret"))
 
 
 KeyChange = Callable[[ApiKeys, str], Awaitable[Any]]
@@ -299,9 +320,13 @@ async def test_jwks_url(
 
 
 @router.post("/keys/{client_id}/secret")
-async def rotate_secret(request: Request, client_id: str, session: _Changing) -> Response:
+async def rotate_secret(
+    request: Request, client_id: str, session: _Changing, once: _Once = ""
+) -> Response:
     """A new secret, shown once; the old one stops working at once."""
     await _key_or_404(request, session, client_id)
+    if not await first_submission(request, session, once):
+        return redirect(f"/dashboard/keys/{client_id}?resent=1")
     try:
         created = await _guarded(_api_keys(request).rotate_secret(session.user.id, client_id))
     except KeyChangeError as exc:
@@ -408,13 +433,19 @@ async def postman_environment(
 @router.get("/account/api-keys")
 async def user_keys(request: Request, session: _Session) -> Response:
     keys = await _guarded(_api_keys(request).list_user_keys(session.user.id))
-    return render(request, "user_keys.html", {"keys": keys}, page=Page("user-keys"))
+    context = {"keys": keys, "notice": _resent(request, "user-keys")}
+    return render(request, "user_keys.html", context, page=Page("user-keys"))
 
 
 @router.post("/account/api-keys")
 async def create_user_key(
-    request: Request, session: _Changing, name: Annotated[str, Form(max_length=1000)]
+    request: Request,
+    session: _Changing,
+    name: Annotated[str, Form(max_length=1000)],
+    once: _Once = "",
 ) -> Response:
+    if not await first_submission(request, session, once):
+        return redirect("/dashboard/account/api-keys?resent=1")
     try:
         key = await _guarded(_api_keys(request).create_user_key(session.user.id, name))
     except KeyChangeError as exc:
