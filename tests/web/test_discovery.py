@@ -31,6 +31,7 @@ async def test_smart_configuration(http: httpx.AsyncClient) -> None:
     assert "client-confidential-asymmetric" in doc["capabilities"]
     assert doc["code_challenge_methods_supported"] == ["S256"]
     assert "system/*.rs" in doc["scopes_supported"]
+    assert "platform" in doc["scopes_supported"]  # the Platform API's tokens
 
 
 async def test_oauth_authorization_server_metadata(http: httpx.AsyncClient) -> None:

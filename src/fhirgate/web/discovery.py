@@ -36,6 +36,7 @@ SCOPES_SUPPORTED = [
     "user/*.rs",
     "patient/*.rs",
     "openid",
+    "platform",  # the Platform API (user-level keys of the dashboard: docs/platform-api.md)
 ]
 
 
