@@ -408,6 +408,10 @@ async def test_a_format_other_than_json_is_406(
         assert_outcome(await running.http.get(url, headers=headers), 406, "not-supported")
     refused = await running.http.get(f"{FHIR}/metadata?{query}", headers=headers)
     assert_outcome(refused, 406, "not-supported")
+    if query:  # the same parameter in a POST _search body
+        form = {**headers, "Content-Type": "application/x-www-form-urlencoded"}
+        posted = await running.http.post(f"{FHIR}/Patient/_search", content=query, headers=form)
+        assert_outcome(posted, 406, "not-supported")
 
 
 @pytest.mark.parametrize(

@@ -170,12 +170,16 @@ def _check_acceptable(request: Request) -> None:
     did not ask for. No ``Accept`` or ``_format`` means JSON."""
     wanted = request.query_params.get("_format")
     if wanted is not None:
-        if wanted.split(";", 1)[0].strip().lower() not in _JSON_FORMATS:
-            raise NotAcceptable(f"_format={wanted[:40]} is not served: use _format=json")
+        _check_format(wanted)
         return
     accept = request.headers.get("accept", "").strip()
     if accept and not any(_admits_json(item) for item in accept.split(",")):
         raise NotAcceptable("Accept admits no JSON: ask for application/fhir+json")
+
+
+def _check_format(wanted: str) -> None:
+    if wanted.split(";", 1)[0].strip().lower() not in _JSON_FORMATS:
+        raise NotAcceptable(f"_format={wanted[:40]} is not served: use _format=json")
 
 
 def _admits_json(item: str) -> bool:
@@ -224,6 +228,9 @@ async def search_by_post(request: Request, access: Access, resource_type: str) -
         body = parse_qsl((await request.body()).decode(), strict_parsing=False)
     except (UnicodeDecodeError, ValueError) as exc:
         raise Invalid("the body is not a valid form") from exc
+    for name, value in body:
+        if name == "_format":  # in the body as in the query string (checked before)
+            _check_format(value)
     pairs = [*request.query_params.multi_items(), *body]
     return await _search(request, access, resource_type, pairs)
 
