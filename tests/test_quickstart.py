@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -78,6 +79,29 @@ def start_served(tmp_path: Path, **settings: str) -> Iterator[Served]:
         if server.poll() is None:
             server.terminate()
             server.communicate(timeout=10)
+
+
+@contextlib.contextmanager
+def start_served_with_log(tmp_path: Path, **settings: str) -> Iterator[tuple[Served, list[str]]]:
+    """:func:`start_served`, and its output collected line by line as it is written (a full
+    pipe would stall the server), for tests that wait for what it logs."""
+    with start_served(tmp_path, **settings) as served:
+        log: list[str] = []
+        stdout = served.process.stdout
+        assert stdout is not None
+
+        def collect() -> None:
+            for line in iter(stdout.readline, b""):
+                log.append(line.decode(errors="replace"))
+
+        reader = threading.Thread(target=collect, daemon=True)
+        reader.start()
+        try:
+            yield served, log
+        finally:  # stopped here, so start_served does not read the pipe the thread reads
+            served.process.terminate()
+            served.process.wait(timeout=10)
+            reader.join(timeout=10)
 
 
 def run(env: dict[str, str], *args: str) -> str:

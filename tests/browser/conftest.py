@@ -38,7 +38,7 @@ from playwright.sync_api import (
 )
 
 from fhirgate.client import PrivateKeyJWTAuth
-from tests.test_quickstart import FHIRGATE, Served, run, start_served
+from tests.test_quickstart import FHIRGATE, Served, run, start_served_with_log
 
 CHROMIUM = os.environ.get("FHIRGATE_CHROMIUM", "/usr/bin/chromium")
 PASSWORD = "correct horse battery staple"
@@ -77,7 +77,7 @@ class Live:
 
     served: Served
     tmp: Path
-    log: list[str] = field(default_factory=list)
+    log: list[str]
 
     @property
     def base(self) -> str:
@@ -154,23 +154,8 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     """One server per module; its output is read as it is written (a full pipe would stall it)."""
     tmp = tmp_path_factory.mktemp("browser")
     settings = {"FHIRGATE_CLIENT_CACHE_TTL": "0", "FHIRGATE_ALLOW_INSECURE_JWKS": "1"}
-    with start_served(tmp, **settings) as served:
-        state = Live(served, tmp)
-        stdout = served.process.stdout
-        assert stdout is not None
-
-        def collect() -> None:
-            for line in iter(stdout.readline, b""):
-                state.log.append(line.decode(errors="replace"))
-
-        reader = threading.Thread(target=collect, daemon=True)
-        reader.start()
-        try:
-            yield state
-        finally:  # stopped here, so start_served does not read the pipe the thread reads
-            served.process.terminate()
-            served.process.wait(timeout=10)
-            reader.join(timeout=10)
+    with start_served_with_log(tmp, **settings) as (served, log):
+        yield Live(served, tmp, log)
 
 
 # --- the browser ------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import subprocess
 import threading
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
 from fhirgate.dashboard import postman
 from fhirgate.oauth.jose import b64url_decode, b64url_encode, jwk_from_public_key
-from tests.test_quickstart import Served, run, start_served
+from tests.test_quickstart import Served, run, start_served_with_log
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_NEWMAN = ROOT / "tools" / "node_modules" / ".bin" / "newman"
@@ -79,7 +79,7 @@ def private_jwk(key: PrivateKey, alg: str, *, crt: bool = True) -> dict[str, Any
 class Live:
     served: Served
     tmp: Path
-    log: list[str] = field(default_factory=list)
+    log: list[str]
 
     @property
     def token_url(self) -> str:
@@ -177,24 +177,9 @@ def run_newman(tmp: Path, coll: dict[str, Any], env: dict[str, Any], tag: str) -
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     """One server for the module (with sample patients), its log collected as it is written."""
     tmp = tmp_path_factory.mktemp("postman")
-    with start_served(tmp) as served:
-        state = Live(served, tmp)
-        stdout = served.process.stdout
-        assert stdout is not None
-
-        def collect() -> None:
-            for line in iter(stdout.readline, b""):
-                state.log.append(line.decode(errors="replace"))
-
-        reader = threading.Thread(target=collect, daemon=True)
-        reader.start()
+    with start_served_with_log(tmp) as (served, log):
         run(served.env, "fhir", "load-sample", "--patients", "1", "--json")
-        try:
-            yield state
-        finally:  # stop it here so start_served does not read the pipe the thread reads
-            served.process.terminate()
-            served.process.wait(timeout=10)
-            reader.join(timeout=10)
+        yield Live(served, tmp, log)
 
 
 def wait_for_log(live: Live, *fragments: str) -> str:
