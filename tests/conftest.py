@@ -28,6 +28,7 @@ from tests.support import (
     SigningClient,
     flush_redis,
     fresh_postgres_database,
+    migrated_sqlite_url,
     register_client,
     require_service,
     start,
@@ -37,7 +38,7 @@ from tests.support import (
 @pytest.fixture
 def sqlite_settings(tmp_path: Path) -> Settings:
     return Settings(
-        database_url=f"sqlite+aiosqlite:///{tmp_path}/fhirgate.db",
+        database_url=migrated_sqlite_url(tmp_path),
         var_dir=tmp_path / "var",
         public_url=BASE,
         allow_insecure_jwks=True,
@@ -50,7 +51,7 @@ async def backend_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Se
     PostgreSQL too); PostgreSQL with Redis."""
     if request.param == "sqlite":
         return Settings(
-            database_url=f"sqlite+aiosqlite:///{tmp_path}/fhirgate.db",
+            database_url=migrated_sqlite_url(tmp_path),
             var_dir=tmp_path / "var",
             public_url=BASE,
             allow_insecure_jwks=True,
