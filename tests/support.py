@@ -25,6 +25,8 @@ from fhirgate.app import create_app
 from fhirgate.config import Settings
 from fhirgate.oauth.client_auth import JWT_BEARER
 from fhirgate.oauth.jose import PrivateKey, jwk_from_public_key, sign_compact
+from fhirgate.oauth.quota import CallQuota
+from fhirgate.oauth.throttle import WINDOW, FailureLimiter
 from fhirgate.services import Services
 from fhirgate.storage.db import upgrade, upgrade_async
 
@@ -120,6 +122,14 @@ async def _create_database(url: str, statement: str) -> None:
         await conn.execute(statement)
     finally:
         await conn.close()
+
+
+def pin_window(counter: FailureLimiter | CallQuota, seconds: int = WINDOW) -> None:
+    """Counters live per fixed window (a minute for failures, an hour for quotas): pin
+    ``counter``'s clock one second into the current one, so that no window boundary restarts
+    the count halfway through a test (the throttle's own tests fake its clock the same way)."""
+    pinned = time.time() // seconds * seconds + 1
+    counter._clock = lambda: pinned
 
 
 async def flush_redis(url: str) -> None:

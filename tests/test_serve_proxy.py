@@ -5,11 +5,22 @@ header is ignored (a client could otherwise pick its own address and dodge the t
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import httpx
 
+from fhirgate.oauth.throttle import WINDOW
 from tests.test_quickstart import run, start_served
+
+
+def room_in_the_window(seconds: float = 10.0) -> None:
+    """Failures are counted per fixed one-minute window, in the served process (its clock
+    cannot be pinned from here): wait, if need be, for a window with ``seconds`` left, so that
+    no boundary restarts the count halfway through the attempts."""
+    left = WINDOW - time.time() % WINDOW
+    if left < seconds:
+        time.sleep(left + 0.1)
 
 
 def secret_client(env: dict[str, str]) -> tuple[str, str]:
@@ -39,6 +50,7 @@ def test_forwarded_addresses_are_throttled_apart_when_the_proxy_is_trusted(
         tmp_path, FHIRGATE_FORWARDED_ALLOW_IPS="127.0.0.1", FHIRGATE_AUTH_FAILURE_LIMIT="2"
     ) as served:
         cid, secret = secret_client(served.env)
+        room_in_the_window()
         attacker = [token_status(served.base, cid, "wrong", "198.51.100.7") for _ in range(3)]
         assert attacker == [401, 401, 429]
         assert token_status(served.base, cid, secret, "198.51.100.7") == 429
@@ -48,6 +60,7 @@ def test_forwarded_addresses_are_throttled_apart_when_the_proxy_is_trusted(
 def test_forwarded_for_is_ignored_without_a_trusted_proxy(tmp_path: Path) -> None:
     with start_served(tmp_path, FHIRGATE_AUTH_FAILURE_LIMIT="2") as served:
         cid, secret = secret_client(served.env)
+        room_in_the_window()
         attacker = [token_status(served.base, cid, "wrong", "198.51.100.7") for _ in range(3)]
         assert attacker == [401, 401, 429]
         # a made-up X-Forwarded-For does not give the attacker a fresh address

@@ -16,7 +16,7 @@ from fhirgate.services import SIGN_IN_FAILURES
 from fhirgate.storage.models import SessionRow
 from fhirgate.storage.repos import now
 from tests.dashboard.support import PASSWORD, Browser, browser_for, csrf_of, person
-from tests.support import BASE, Running, start
+from tests.support import BASE, Running, pin_window, start
 
 
 @pytest.fixture
@@ -186,7 +186,10 @@ async def test_password_change_checks_the_current_password_and_the_rules(
     assert (await browser.sign_in("ada@example.org")).status_code == 303  # unchanged
 
 
-async def test_sign_in_is_throttled_per_email_and_address(browser: Browser) -> None:
+async def test_sign_in_is_throttled_per_email_and_address(
+    browser: Browser, running: Running
+) -> None:
+    pin_window(running.services.sign_in_limiter)
     for _ in range(SIGN_IN_FAILURES):
         assert (await browser.sign_in("ada@example.org", "wrong password!!")).status_code == 401
     blocked = await browser.sign_in("ada@example.org")  # even the right password, for now

@@ -4,7 +4,6 @@ application's users, reads only) or ``x-app-user-id``, instead of a bearer token
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import httpx
@@ -14,7 +13,7 @@ from fhirgate.config import Settings
 from fhirgate.oauth.client_auth import SecretHasher
 from fhirgate.web.guard import CurrentPrincipal
 from tests.delegation.support import Application, register_application
-from tests.support import Running, register_client, register_secret_client, start
+from tests.support import Running, pin_window, register_client, register_secret_client, start
 
 WRITE = "/test-write"
 
@@ -281,9 +280,7 @@ async def test_clients_of_other_methods_cannot_use_the_headers(
 
 async def test_repeated_wrong_secrets_are_throttled(sqlite_settings: Settings) -> None:
     running, stack = await start(sqlite_settings.model_copy(update={"auth_failure_limit": 2}))
-    # failures are counted per one-minute window: pin the throttle's clock to stay within one
-    pinned = time.time() // 60 * 60 + 1
-    running.services.authenticator._limiter._clock = lambda: pinned
+    pin_window(running.services.authenticator._limiter)
     try:
         app = await new_app(running)
         alice = await new_user(app, "alice")

@@ -13,7 +13,6 @@ import base64
 import json
 import logging
 import re
-import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -23,7 +22,7 @@ import pytest
 from fhirgate.config import Settings
 from fhirgate.oauth.client_auth import SecretHasher
 from tests.delegation.support import Application, register_application
-from tests.support import Running, register_client, register_secret_client, start
+from tests.support import Running, pin_window, register_client, register_secret_client, start
 
 UM = "/user-management/v1"
 USER = f"{UM}/user"
@@ -686,8 +685,7 @@ async def test_failed_authentications_do_not_use_the_applications_quota(
         update={"user_management_rate_limit": 3, "auth_failure_limit": 0}
     )
     running, stack = await start(settings)
-    pinned = time.time() // 3600 * 3600 + 1
-    running.services.user_management_quota._clock = lambda: pinned
+    pin_window(running.services.user_management_quota, 3600)
     try:
         app = await new_app(running)
         wrong = {"client_id": app.client_id, "client_secret": SecretHasher.generate()}
@@ -714,9 +712,7 @@ async def limited(backend_settings: Settings) -> AsyncIterator[Running]:
 async def test_the_fourth_call_in_an_hour_is_refused_for_that_application_only(
     limited: Running,
 ) -> None:
-    # counters live per one-hour window: pin the quota's clock to stay within one
-    pinned = time.time() // 3600 * 3600 + 1
-    limited.services.user_management_quota._clock = lambda: pinned
+    pin_window(limited.services.user_management_quota, 3600)
     app, other = await new_app(limited), await new_app(limited)
     statuses = [
         (await app.create_user("alice")).status_code,
@@ -741,9 +737,7 @@ async def test_failed_credentials_are_throttled_like_client_secrets(
     sqlite_settings: Settings,
 ) -> None:
     running, stack = await start(sqlite_settings.model_copy(update={"auth_failure_limit": 2}))
-    # failures are counted per one-minute window: pin the throttle's clock to stay within one
-    pinned = time.time() // 60 * 60 + 1
-    running.services.authenticator._limiter._clock = lambda: pinned
+    pin_window(running.services.authenticator._limiter)
     try:
         app = await new_app(running)
         wrong = {"client_id": app.client_id, "client_secret": SecretHasher.generate()}

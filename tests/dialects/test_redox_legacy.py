@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 from sqlalchemy import text
-from tests.support import Running, register_secret_client, start
+from tests.support import Running, pin_window, register_secret_client, start
 
 from fhirgate.config import Settings
 from fhirgate.storage.db import sqlite_path
@@ -160,10 +160,7 @@ async def test_authenticate_failures_are_throttled_with_429_and_retry_after(
     the limit, so the third attempt from that address is refused (429) unevaluated."""
     settings = backend_settings.model_copy(update={"auth_failure_limit": 2})
     running, stack = await start(settings)
-    # counters live per one-minute window: pin the throttle's clock so that no window boundary
-    # restarts them halfway through the sequence
-    pinned = time.time() // 60 * 60 + 1
-    running.services.authenticator._limiter._clock = lambda: pinned
+    pin_window(running.services.authenticator._limiter)
     try:
         api_key, secret = await legacy_client(running)
         statuses = [

@@ -33,6 +33,7 @@ from tests.support import (
     BASE,
     Running,
     SigningClient,
+    pin_window,
     private_key,
     register_client,
     register_secret_client,
@@ -544,8 +545,7 @@ async def throttled_server(settings: Settings, stack: contextlib.AsyncExitStack)
     fake its clock the same way)."""
     running, app_stack = await start(settings.model_copy(update={"auth_failure_limit": 3}))
     stack.push_async_callback(app_stack.aclose)
-    pinned = time.time() // 60 * 60 + 1
-    running.services.authenticator._limiter._clock = lambda: pinned
+    pin_window(running.services.authenticator._limiter)
     return running
 
 

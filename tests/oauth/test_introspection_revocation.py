@@ -7,7 +7,6 @@ import asyncio
 import json
 import logging
 import secrets
-import time
 from typing import Any
 from urllib.parse import urlencode
 
@@ -17,6 +16,7 @@ from tests.support import (
     BASE,
     Running,
     SigningClient,
+    pin_window,
     register_client,
     register_secret_client,
     start,
@@ -389,9 +389,7 @@ async def test_wrong_secrets_are_throttled_at_the_limit(
     that client id is refused (429) even with the right secret."""
     settings = backend_settings.model_copy(update={"auth_failure_limit": 3})
     running, stack = await start(settings)
-    # counters live per one-minute window: pin the throttle's clock to stay within one
-    pinned = time.time() // 60 * 60 + 1
-    running.services.authenticator._limiter._clock = lambda: pinned
+    pin_window(running.services.authenticator._limiter)
     try:
         client_id, secret = await register_secret_client(running.services, "client_secret_basic")
         token = await basic_token(running.http, client_id, secret)
