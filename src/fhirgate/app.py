@@ -65,6 +65,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         for job in jobs:
             job.cancel()
+        # a job stopped mid-transaction rolls back before the last audit rows are written
+        await asyncio.gather(*jobs, return_exceptions=True)
         await services.aclose()
 
 
