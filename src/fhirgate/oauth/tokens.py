@@ -141,10 +141,10 @@ class AccessTokenService:
         user grant's token the grant and the deny-list at once."""
         principal = await self._signed_claims(token)
         if principal.grant_id is None:
-            if await self._revoked.contains(principal.jti):
-                raise InvalidToken(check="revoked", detail="token has been revoked")
-            return principal
-        standing = await self._grants.token_standing(principal.grant_id, principal.jti)
+            revoked = await self._revoked.contains(principal.jti)
+            standing = TokenStanding.REVOKED if revoked else TokenStanding.LIVE
+        else:
+            standing = await self._grants.token_standing(principal.grant_id, principal.jti)
         if standing is TokenStanding.REVOKED:
             raise InvalidToken(check="revoked", detail="token has been revoked")
         if standing is TokenStanding.GRANT_ENDED:

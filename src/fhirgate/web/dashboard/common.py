@@ -36,9 +36,10 @@ from starlette.datastructures import MutableHeaders
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from fhirgate.dashboard.sessions import Session, SessionStore
+from fhirgate.dashboard.sessions import ABSOLUTE_TIMEOUT, Session, SessionStore
 from fhirgate.services import Services
 from fhirgate.storage.accounts import Membership
+from fhirgate.storage.opaque_tokens import new_token
 from fhirgate.storage.ttl_sets import digest
 
 __all__ = [
@@ -75,10 +76,10 @@ _TEMPLATES = Environment(
     lstrip_blocks=True,
 )
 _TEMPLATES.globals["static"] = lambda name: f"/dashboard/static/{quote(name)}"
-_TEMPLATES.globals["once"] = lambda: secrets.token_urlsafe(18)  # a fresh form's ``once``
-_ONCE = re.compile(r"[A-Za-z0-9_-]{24}")
-#: How long a form's ``once`` is remembered: a session's absolute lifetime.
-_ONCE_SECONDS = 12 * 3600
+_TEMPLATES.globals["once"] = new_token  # a fresh form's ``once``
+_ONCE = re.compile(r"[A-Za-z0-9_-]{43}")
+#: How long a form's ``once`` is remembered: as long as the session that rendered it can live.
+_ONCE_SECONDS = int(ABSOLUTE_TIMEOUT.total_seconds())
 
 
 class PageError(Exception):
