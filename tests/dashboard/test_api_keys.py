@@ -32,7 +32,7 @@ from fhirgate.services import Services
 from fhirgate.storage.models import AuditEventRow, EnvironmentRole, OrganizationRole
 from tests.jwks_server import JWKSServer, Reply, jwks_reply
 from tests.platform.support import Org, organization, person, public_jwk
-from tests.support import Running, SigningClient, private_key
+from tests.support import Running, SigningClient, pin_window, private_key
 
 
 @pytest.fixture
@@ -453,7 +453,9 @@ async def test_jwks_url_tests_are_rate_limited_per_person(
     services = running.services
     org, owner = acme
     key_id = await _jwt_key(services, owner, org)
-    limited = _service(services, test_quota=CallQuota(2, 60, None, "test:"))
+    quota = CallQuota(2, 60, None, "test:")
+    pin_window(quota)  # counted per fixed minute: no boundary mid-test
+    limited = _service(services, test_quota=quota)
     async with JWKSServer() as jwks_server:
         jwks_server.replies["/jwks.json"] = jwks_reply(public_jwk("a"))
         url = jwks_server.url("/jwks.json")
