@@ -27,7 +27,7 @@ from fhirgate.oauth.delegation import Delegation
 from fhirgate.oauth.id_tokens import IdTokenIssuer
 from fhirgate.oauth.introspection import TokenInspector
 from fhirgate.oauth.jwks import JWKSFetcher
-from fhirgate.oauth.keys import KeyCipher, Keyring, derive_key, server_secret
+from fhirgate.oauth.keys import KeyCipher, Keyring, audit_keys, derive_key, server_secret
 from fhirgate.oauth.legacy import LegacyKeyService
 from fhirgate.oauth.quota import CallQuota
 from fhirgate.oauth.server import TokenEndpoint
@@ -35,7 +35,7 @@ from fhirgate.oauth.throttle import FailureLimiter
 from fhirgate.oauth.tokens import AccessTokenService
 from fhirgate.storage.accounts import AccountRepo
 from fhirgate.storage.app_users import AppUserRepo
-from fhirgate.storage.audit import AuditLog
+from fhirgate.storage.audit import AuditLog, CheckpointFile
 from fhirgate.storage.db import create_engine, sqlite_path
 from fhirgate.storage.direct import SqliteStatements, Statements, statements_for
 from fhirgate.storage.invitations import InvitationRepo
@@ -127,7 +127,8 @@ class Services:
             user_ttl=settings.user_token_ttl,
         )
         hasher = SecretHasher(secret)
-        audit = AuditLog(engine, derive_key(secret, b"fhirgate audit chain"), statements)
+        checkpoints = CheckpointFile.under(settings.var_dir)
+        audit = AuditLog(engine, audit_keys(secret), statements, checkpoints)
         authenticator = ClientAuthenticator(
             PrivateKeyJWTAuthenticator(directory, jwks, used_jti),
             SecretAuthenticator(directory, hasher),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
@@ -13,8 +14,8 @@ from sqlalchemy.exc import DBAPIError
 
 from fhirgate.config import Settings
 from fhirgate.oauth.client_auth import SecretHasher
-from fhirgate.oauth.keys import server_secret
-from fhirgate.storage.audit import AuditLog
+from fhirgate.oauth.keys import audit_keys, server_secret
+from fhirgate.storage.audit import AuditLog, CheckpointFile
 from fhirgate.storage.db import create_engine, sqlite_path, upgrade
 from fhirgate.storage.direct import statements_for
 from fhirgate.storage.repos import ClientRepo, Conflict, NotFound, OrganizationRepo
@@ -33,8 +34,16 @@ class Storage:
         self.engine = create_engine(settings.database_url)
         self.organizations = OrganizationRepo(self.engine)
         self.clients = ClientRepo(self.engine)
-        self.audit = AuditLog(self.engine)
         self.statements = statements_for(self.engine)
+
+    @functools.cached_property
+    def audit(self) -> AuditLog:
+        """The audit log, its rows signed under the server secret (needed to write them)."""
+        try:
+            keys = audit_keys(server_secret(self.settings))
+        except RuntimeError as exc:
+            raise click.ClickException(str(exc)) from exc
+        return AuditLog(self.engine, keys, checkpoints=CheckpointFile.under(self.settings.var_dir))
 
     async def analyze(self) -> None:
         """Refresh the query planner's statistics (``ANALYZE``) after a bulk load, so that the

@@ -34,6 +34,7 @@ from fhirgate.oauth.jose import (
     jwk_from_public_key,
     public_key_from_jwk,
 )
+from fhirgate.storage.audit_chain import AuditKeys
 from fhirgate.storage.models import ServerKeyRow
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "KeySigner",
     "Keyring",
     "SigningKey",
+    "audit_keys",
     "derive_key",
     "load_cipher",
     "server_secret",
@@ -55,6 +57,11 @@ _RELOAD_INTERVAL = 1.0
 def derive_key(secret: bytes, purpose: bytes) -> bytes:
     """A 256-bit key for one ``purpose`` from the server secret (HKDF-SHA256, RFC 5869 §2)."""
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose).derive(secret)
+
+
+def audit_keys(secret: bytes) -> AuditKeys:
+    """The audit log's row, chain and checkpoint keys under the server secret."""
+    return AuditKeys.derived(lambda label: derive_key(secret, label))
 
 
 class KeyCipher:

@@ -7,13 +7,15 @@ row cannot be written, the request fails (no health data without its audit row).
 one event-loop turn share one transaction (:class:`~fhirgate.storage.direct.GroupInsert`; on
 SQLite inline on its own connection).
 
-Tamper evidence (ONC §170.315(d)(2)): :meth:`AuditLog.seal` (a background job, every second)
-numbers the rows not sealed yet (``chain_seq``) and chains them: ``chain_hash`` = HMAC-SHA256
-under a key derived from the server secret, over the previous hash and the row's fields. An
-edited, deleted or reordered sealed row breaks the chain, which :meth:`AuditLog.verify`
-(``fhirgate audit verify``) reports; recomputing the chain needs the server secret. The head of
-the chain (``audit_chain``) is locked while a batch is sealed, and ``chain_seq`` is unique, so
-replicas never fork it.
+Every row carries its own MAC from the moment it is written, and a background job seals the
+rows into a keyed chain and checkpoints its head outside the database
+(:mod:`fhirgate.storage.audit_chain`, ``fhirgate audit verify``). Every resource id a FHIR
+interaction disclosed or changed is recorded in ``audit_event_resources``, written with its
+event in one transaction, whatever their number; ``resource_ids`` keeps the first 20,000
+characters of them for display.
+
+A write and its audit row commit together (:meth:`AuditLog.fhir_event` with the write's
+connection): a change whose row cannot be stored is rolled back.
 
 Two ways in. :meth:`AuditLog.record` writes at once: for administrative changes, which must not
 report success unless their event is stored. :meth:`AuditLog.enqueue` is for events on a hot
@@ -25,61 +27,54 @@ request. The queue is bounded; past it, events are dropped and the loss is logge
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import logging
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from fhirgate.storage.audit_chain import (
+    AuditChain,
+    AuditKeys,
+    Checkpoint,
+    CheckpointFile,
+    Verification,
+    ids_digest,
+    row_mac,
+)
 from fhirgate.storage.direct import GroupInsert, Statements
-from fhirgate.storage.models import AuditChainRow, AuditEventRow
+from fhirgate.storage.models import AuditEventRow
 from fhirgate.storage.repos import now
 
-__all__ = ["AuditEvent", "AuditLog", "Verification"]
+__all__ = ["AuditEvent", "AuditKeys", "AuditLog", "Checkpoint", "CheckpointFile", "Verification"]
 
-SEAL_BATCH = 5000
 _FHIR_COLUMNS = (
-    "occurred_at", "event", "client_id", "source", "actor", "detail",
-    "user_id", "resource_type", "resource_ids", "outcome", "request_id",
+    "occurred_at", "event", "client_id", "source", "actor", "detail", "user_id",
+    "resource_type", "resource_ids", "outcome", "request_id", "organization_id", "row_mac",
 )  # fmt: skip
-_FHIR_INSERT = (
+_EVENT_INSERT = (
     f"INSERT INTO audit_events ({', '.join(_FHIR_COLUMNS)}) "  # noqa: S608 (constant text)
     f"VALUES ({', '.join(':' + name for name in _FHIR_COLUMNS)})"
 )
-_CHAINED = (
-    AuditEventRow.id,
-    AuditEventRow.occurred_at,
-    AuditEventRow.event,
-    AuditEventRow.client_id,
-    AuditEventRow.source,
-    AuditEventRow.actor,
-    AuditEventRow.detail,
-    AuditEventRow.user_id,
-    AuditEventRow.resource_type,
-    AuditEventRow.resource_ids,
-    AuditEventRow.outcome,
-    AuditEventRow.request_id,
-    AuditEventRow.organization_id,
-)
-
-
-@dataclass(frozen=True, slots=True)
-class Verification:
-    """What :meth:`AuditLog.verify` found: sealed rows checked, and every break."""
-
-    checked: int
-    problems: list[str]
-
-    @property
-    def intact(self) -> bool:
-        return not self.problems
+_RESOURCES = "INSERT INTO audit_event_resources (event_id, position, resource_id) "
+#: The statements that store one FHIR event and its resource ids, per backend: PostgreSQL in
+#: one statement (the ids as an array), SQLite in two on one connection (a JSON array).
+_FHIR_INSERTS = {
+    "postgresql": (
+        f"WITH event AS ({_EVENT_INSERT} RETURNING id) {_RESOURCES}"  # noqa: S608 (constant)
+        "SELECT event.id, ids.position - 1, ids.resource_id FROM event, "
+        "unnest(CAST(:ids AS text[])) WITH ORDINALITY AS ids(resource_id, position)",
+    ),
+    "sqlite": (
+        _EVENT_INSERT,
+        f"{_RESOURCES}SELECT last_insert_rowid(), key, value FROM json_each(:ids)",  # noqa: S608
+    ),
+}
 
 
 log = logging.getLogger("fhirgate.audit")
@@ -116,36 +111,46 @@ def _row(
         "source": _cut(source, 64),
         "actor": _cut(actor, 200),
         "detail": _cut(detail, 1000) or "",
+        "user_id": None,
+        "resource_type": None,
+        "resource_ids": "",
+        "outcome": None,
+        "request_id": None,
+        "organization_id": None,
     }
 
 
-def _instant(value: datetime) -> str:
-    aware = value if value.tzinfo else value.replace(tzinfo=UTC)
-    return aware.astimezone(UTC).isoformat()
-
-
-def _link(key: bytes, previous: str, seq: int, row: Sequence[Any]) -> str:
-    """One link of the chain: HMAC(key, previous hash + the row's fields, canonically). The
-    last field, ``organization_id`` (added in migration 0008), counts only when set, so rows
-    sealed before it existed still verify."""
-    fields = [seq, row[0], _instant(row[1]), *(row[2:] if row[-1] is not None else row[2:-1])]
-    text = json.dumps(fields, separators=(",", ":"), ensure_ascii=False, default=str)
-    return hmac.new(key, f"{previous}|{text}".encode(), hashlib.sha256).hexdigest()
-
-
 class AuditLog:
-    """Appends audit events, seals them into the chain, reads and verifies them."""
+    """Appends audit events (each with its MAC), seals them into the chain, reads and
+    verifies them. ``keys`` may be omitted only by readers."""
 
     MAX_QUEUED = 10_000
 
     def __init__(
-        self, engine: AsyncEngine, chain_key: bytes = b"", statements: Statements | None = None
+        self,
+        engine: AsyncEngine,
+        keys: AuditKeys | None = None,
+        statements: Statements | None = None,
+        checkpoints: CheckpointFile | None = None,
     ) -> None:
         self._engine = engine
-        self._chain_key = chain_key
-        self._fhir_rows = None if statements is None else GroupInsert(statements, _FHIR_INSERT)
+        self._keys = keys
+        self._statements = statements
+        self.chain = None if keys is None else AuditChain(engine, keys, checkpoints)
+        self._fhir_sqls: tuple[str, ...] | None = None
+        self._fhir_rows: GroupInsert | None = None
+        if statements is not None:
+            self._fhir_sqls = _FHIR_INSERTS[statements.dialect]
+            self._fhir_rows = GroupInsert(statements, self._fhir_sqls)
         self._queue: deque[dict[str, Any]] = deque()
         self._dropped = 0
+
+    def _signed(self, row: dict[str, Any], ids: Sequence[str] = ()) -> dict[str, Any]:
+        """``row`` with its MAC (over its fields and ``ids``)."""
+        if self._keys is None:
+            raise RuntimeError("the audit log was opened without its keys: it cannot write")
+        row["row_mac"] = row_mac(self._keys.row, row, ids_digest(ids))
+        return row
 
     async def record(
         self,
@@ -162,7 +167,7 @@ class AuditLog:
         row = _row(event, client_id, source, actor, detail)
         row["organization_id"] = organization_id
         async with self._engine.begin() as conn:
-            await conn.execute(insert(AuditEventRow), [row])
+            await conn.execute(insert(AuditEventRow), [self._signed(row)])
 
     def enqueue(
         self,
@@ -176,7 +181,7 @@ class AuditLog:
         if len(self._queue) >= self.MAX_QUEUED:
             self._dropped += 1
             return
-        self._queue.append(_row(event, client_id, source, None, detail))
+        self._queue.append(self._signed(_row(event, client_id, source, None, detail)))
 
     async def flush(self) -> int:
         """Write the queued events in one statement; returns how many."""
@@ -224,22 +229,30 @@ class AuditLog:
         outcome: int,
         source: str | None,
         request_id: str,
+        conn: AsyncConnection | None = None,
     ) -> None:
-        """Write the audit row of one FHIR interaction now (the caller answers only after):
-        with the rows of the same event-loop turn, in one transaction (group commit)."""
+        """Write the audit row of one FHIR interaction and every resource id it names now (the
+        caller answers only after): in ``conn``'s transaction when given (a write: they commit
+        together), else with the rows of the same event-loop turn, in one transaction (group
+        commit)."""
+        if self._statements is None or self._fhir_rows is None or self._fhir_sqls is None:
+            raise RuntimeError("the audit log was opened without its statements")
         row = _row(f"fhir.{action}", client_id, source, None, "")
+        ids = [_cut(resource_id, 200) or "" for resource_id in resource_ids]
         row.update(
             user_id=user_id,
             resource_type=_cut(resource_type, 64),
-            resource_ids=_cut(",".join(resource_ids), 20_000),
+            resource_ids=_cut(",".join(ids), 20_000),
             outcome=str(outcome),
             request_id=request_id,
         )
-        if self._fhir_rows is not None:
+        self._signed(row, ids)
+        row["ids"] = ids if self._statements.dialect == "postgresql" else json.dumps(ids)
+        if conn is None:
             await self._fhir_rows.insert(row)
             return
-        async with self._engine.begin() as conn:
-            await conn.execute(insert(AuditEventRow), [row])
+        for sql in self._fhir_sqls:
+            await self._statements.execute(sql, row, conn)
 
     async def aclose(self) -> None:
         """Wait for the FHIR rows being written."""
@@ -247,70 +260,11 @@ class AuditLog:
             await self._fhir_rows.aclose()
 
     async def seal(self) -> int:
-        """Chain the rows written since the last seal, oldest first; how many."""
-        head_stmt = (
-            select(AuditChainRow.last_seq, AuditChainRow.last_hash)
-            .where(AuditChainRow.id == 1)
-            .with_for_update()
-        )
-        pending = (
-            select(*_CHAINED)
-            .where(AuditEventRow.chain_seq.is_(None))
-            .order_by(AuditEventRow.id)
-            .limit(SEAL_BATCH)
-        )
-        async with self._engine.begin() as conn:
-            head = (await conn.execute(head_stmt)).first()
-            rows = (await conn.execute(pending)).all()
-            if head is None or not rows:
-                return 0
-            seq, previous = int(head[0]), str(head[1])
-            links = []
-            for row in rows:
-                seq += 1
-                previous = _link(self._chain_key, previous, seq, row)
-                links.append({"row_id": row[0], "seq": seq, "hash": previous})
-            await conn.execute(
-                update(AuditEventRow)
-                .where(AuditEventRow.id == bindparam("row_id"))
-                .values(chain_seq=bindparam("seq"), chain_hash=bindparam("hash")),
-                links,
-            )
-            await conn.execute(
-                update(AuditChainRow)
-                .where(AuditChainRow.id == 1)
-                .values(last_seq=seq, last_hash=previous)
-            )
-        return len(rows)
+        """Chain the rows written since the last seal (:meth:`AuditChain.seal`)."""
+        return 0 if self.chain is None else await self.chain.seal()
 
-    async def verify(self) -> Verification:
-        """Recompute the chain over every sealed row (``fhirgate audit verify``)."""
-        problems: list[str] = []
-        expected_seq, previous, checked = 1, "", 0
-        stmt = (
-            select(AuditEventRow.chain_seq, AuditEventRow.chain_hash, *_CHAINED)
-            .where(AuditEventRow.chain_seq.is_not(None))
-            .order_by(AuditEventRow.chain_seq)
-        )
-        async with self._engine.connect() as conn:
-            head = (
-                await conn.execute(
-                    select(AuditChainRow.last_seq, AuditChainRow.last_hash).where(
-                        AuditChainRow.id == 1
-                    )
-                )
-            ).first()
-            result = await conn.stream(stmt)
-            async for sealed_seq, stored, *row in result:
-                seq = int(sealed_seq or 0)
-                checked += 1
-                if seq != expected_seq:
-                    problems.append(f"rows {expected_seq}-{seq - 1} of the chain are missing")
-                expected_seq = seq + 1
-                computed = _link(self._chain_key, previous, seq, row)
-                if not hmac.compare_digest(computed, stored or ""):
-                    problems.append(f"row {row[0]} (chain {seq}) was altered")
-                previous = stored or ""
-        if head is not None and (int(head[0]), str(head[1])) != (expected_seq - 1, previous):
-            problems.append("the chain ends before its recorded head: rows were removed")
-        return Verification(checked, problems)
+    async def verify(self, checkpoints: Sequence[Checkpoint] = ()) -> Verification:
+        """Check the whole log (:meth:`AuditChain.verify`); seals nothing."""
+        if self.chain is None:
+            raise RuntimeError("the audit log was opened without its keys: it cannot verify")
+        return await self.chain.verify(checkpoints)

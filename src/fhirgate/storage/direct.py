@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sqlite3
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -70,6 +71,15 @@ class Statements(Protocol):
 
     async def execute_many(self, sql: str, rows: Sequence[Mapping[str, Any]]) -> None:
         """Run ``sql`` once per row, all in one transaction (one commit)."""
+        ...
+
+    async def execute_each(self, sqls: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> None:
+        """For each row, run every statement of ``sqls`` in order; all in one transaction."""
+        ...
+
+    @property
+    def dialect(self) -> str:
+        """``sqlite`` or ``postgresql``: for the few statements whose SQL differs."""
         ...
 
     async def aclose(self) -> None: ...
@@ -136,6 +146,20 @@ class SqliteStatements:
     async def execute_many(self, sql: str, rows: Sequence[Mapping[str, Any]]) -> None:
         named = [_as_stored(row) for row in rows]
         await self._db.run(lambda db: in_transaction(db, lambda db: db.executemany(sql, named)))
+
+    async def execute_each(self, sqls: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> None:
+        named = [_as_stored(row) for row in rows]
+
+        def work(db: sqlite3.Connection) -> None:
+            for row in named:
+                for sql in sqls:
+                    db.execute(sql, row)
+
+        await self._db.run(lambda db: in_transaction(db, work))
+
+    @property
+    def dialect(self) -> str:
+        return "sqlite"
 
     async def reload_statistics(self) -> None:
         """After ``ANALYZE`` elsewhere (:func:`~fhirgate.storage.sqlite_inline.
@@ -221,6 +245,20 @@ class PostgresStatements:
         async with self._connection() as connection:
             await connection.executemany(positional, arguments)  # atomic: one transaction
 
+    async def execute_each(self, sqls: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> None:
+        if len(sqls) == 1:
+            await self.execute_many(sqls[0], rows)
+            return
+        bound = [self._as_positional(sql) for sql in sqls]
+        async with self._connection() as connection, connection.transaction():
+            for row in rows:
+                for positional, names in bound:
+                    await connection.execute(positional, *[row[name] for name in names])
+
+    @property
+    def dialect(self) -> str:
+        return "postgresql"
+
     async def aclose(self) -> None:
         await self._lease.aclose()
 
@@ -240,9 +278,11 @@ class GroupInsert:
     (docs/benchmarks.md).
     """
 
-    def __init__(self, statements: Statements, sql: str) -> None:
+    def __init__(self, statements: Statements, sql: str | Sequence[str]) -> None:
+        """``sql``: the insert, or the statements that store one row (run in order, in one
+        transaction)."""
         self._statements = statements
-        self._sql = sql
+        self._sqls = (sql,) if isinstance(sql, str) else tuple(sql)
         self._queued: list[tuple[Mapping[str, Any], asyncio.Future[None]]] = []
         self._writing: set[asyncio.Task[None]] = set()
 
@@ -262,17 +302,14 @@ class GroupInsert:
 
     async def _write(self, batch: list[tuple[Mapping[str, Any], asyncio.Future[None]]]) -> None:
         try:
-            if len(batch) == 1:  # alone: one autocommit statement
-                await self._statements.execute(self._sql, batch[0][0])
-            else:
-                await self._statements.execute_many(self._sql, [row for row, _ in batch])
+            await self._store([row for row, _ in batch])
         except Exception as exc:
             if len(batch) == 1:
                 _settle(batch[0][1], exc)
                 return
             for row, stored in batch:  # one row refused must not fail the others: each alone
                 try:
-                    await self._statements.execute(self._sql, row)
+                    await self._store([row])
                 except Exception as alone:
                     _settle(stored, alone)
                 else:
@@ -280,6 +317,14 @@ class GroupInsert:
             return
         for _, stored in batch:
             _settle(stored, None)
+
+    async def _store(self, rows: list[Mapping[str, Any]]) -> None:
+        if len(self._sqls) > 1:
+            await self._statements.execute_each(self._sqls, rows)
+        elif len(rows) == 1:  # alone: one autocommit statement
+            await self._statements.execute(self._sqls[0], rows[0])
+        else:
+            await self._statements.execute_many(self._sqls[0], rows)
 
     async def aclose(self) -> None:
         """Wait for the writes in progress."""

@@ -26,6 +26,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 __all__ = [
     "AppUserRow",
     "AuditChainRow",
+    "AuditEventResourceRow",
     "AuditEventRow",
     "AuthMethod",
     "AuthorizationCodeRow",
@@ -227,6 +228,22 @@ class AuditEventRow(Base):
     chain_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
     #: The organization a dashboard or Platform API change concerns (its audit page reads it).
     organization_id: Mapped[str | None] = mapped_column(String(36), nullable=True, index=True)
+    #: HMAC of the row's fields and resource ids, set when it is written (``audit_chain``).
+    row_mac: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class AuditEventResourceRow(Base):
+    """Every resource an audited FHIR interaction disclosed or changed, in answer order:
+    written with its event, in the same transaction, whatever their number."""
+
+    __tablename__ = "audit_event_resources"
+    #: Clustered by event; and on SQLite its inserts leave ``last_insert_rowid()`` at the event
+    #: (``storage.audit`` reads it to key the ids it inserts after the event).
+    __table_args__ = {"sqlite_with_rowid": False}
+
+    event_id: Mapped[int] = mapped_column(ForeignKey("audit_events.id"), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    resource_id: Mapped[str] = mapped_column(Text)
 
 
 class DashboardUserRow(Base):
@@ -312,6 +329,8 @@ class AuditChainRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     last_seq: Mapped[int] = mapped_column(Integer)
     last_hash: Mapped[str] = mapped_column(String(64))
+    #: Rows up to this id were written before rows carried a MAC (migration 0010).
+    legacy_row_id: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class RevokedTokenRow(Base):
