@@ -485,12 +485,18 @@ class ResourceStore:
         return True
 
     async def share(
-        self, partition: Partition, resource_type: str, resource_id: str, user_id: int
+        self,
+        partition: Partition,
+        resource_type: str,
+        resource_id: str,
+        user_id: int,
+        *,
+        conn: AsyncConnection | None = None,
     ) -> str:
         """Let ``user_id`` (a user of the same application) read a resource the partition's
         user owns: ``"shared"`` (sharing twice is harmless), ``"owner"`` when ``user_id`` is
         the owner, ``"unknown"`` when the partition owns no such live resource."""
-        async with self._engine.begin() as conn:
+        async with self._using(conn, write=True) as conn:
             current = await self._current_for_writing(conn, partition, resource_type, resource_id)
             if current is None or not current[4] or current[2]:  # not owned here, or deleted
                 return "unknown"

@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson
+from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -355,7 +356,9 @@ async def create(request: Request, access: Access, resource_type: str) -> Respon
     """create (FHIR R4 §3.1.0.7): 201 with ``Location``; the body's ``id`` is replaced."""
     _check(request, resource_type)
     access.require(resource_type, "create")  # before reading the body
-    stored = await _interactions(request).create(access, resource_type, await _body(request))
+    stored = await _interactions(request).create(
+        access, resource_type, await _body(request), _written(request)
+    )
     assert stored.content is not None
     return fhir_response(stored.content, 201, _headers(request, stored, location=True))
 
@@ -368,7 +371,12 @@ async def update(
     _check(request, resource_type, resource_id)
     access.require(resource_type, "update")  # before reading the body
     stored, created = await _interactions(request).update(
-        access, resource_type, resource_id, await _body(request), _if_match(request)
+        access,
+        resource_type,
+        resource_id,
+        await _body(request),
+        _if_match(request),
+        _written(request),
     )
     assert stored.content is not None
     status = 201 if created else 200
@@ -379,7 +387,7 @@ async def delete(
     request: Request, access: Access, resource_type: str, resource_id: str
 ) -> Response:
     """delete (FHIR R4 §3.1.0.6): 204; an unknown (or unseen) resource is 404."""
-    await _interactions(request).delete(access, resource_type, resource_id)
+    await _interactions(request).delete(access, resource_type, resource_id, _written(request))
     return Response(status_code=204)
 
 
@@ -407,7 +415,7 @@ async def share(
     if target is None:
         raise NotFound(f"no user {oneup_user_id} in this application")
     outcome = await _store(request).share(
-        access.partition, resource_type, resource_id, target.oneup_user_id
+        access.partition, resource_type, resource_id, target.oneup_user_id, conn=_written(request)
     )
     if outcome == "unknown":
         raise NotFound(f"{resource_type}/{resource_id} is not known")
@@ -432,7 +440,20 @@ def _history_entry(base: str, stored: StoredResource) -> dict[str, Any]:
     return entry
 
 
-async def _write_audit(request: Request, action: str, status: int, request_id: str) -> None:
+def _written(request: Request) -> AsyncConnection:
+    """The transaction a write handler writes in: :func:`_audited` opened it and adds the
+    audit row to it before it commits."""
+    conn: AsyncConnection = request.state.write
+    return conn
+
+
+async def _write_audit(
+    request: Request,
+    action: str,
+    status: int,
+    request_id: str,
+    conn: AsyncConnection | None = None,
+) -> None:
     services: Services = request.app.state.services
     principal: Principal | None = getattr(request.state, "principal", None)
     ids: list[str] | None = getattr(request.state, "audit_ids", None)
@@ -448,6 +469,7 @@ async def _write_audit(request: Request, action: str, status: int, request_id: s
         outcome=status,
         source=source_address(request.scope),
         request_id=request_id,
+        conn=conn,
     )
 
 
@@ -509,6 +531,9 @@ ROUTES = (
     _route("{resource_type}/{resource_id}/_history/{version_id}", {"GET": vread}),
     _route("{resource_type}/{resource_id}/_permission/{oneup_user_id}", {"PUT": share}),
 )
+
+#: The handlers that change resources: each runs in one transaction with its audit row.
+_WRITES = frozenset({create, update, delete, share})
 
 #: The path variables of the bases (Redox's organization slug and environment, any case).
 _BASE_VARIABLES = {
@@ -612,12 +637,24 @@ async def _audited(
 ) -> Response:
     """The handler's answer — success or error — audited before it leaves (issue 5: no health
     data without its audit row). If the audit row cannot be written, the answer is a 503
-    OperationOutcome instead. ``X-Request-Id`` ties the answer to its row."""
+    OperationOutcome instead. A write and its audit row are one transaction: they commit
+    together, or neither does. ``X-Request-Id`` ties the answer to its row."""
     request_id = secrets.token_hex(8)
+    audited = False
     try:
         _check_acceptable(request)
         if route.public:
             response = await handler(request, **params)
+        elif handler in _WRITES:
+            access = await _access(request)
+            services: Services = request.app.state.services
+            async with services.engine.begin() as conn:
+                request.state.write = conn
+                response = await handler(request, access, **params)
+                await _write_audit(
+                    request, handler.__name__, response.status_code, request_id, conn
+                )
+            audited = True
         else:
             response = await handler(request, await _access(request), **params)
     except FhirError as error:
@@ -626,9 +663,10 @@ async def _audited(
         response = await storage_unavailable(request, exc)
     except Exception as exc:
         response = await unexpected_error(request, exc)
-    try:
-        await _write_audit(request, handler.__name__, response.status_code, request_id)
-    except Exception as exc:  # no answer without its audit row
-        return await storage_unavailable(request, exc)
+    if not audited:
+        try:
+            await _write_audit(request, handler.__name__, response.status_code, request_id)
+        except Exception as exc:  # no answer without its audit row
+            return await storage_unavailable(request, exc)
     response.headers["X-Request-Id"] = request_id
     return response
