@@ -139,9 +139,11 @@ class AuditLog:
         self.chain = None if keys is None else AuditChain(engine, keys, checkpoints)
         self._fhir_sqls: tuple[str, ...] | None = None
         self._fhir_rows: GroupInsert | None = None
+        self._issue_rows: GroupInsert | None = None
         if statements is not None:
             self._fhir_sqls = _FHIR_INSERTS[statements.dialect]
             self._fhir_rows = GroupInsert(statements, self._fhir_sqls)
+            self._issue_rows = GroupInsert(statements, _EVENT_INSERT)
         self._queue: deque[dict[str, Any]] = deque()
         self._dropped = 0
 
@@ -168,6 +170,14 @@ class AuditLog:
         row["organization_id"] = organization_id
         async with self._engine.begin() as conn:
             await conn.execute(insert(AuditEventRow), [self._signed(row)])
+
+    async def issued(self, event: str, *, client_id: str, source: str, detail: str) -> None:
+        """Write the event of a token issued, before the token leaves (the caller answers only
+        after; if the row cannot be stored the token is never sent): with the rows of the
+        same event-loop turn, in one transaction (group commit)."""
+        if self._issue_rows is None:
+            raise RuntimeError("the audit log was opened without its statements")
+        await self._issue_rows.insert(self._signed(_row(event, client_id, source, None, detail)))
 
     def enqueue(
         self,
@@ -255,9 +265,10 @@ class AuditLog:
             await self._statements.execute(sql, row, conn)
 
     async def aclose(self) -> None:
-        """Wait for the FHIR rows being written."""
-        if self._fhir_rows is not None:
-            await self._fhir_rows.aclose()
+        """Wait for the FHIR and token rows being written."""
+        for rows in (self._fhir_rows, self._issue_rows):
+            if rows is not None:
+                await rows.aclose()
 
     async def seal(self) -> int:
         """Chain the rows written since the last seal (:meth:`AuditChain.seal`)."""

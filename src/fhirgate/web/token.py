@@ -142,7 +142,7 @@ def token_app(dialect: TokenDialect, settings: Settings) -> ASGIApp:
             issued.client_id,
             issued.jti,
         )
-        services.audit.enqueue(
+        await services.audit.issued(  # stored before the token leaves
             "token.issued",
             client_id=issued.client_id,
             source=source,
