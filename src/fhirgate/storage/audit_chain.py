@@ -26,7 +26,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -353,8 +353,9 @@ class AuditChain:
             head = await _head(conn, lock=False)
             legacy = head.legacy_row_id if head is not None else 0
             last_seq, last_hash = 0, ""
-            async for batch in self._sealed(conn):
-                for row_id, mac, seq, stored, values, ids in batch:
+            async for batch in _batches(conn, sealed=True):
+                for row_id, mac, number, stored, values, ids in batch:
+                    seq = number or 0  # sealed rows are numbered
                     result.checked += 1
                     result.sealed += 1
                     if seq != last_seq + 1:
@@ -375,7 +376,7 @@ class AuditChain:
                             f"it no longer matches {checkpoint.describe()}"
                         )
                     last_seq, last_hash = seq, stored or ""
-            async for batch in self._unsealed(conn):
+            async for batch in _batches(conn, sealed=False):
                 for row_id, mac, _, _, values, ids in batch:
                     result.checked += 1
                     self._check_row(result, row_id, None, mac, values, ids, legacy)
@@ -413,50 +414,36 @@ class AuditChain:
         if not hmac.compare_digest(row_mac(self._keys.row, fields, ids_digest(ids)), mac):
             result.problems.append(f"{where} was altered")
 
-    async def _sealed(self, conn: AsyncConnection) -> Any:
-        after = 0
-        while True:
-            stmt = (
-                select(
-                    AuditEventRow.id,
-                    AuditEventRow.row_mac,
-                    AuditEventRow.chain_seq,
-                    AuditEventRow.chain_hash,
-                    *_COLUMNS,
-                )
-                .where(AuditEventRow.chain_seq > after)
-                .order_by(AuditEventRow.chain_seq)
-                .limit(VERIFY_BATCH)
-            )
-            rows = (await conn.execute(stmt)).all()
-            if not rows:
-                return
-            yield await _with_ids(conn, rows)
-            after = int(rows[-1][2])
 
-    async def _unsealed(self, conn: AsyncConnection) -> Any:
-        after = 0
-        while True:
-            stmt = (
-                select(
-                    AuditEventRow.id,
-                    AuditEventRow.row_mac,
-                    AuditEventRow.chain_seq,
-                    AuditEventRow.chain_hash,
-                    *_COLUMNS,
-                )
-                .where(AuditEventRow.chain_seq.is_(None), AuditEventRow.id > after)
-                .order_by(AuditEventRow.id)
-                .limit(VERIFY_BATCH)
-            )
-            rows = (await conn.execute(stmt)).all()
-            if not rows:
-                return
-            yield await _with_ids(conn, rows)
-            after = int(rows[-1][0])
+_VERIFIED = (
+    AuditEventRow.id,
+    AuditEventRow.row_mac,
+    AuditEventRow.chain_seq,
+    AuditEventRow.chain_hash,
+    *_COLUMNS,
+)
 
 
-async def _with_ids(conn: AsyncConnection, rows: Sequence[Any]) -> list[Any]:
+async def _batches(conn: AsyncConnection, *, sealed: bool) -> AsyncIterator[list[_Stored]]:
+    """Every sealed row in chain order, or every row not yet sealed in id order, a batch at a
+    time (keyset pages), each with its resource ids."""
+    order = AuditEventRow.chain_seq if sealed else AuditEventRow.id
+    which = AuditEventRow.chain_seq.is_not(None) if sealed else AuditEventRow.chain_seq.is_(None)
+    after = 0
+    while True:
+        stmt = select(*_VERIFIED).where(which, order > after).order_by(order).limit(VERIFY_BATCH)
+        rows = (await conn.execute(stmt)).all()
+        if not rows:
+            return
+        yield await _with_ids(conn, rows)
+        after = int(rows[-1][2 if sealed else 0])
+
+
+#: A row as :meth:`AuditChain.verify` checks it: id, MAC, seq, hash, MAC fields, resource ids.
+_Stored = tuple[int, str | None, int | None, str | None, Sequence[Any], list[str]]
+
+
+async def _with_ids(conn: AsyncConnection, rows: Sequence[Any]) -> list[_Stored]:
     ids = await _ids_of(conn, [int(row[0]) for row in rows])
     return [
         (int(row[0]), row[1], None if row[2] is None else int(row[2]), row[3], row[4:],
