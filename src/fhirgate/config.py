@@ -39,6 +39,10 @@ class Settings(BaseSettings):
     legacy_token_ttl: int = Field(default=86_400, ge=60, le=86_400)
     legacy_refresh_ttl: int = Field(default=30 * 86_400, ge=3600)
     auth_failure_limit: int = Field(default=20, ge=0)
+    #: Dashboard password hashes (argon2id, 64 MiB and a core's tens of milliseconds each) in
+    #: flight at once in this process, and per (email, source address); more get 429 at once.
+    password_verify_concurrency: int = Field(default=4, ge=1)
+    password_verify_concurrency_per_key: int = Field(default=1, ge=1)
     #: 1upHealth-style delegation: code, access-token and refresh-token lifetimes (seconds),
     #: the absolute lifetime of a grant (a token family), and user-management calls per hour
     #: per application (0: unlimited).

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from fhirgate.config import MAX_TOKEN_LIFETIME, Settings
 from fhirgate.dashboard.api_keys import JWKS_TESTS_PER_MINUTE, ApiKeys
+from fhirgate.dashboard.password_checks import PasswordChecks
 from fhirgate.dashboard.sessions import SessionStore
 from fhirgate.fhir.interactions import Interactions
 from fhirgate.fhir.store import ResourceStore
@@ -85,7 +86,7 @@ class Services:
     accounts: AccountRepo
     invitations: InvitationRepo
     sessions: SessionStore
-    sign_in_limiter: FailureLimiter
+    password_checks: PasswordChecks
     api_keys: ApiKeys
 
     @classmethod
@@ -177,11 +178,15 @@ class Services:
             AccountRepo(engine),
             InvitationRepo(engine),
             SessionStore(engine, derive_key(secret, b"fhirgate dashboard csrf")),
-            FailureLimiter(
-                SIGN_IN_FAILURES,
-                redis,
-                prefix="fhirgate:signin:",
-                address_limit=SIGN_IN_FAILURES * 5,
+            PasswordChecks(
+                FailureLimiter(
+                    SIGN_IN_FAILURES,
+                    redis,
+                    prefix="fhirgate:signin:",
+                    address_limit=SIGN_IN_FAILURES * 5,
+                ),
+                concurrency=settings.password_verify_concurrency,
+                per_key=settings.password_verify_concurrency_per_key,
             ),
             ApiKeys(
                 settings=settings,

@@ -189,7 +189,7 @@ async def test_password_change_checks_the_current_password_and_the_rules(
 async def test_sign_in_is_throttled_per_email_and_address(
     browser: Browser, running: Running
 ) -> None:
-    pin_window(running.services.sign_in_limiter)
+    pin_window(running.services.password_checks.limiter)
     for _ in range(SIGN_IN_FAILURES):
         assert (await browser.sign_in("ada@example.org", "wrong password!!")).status_code == 401
     blocked = await browser.sign_in("ada@example.org")  # even the right password, for now

@@ -28,6 +28,15 @@ that saw the crossing lets at most one more failure per key per window through (
 attempts already in flight on it when that failure lands), and those are counted too. A key thus
 sees about ``limit + replicas`` evaluated failures in a window, never an unbounded number.
 
+Counting before the check (:meth:`FailureLimiter.reserve`, :meth:`FailureLimiter.refund`): when
+one check is expensive (a dashboard password, an argon2id hash of 64 MiB), counting it after it
+failed lets every attempt already in flight through. ``reserve`` counts the attempt *before* the
+check, atomically (a Lua script in Redis, one event-loop step in this process), and refuses it
+with nothing counted when a key already holds its limit in this window: of any number of
+concurrent attempts at most ``limit`` per key are admitted in a window, on every replica. A
+failed attempt stays counted; ``refund`` takes back an attempt that succeeded, so the limit
+still counts failures, plus the attempts being checked.
+
 Redis errors propagate: the caller answers 503 rather than let an unchecked guess through.
 """
 
@@ -36,17 +45,56 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
 from fhirgate.storage.ttl_sets import digest
 
-__all__ = ["COUNTER_TTL", "WINDOW", "FailureLimiter", "failure_keys"]
+__all__ = ["COUNTER_TTL", "WINDOW", "FailureLimiter", "Reservation", "Throttled", "failure_keys"]
 
 WINDOW = 60
 """Length of a counting window, in seconds."""
 COUNTER_TTL = 120
 """Lifetime of a Redis counter: its window, plus slack for clocks that disagree a little."""
+
+#: KEYS: the counters of one attempt; ARGV: their limits, then the counters' lifetime. Counts the
+#: attempt (1) only if no counter holds its limit yet, else changes nothing (0).
+_RESERVE = """
+for i, key in ipairs(KEYS) do
+  if tonumber(redis.call('GET', key) or '0') >= tonumber(ARGV[i]) then return 0 end
+end
+for _, key in ipairs(KEYS) do
+  redis.call('INCR', key)
+  redis.call('EXPIRE', key, ARGV[#KEYS + 1])
+end
+return 1
+"""
+#: KEYS: the counters of one admitted attempt; each loses one, never going below zero (a counter
+#: that has expired is not brought back without its lifetime).
+_REFUND = """
+for _, key in ipairs(KEYS) do
+  if tonumber(redis.call('GET', key) or '0') > 0 then redis.call('DECR', key) end
+end
+return 0
+"""
+
+
+class Throttled(Exception):
+    """An attempt refused before it was checked; ``retry_after``: seconds to wait."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"throttled, retry after {retry_after} s")
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """An attempt :meth:`FailureLimiter.reserve` counted: the window and the counters it counted
+    in, for :meth:`FailureLimiter.refund`."""
+
+    window: int
+    keys: tuple[str, ...]
 
 
 def failure_keys(source: str, client_id: str | None) -> tuple[str, ...]:
@@ -94,6 +142,8 @@ class FailureLimiter:
         # in-process counters of the window ``_window`` only: key digest -> failures
         self._counts: dict[str, int] = {}
         self._window = -1
+        self._reserve_script = redis.register_script(_RESERVE) if redis is not None else None
+        self._refund_script = redis.register_script(_REFUND) if redis is not None else None
 
     def check(self, source: str, client_id: str | None) -> int | None:
         """Seconds to wait (Retry-After) when this source, or this client id from this source, is
@@ -138,10 +188,55 @@ class FailureLimiter:
                 crossed = True
         return _retry_after(until, now) if crossed else None
 
-    def _count_locally(self, keys: Sequence[str], window: int) -> list[int]:
+    async def reserve(self, source: str, client_id: str | None) -> Reservation:
+        """Count one attempt before it is checked; raises :exc:`Throttled` (nothing counted) when
+        this source, or this client id from this source, already holds its limit of attempts in
+        this window. The attempt stays counted (a failure) unless :meth:`refund` takes it back.
+        Atomic check-and-count, so concurrent attempts never get past the limit together. Redis
+        errors propagate."""
+        now = self._clock()
+        window = int(now // WINDOW)
+        if self.limit == 0:
+            return Reservation(window, ())
+        keys = failure_keys(source, client_id)
+        limits = (self.address_limit, self.limit)[: len(keys)]
+        if self._reserve_script is None:
+            admitted = self._reserve_locally(keys, limits, window)
+        else:
+            names = [f"{self._prefix}{window}:{key}" for key in keys]
+            admitted = bool(await self._reserve_script(keys=names, args=[*limits, COUNTER_TTL]))
+        if not admitted:
+            raise Throttled(_retry_after(float((window + 1) * WINDOW), now))
+        return Reservation(window, keys)
+
+    async def refund(self, reservation: Reservation) -> None:
+        """Take back an attempt :meth:`reserve` counted, because it succeeded. Redis errors
+        propagate."""
+        if not reservation.keys:
+            return
+        if self._refund_script is None:
+            if reservation.window == self._window:  # else its counters are gone already
+                for key in reservation.keys:
+                    if self._counts.get(key, 0) > 0:
+                        self._counts[key] -= 1
+            return
+        names = [f"{self._prefix}{reservation.window}:{key}" for key in reservation.keys]
+        await self._refund_script(keys=names)
+
+    def _reserve_locally(self, keys: Sequence[str], limits: Sequence[int], window: int) -> bool:
+        self._start_window(window)
+        if any(self._counts.get(key, 0) >= limit for key, limit in zip(keys, limits, strict=True)):
+            return False
+        self._count_locally(keys, window)
+        return True
+
+    def _start_window(self, window: int) -> None:
         if window != self._window:  # counters of past windows are worthless: drop them all
             self._counts.clear()
             self._window = window
+
+    def _count_locally(self, keys: Sequence[str], window: int) -> list[int]:
+        self._start_window(window)
         counts = []
         for key in keys:
             count = self._counts.pop(key, 0) + 1  # re-inserted last: least recently used first

@@ -3,15 +3,15 @@ organization's members and roles, and its audit log."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Form, Request
 from starlette.responses import Response
 
-from fhirgate.dashboard.passwords import PasswordRejected, hash_password, verify_password
+from fhirgate.dashboard.password_checks import PasswordChecks, TooManyAtOnce
+from fhirgate.dashboard.passwords import PasswordRejected
 from fhirgate.dashboard.sessions import Session
-from fhirgate.oauth.throttle import FailureLimiter
+from fhirgate.oauth.throttle import Throttled
 from fhirgate.storage.accounts import LastOwner, Membership
 from fhirgate.storage.models import EnvironmentKind, EnvironmentRole, OrganizationRole
 from fhirgate.storage.repos import Conflict, NotFound
@@ -39,23 +39,28 @@ __all__ = ["router"]
 
 router = APIRouter(route_class=DashboardRoute)
 
-#: argon2id takes 64 MiB and tens of milliseconds: run off the event loop, two at a time.
-_HASHING = asyncio.Semaphore(2)
 _WRONG = "The email or the password is not right."
 
 
-async def _verified(stored: str | None, password: str) -> bool:
-    async with _HASHING:
-        return await asyncio.to_thread(verify_password, stored, password)
+def _checks(request: Request) -> PasswordChecks:
+    return services_of(request).password_checks
 
 
-async def _hashed(password: str, email: str) -> str:
-    async with _HASHING:
-        return await asyncio.to_thread(hash_password, password, email)
-
-
-def _limiter(request: Request) -> FailureLimiter:
-    return services_of(request).sign_in_limiter
+def _refused(
+    request: Request,
+    template: str,
+    context: dict[str, object],
+    refusal: Throttled,
+    page: Page | None = None,
+) -> Response:
+    """429 with ``Retry-After`` (RFC 6585 §4): the form again, saying why and for how long."""
+    if isinstance(refusal, TooManyAtOnce):
+        error = "Too many password checks at once. Try again in a moment."
+    else:
+        error = f"Too many failed attempts. Try again in {refusal.retry_after} seconds."
+    refused = render(request, template, {**context, "error": error}, page=page, status=429)
+    refused.headers["Retry-After"] = str(refusal.retry_after)
+    return refused
 
 
 @router.get("/")
@@ -90,22 +95,27 @@ async def sign_in(
     password: Annotated[str, Form(max_length=1024)],
     next: Annotated[str, Form(max_length=2048)] = "/dashboard/",
 ) -> Response:
-    """Check the password (throttled per email and address, NIST SP 800-63B §5.2.2), then start
-    a new session: any session the browser had is ended (its id is never reused)."""
+    """Check the password (the attempt counted first, per email and address, NIST SP 800-63B
+    §5.2.2: :mod:`fhirgate.dashboard.password_checks`), then start a new session: any session
+    the browser had is ended (its id is never reused)."""
     services = services_of(request)
     source = source_address(request.scope)
     email_key = email.strip().lower()
-    context = {"signin_csrf": signin_csrf(request), "next": safe_next(next), "email": email}
-    retry_after = _limiter(request).check(source, email_key)
-    if retry_after is not None:
-        context["error"] = f"Too many failed attempts. Try again in {retry_after} seconds."
-        refused = render(request, "sign_in.html", context, status=429)
-        refused.headers["Retry-After"] = str(retry_after)
-        return refused
-    found = await services.accounts.find(email)
-    user = found[0] if found else None
-    if not await _verified(found[1] if found else None, password) or not (user and user.active):
-        await _limiter(request).record_failure(source, email_key)
+    context: dict[str, object] = {
+        "signin_csrf": signin_csrf(request),
+        "next": safe_next(next),
+        "email": email,
+    }
+    try:
+        async with _checks(request).attempt(source, email_key) as attempt:
+            found = await services.accounts.find(email)
+            user = found[0] if found else None
+            right = await attempt.verify(found[1] if found else None, password)
+            if right and user is not None and user.active:
+                await attempt.succeeded()
+    except Throttled as refusal:
+        return _refused(request, "sign_in.html", context, refusal)
+    if not right or user is None or not user.active:
         services.audit.enqueue("dashboard.sign_in_failed", source=source, detail=email_key[:100])
         return render(request, "sign_in.html", {**context, "error": _WRONG}, status=401)
     old = await session_of(request)
@@ -140,14 +150,29 @@ async def change_password(
     current: Annotated[str, Form(max_length=1024)],
     new: Annotated[str, Form(max_length=1024)],
 ) -> Response:
-    """A new password ends every session of the person and starts a new one here."""
+    """A new password ends every session of the person and starts a new one here. The current
+    password is checked like a sign-in (counted first, per email and address: a stolen session
+    cannot guess it faster), and a wrong one is audited."""
     services = services_of(request)
-    found = await services.accounts.find(session.user.email)
-    if not await _verified(found[1] if found else None, current):
-        error = "The current password is not right."
-        return render(request, "account.html", {"error": error}, page=Page("account"), status=400)
+    source = source_address(request.scope)
+    email = session.user.email
     try:
-        new_hash = await _hashed(new, session.user.email)
+        async with _checks(request).attempt(source, email) as attempt:
+            found = await services.accounts.find(email)
+            right = await attempt.verify(found[1] if found else None, current)
+            if right:
+                await attempt.succeeded()
+        if not right:
+            await services.audit.record(
+                "dashboard.password_change_failed", source=source, actor=email
+            )
+            error = "The current password is not right."
+            return render(
+                request, "account.html", {"error": error}, page=Page("account"), status=400
+            )
+        new_hash = await _checks(request).hash_new(new, email)
+    except Throttled as refusal:
+        return _refused(request, "account.html", {}, refusal, Page("account"))
     except PasswordRejected as exc:
         return render(
             request, "account.html", {"error": str(exc)}, page=Page("account"), status=400
@@ -200,10 +225,12 @@ async def accept_invitation(
         response = redirect("/dashboard/")
     else:
         await check_signin_csrf(request)
+        context = {"invitation": invitation, "signin_csrf": signin_csrf(request)}
         try:
-            password_hash = await _hashed(password or "", invitation.email)
+            password_hash = await _checks(request).hash_new(password or "", invitation.email)
+        except Throttled as refusal:
+            return _refused(request, "invitation.html", context, refusal)
         except PasswordRejected as exc:
-            context = {"invitation": invitation, "signin_csrf": signin_csrf(request)}
             return render(request, "invitation.html", {**context, "error": str(exc)}, status=400)
         try:
             user = await services.invitations.accept_as_new(invitation, password_hash)
