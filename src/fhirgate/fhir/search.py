@@ -18,7 +18,8 @@ Semantics:
   paging cursor), ``_total`` (``none`` skips counting), ``_sort`` by ``_id``, ``_lastUpdated``
   or a string, token or date parameter (``-`` for descending), ``_include`` and
   ``_revinclude`` (not iterating; the included resources are confined to the caller's
-  partition like the matches).
+  partition like the matches), ``_summary`` and ``_elements``
+  (:mod:`fhirgate.fhir.subsetting`).
 
 An unknown parameter, modifier or malformed value is a 400 OperationOutcome — unless the request
 carries ``Prefer: handling=lenient``, when unknown parameters are ignored (§3.1.1.3.1). So is a
@@ -37,6 +38,7 @@ from typing import Any
 from fhirgate.fhir.errors import Invalid
 from fhirgate.fhir.indexing import date_range, normalize, reference_of
 from fhirgate.fhir.search_params import SearchParam, parameter
+from fhirgate.fhir.subsetting import Subset, parse_subset
 
 __all__ = [
     "DEFAULT_COUNT",
@@ -52,6 +54,7 @@ DEFAULT_COUNT = 50
 MAX_COUNT = 500
 _PREFIXES = ("eq", "ne", "lt", "gt", "le", "ge", "sa", "eb", "ap")
 _CONTROL = {"_count", "_offset", "_total", "_sort", "_format"}
+_SUBSET = ("_summary", "_elements")
 _WHOLE_NUMBER = re.compile(r"[0-9]+")
 #: What ``_lastUpdated`` compares with: instants of four-digit years (a bound beyond them is
 #: moved to the edge, where it selects the same resources: none were updated before 1000).
@@ -102,6 +105,8 @@ class SearchRequest:
     #: ``_include`` / ``_revinclude``: (source type, reference parameter, target type or None).
     includes: list[tuple[str, str, str | None]] = field(default_factory=list)
     revincludes: list[tuple[str, str, str | None]] = field(default_factory=list)
+    #: ``_summary`` / ``_elements``: what part of each resource the Bundle carries.
+    subset: Subset = field(default_factory=Subset)
 
 
 def _having(table: str, conditions: Sequence[str]) -> str:
@@ -313,7 +318,11 @@ def parse_search(
     request = SearchRequest(bind or Binder())
     for name, value in pairs:
         _check_text(name, value)
+    request.subset = parse_subset(resource_type, pairs)
     for name, value in pairs:
+        if name in _SUBSET:
+            request.controls.append((name, value))
+            continue
         if name in _CONTROL:
             _control(request, name, value, resource_type)
             if name in ("_sort", "_total"):
