@@ -48,14 +48,20 @@ class Element:
     #: Where its children are defined (itself for a backbone element, the target of a
     #: ``contentReference``), or ``None`` when its type's own definition holds them.
     children: str | None = None
+    #: Its JSON property names (a choice has one per type: ``valueQuantity`` …).
+    json_names: tuple[str, ...] = ()
 
     @property
-    def json_names(self) -> dict[str, str]:
-        """The JSON property names of the element, each with the type it carries."""
-        if not self.name.endswith("[x]"):
-            return {self.name: self.types[0] if self.types else ""}
-        base = self.name[:-3]
-        return {base + kind[:1].upper() + kind[1:]: kind for kind in self.types}
+    def checked(self) -> bool:
+        """Whether an object holding it has a rule about it: mandatory, or a choice."""
+        return self.min > 0 or len(self.json_names) > 1
+
+
+def _json_names(name: str, types: tuple[str, ...]) -> dict[str, str]:
+    """The JSON property names of an element, each with the type it carries."""
+    if not name.endswith("[x]"):
+        return {name: types[0] if types else ""}
+    return {name[:-3] + kind[:1].upper() + kind[1:]: kind for kind in types}
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +73,8 @@ class Definitions:
     types: dict[str, dict[str, dict[str, tuple[Element, str]]]] = field(default_factory=dict)
     #: Type name → parent path → its child elements, in definition order.
     children: dict[str, dict[str, list[Element]]] = field(default_factory=dict)
+    #: Type name → parent path → the child elements with a rule (:attr:`Element.checked`).
+    checked: dict[str, dict[str, list[Element]]] = field(default_factory=dict)
 
     def elements(self, type_name: str, parent: str | None = None) -> list[Element]:
         """The child elements of ``parent`` (the type's root by default)."""
@@ -75,6 +83,10 @@ class Definitions:
     def named(self, type_name: str, parent: str | None = None) -> dict[str, tuple[Element, str]]:
         """The child elements of ``parent`` by JSON name, with the type each name carries."""
         return self.types.get(type_name, {}).get(parent or type_name, {})
+
+    def rules(self, type_name: str, parent: str | None = None) -> list[Element]:
+        """The child elements of ``parent`` that are mandatory or choices."""
+        return self.checked.get(type_name, {}).get(parent or type_name, [])
 
 
 def _read_package() -> Iterator[dict[str, Any]]:
@@ -167,9 +179,10 @@ def _element(raw: dict[str, Any], terminology: _Terminology, parents: set[str]) 
         children = path
     elif raw.get("contentReference", "").startswith("#"):
         children = raw["contentReference"][1:]
+    name = path.rsplit(".", 1)[-1]
     return Element(
         path=path,
-        name=path.rsplit(".", 1)[-1],
+        name=name,
         types=types,
         min=int(raw.get("min", 0)),
         many=raw.get("max", "1") not in ("0", "1"),
@@ -177,6 +190,7 @@ def _element(raw: dict[str, Any], terminology: _Terminology, parents: set[str]) 
         codes=codes,
         value_set=value_set.split("|", 1)[0] if codes is not None else None,
         children=children,
+        json_names=tuple(_json_names(name, types)),
     )
 
 
@@ -203,12 +217,16 @@ def r4() -> Definitions:
         parents = {raw["path"].rsplit(".", 1)[0] for raw in raw_elements if "." in raw["path"]}
         named: dict[str, dict[str, tuple[Element, str]]] = {}
         listed: dict[str, list[Element]] = {}
+        checked: dict[str, list[Element]] = {}
         for raw in raw_elements[1:]:  # the first is the type itself
             element = _element(raw, terminology, parents)
             parent = element.path.rsplit(".", 1)[0]
             listed.setdefault(parent, []).append(element)
-            for json_name, carried in element.json_names.items():
+            if element.checked:
+                checked.setdefault(parent, []).append(element)
+            for json_name, carried in _json_names(element.name, element.types).items():
                 named.setdefault(parent, {})[json_name] = (element, carried)
         definitions.types[structure["type"]] = named
         definitions.children[structure["type"]] = listed
+        definitions.checked[structure["type"]] = checked
     return definitions

@@ -96,7 +96,7 @@ def _walk(
 ) -> None:
     """The definitions' rules on one JSON object of ``type_name`` at ``parent``, and on
     everything inside it."""
-    for element in defs.elements(type_name, parent):
+    for element in defs.rules(type_name, parent):
         present = [name for name in element.json_names if _given(content, name)]
         here = f"{location}.{element.name}"
         if element.min > 0 and not present:
