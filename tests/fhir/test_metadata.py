@@ -33,6 +33,8 @@ async def test_the_capability_statement_describes_this_base(running: Running, ba
     params = {param["name"]: param["type"] for param in patient["searchParam"]}
     assert params["family"] == "string" and params["birthdate"] == "date"
     assert params["_lastUpdated"] == "date" and params["identifier"] == "token"
+    every_search = {param["name"]: param["type"] for param in rest["searchParam"]}
+    assert every_search == {"_summary": "token", "_elements": "string"}
 
 
 @pytest.mark.parametrize("base", BASES)

@@ -35,6 +35,11 @@ SMART_SERVICE = {
     "text": "OAuth 2.0 with SMART on FHIR scopes",
 }
 _EVERYTHING = "http://hl7.org/fhir/OperationDefinition/Patient-everything"
+#: The result parameters of every search (FHIR R4 §3.1.1.5.8-9; fhirgate.fhir.subsetting).
+_RESULT_PARAMS = (
+    ("_summary", "token", "true, text, data, count or false (STU3, DSTU2: count or false)"),
+    ("_elements", "string", "top-level elements; mandatory ones, id and meta always come"),
+)
 OAUTH_URIS = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
 
 
@@ -87,6 +92,10 @@ def capability_statement(settings: Settings, base_url: str, version: FhirVersion
                 "security": _security(settings),
                 "resource": [_resource(name) for name in sorted(version.resource_types)],
                 "interaction": [{"code": "batch"}, {"code": "transaction"}],
+                "searchParam": [
+                    {"name": name, "type": kind, "documentation": text}
+                    for name, kind, text in _RESULT_PARAMS
+                ],
                 "operation": [{"name": "everything", "definition": _EVERYTHING}],
             }
         ],

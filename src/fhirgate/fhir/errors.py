@@ -6,7 +6,8 @@ handling"; OperationOutcome.issue.code from the IssueType value set).
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from collections.abc import Sequence
+from typing import Any, ClassVar, NamedTuple
 
 __all__ = [
     "FhirError",
@@ -16,6 +17,7 @@ __all__ = [
     "InvalidResource",
     "NotFound",
     "PreconditionFailed",
+    "Problem",
     "UnsupportedMediaType",
     "operation_outcome",
 ]
@@ -41,21 +43,35 @@ class FhirError(Exception):
         return operation_outcome(self.code, self.diagnostics)
 
 
+class Problem(NamedTuple):
+    """One problem of a resource: where (a FHIRPath-like ``expression``), what, and its
+    OperationOutcome issue code (IssueType: ``structure``, ``required``, ``code-invalid``)."""
+
+    expression: str
+    diagnostics: str
+    code: str = "structure"
+
+
 class InvalidResource(FhirError):
-    """A resource that fails validation: one issue per problem, each with its FHIRPath-like
-    ``expression`` (FHIR R4 §3.1.0.1.5: 400 for a resource that fails basic validation)."""
+    """A resource that fails validation: one issue per problem, each with its ``expression``
+    (FHIR R4 §3.1.0.1.5: 400 for a resource that fails basic validation)."""
 
     status_code = 400
     code = "structure"
 
-    def __init__(self, problems: list[tuple[str, str]]) -> None:
+    def __init__(self, problems: Sequence[Problem]) -> None:
         super().__init__(f"{len(problems)} problem(s) in the resource")
-        self.problems = problems
+        self.problems = list(problems)
 
     def outcome(self) -> dict[str, Any]:
         issues = [
-            {"severity": "error", "code": self.code, "diagnostics": text, "expression": [path]}
-            for path, text in self.problems
+            {
+                "severity": "error",
+                "code": problem.code,
+                "diagnostics": problem.diagnostics,
+                "expression": [problem.expression],
+            }
+            for problem in self.problems
         ]
         return {"resourceType": "OperationOutcome", "issue": issues}
 

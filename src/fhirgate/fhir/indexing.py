@@ -17,7 +17,7 @@ import re
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import date
 from typing import Any
 
 from fhirgate.fhir.search_params import COMMON, PARAMETERS, SearchParam
@@ -28,10 +28,12 @@ FAR_PAST = -(2**62)
 FAR_FUTURE = 2**62
 _MAX_TEXT = 255
 
+#: FHIR R4 §2.24.0.1 date, dateTime and instant, ASCII digits only (``\d`` would take any
+#: script's digits); fields out of range are refused by :func:`date_range`.
 _DATE = re.compile(
-    r"(?P<y>\d{4})(?:-(?P<m>\d{2})(?:-(?P<d>\d{2})"
-    r"(?:T(?P<H>\d{2}):(?P<M>\d{2})(?::(?P<S>\d{2})(?:\.(?P<f>\d+))?)?"
-    r"(?P<tz>Z|[+-]\d{2}:\d{2})?)?)?)?"
+    r"(?P<y>[0-9]{4})(?:-(?P<m>[0-9]{2})(?:-(?P<d>[0-9]{2})"
+    r"(?:T(?P<H>[0-9]{2}):(?P<M>[0-9]{2})(?::(?P<S>[0-9]{2})(?:\.(?P<f>[0-9]+))?)?"
+    r"(?P<tz>Z|[+-][0-9]{2}:[0-9]{2})?)?)?)?"
 )
 _REFERENCE = re.compile(r"(?:^|/)([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?$")
 
@@ -52,13 +54,31 @@ def normalize(text: str) -> str:
     return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
 
 
-def _epoch(moment: datetime) -> int:
-    return calendar.timegm(moment.utctimetuple())
+_EPOCH_DAY = date(1970, 1, 1).toordinal()
+_DAY = 86400
+
+
+def _midnight(year: int, month: int, day: int) -> int:
+    """Epoch seconds of a day's start in UTC; ``ValueError`` for a day that does not exist."""
+    return (date(year, month, day).toordinal() - _EPOCH_DAY) * _DAY
+
+
+def _zone_offset(zone: str | None) -> int | None:
+    """Seconds east of UTC of a FHIR zone (``Z``, ``+hh:mm`` up to ``+14:00``); ``None`` if it
+    is not one."""
+    if zone is None or zone == "Z":
+        return 0
+    hours, minutes = int(zone[1:3]), int(zone[4:6])
+    if minutes > 59 or hours > 14 or (hours == 14 and minutes):
+        return None
+    return (1 if zone[0] == "+" else -1) * (hours * 3600 + minutes * 60)
 
 
 def date_range(text: str) -> tuple[int, int] | None:
     """The ``[low, high)`` epoch-second range a FHIR date/dateTime/instant covers; ``None`` if
-    the text is not one. Without a zone, UTC."""
+    the text is not one. Without a zone, UTC. Integer arithmetic throughout: the edges of the
+    calendar (``0001-01-01T00:00+14:00``, ``9999-12-31T23:59-14:00``) are ranges like any
+    other, outside what ``datetime`` can hold."""
     match = _DATE.fullmatch(text.strip())
     if match is None:
         return None
@@ -66,27 +86,27 @@ def date_range(text: str) -> tuple[int, int] | None:
     try:
         year = int(parts["y"])
         if parts["m"] is None:
-            start = datetime(year, 1, 1, tzinfo=UTC)
-            return _epoch(start), _epoch(start.replace(year=year + 1))
+            low = _midnight(year, 1, 1)
+            return low, low + (366 if calendar.isleap(year) else 365) * _DAY
         month = int(parts["m"])
         if parts["d"] is None:
-            start = datetime(year, month, 1, tzinfo=UTC)
-            days = calendar.monthrange(year, month)[1]
-            return _epoch(start), _epoch(start + timedelta(days=days))
-        day = datetime(year, month, int(parts["d"]), tzinfo=UTC)
-        if parts["H"] is None:
-            return _epoch(day), _epoch(day + timedelta(days=1))
-        moment = day.replace(hour=int(parts["H"]), minute=int(parts["M"]))
-        zone = parts["tz"]
-        if zone and zone != "Z":
-            sign = 1 if zone[0] == "+" else -1
-            moment -= sign * timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6]))
-        if parts["S"] is None:
-            return _epoch(moment), _epoch(moment) + 60
-        moment = moment.replace(second=int(parts["S"]))
-        return _epoch(moment), _epoch(moment) + 1
-    except ValueError:  # 2023-02-30 and the like
+            low = _midnight(year, month, 1)
+            return low, low + calendar.monthrange(year, month)[1] * _DAY
+        low = _midnight(year, month, int(parts["d"]))
+    except ValueError:  # 0000, 2023-02-30 and the like
         return None
+    if parts["H"] is None:
+        return low, low + _DAY
+    hour, minute, offset = int(parts["H"]), int(parts["M"]), _zone_offset(parts["tz"])
+    if hour > 23 or minute > 59 or offset is None:
+        return None
+    moment = low + hour * 3600 + minute * 60 - offset
+    if parts["S"] is None:
+        return moment, moment + 60
+    second = int(parts["S"])
+    if second > 60:  # 60: a leap second
+        return None
+    return moment + second, moment + second + 1
 
 
 def _walk(value: Any, path: list[str]) -> Iterator[Any]:

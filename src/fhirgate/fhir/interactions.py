@@ -111,6 +111,10 @@ class Interactions:
         checked(resource_type, None, self.version)
         restrictions = access.grants(resource_type, "search")
         wanted = parse_search(resource_type, pairs, lenient)
+        subset = wanted.subset
+        subset.check_version(self.version is R4)
+        if subset.count_only:  # _summary=count: the total, no entries (FHIR R4 §3.1.1.5.8)
+            wanted.count, wanted.total = 0, True
         if restrictions is not None:  # granular scopes: only what they allow is searched
             wanted.conditions.append(restricted_to(resource_type, restrictions, wanted.bind))
         found, more, total = await self.store.search(
@@ -132,16 +136,19 @@ class Interactions:
         if total is not None:
             bundle["total"] = total
         bundle["link"] = links
+        if subset.count_only:
+            return bundle
         bundle["entry"] = [
             {
                 "fullUrl": f"{base}/{stored.resource_type}/{stored.resource_id}",
-                "resource": stored.content,
+                "resource": subset.apply(stored.content, elements=mode == "match"),
                 "search": {"mode": mode},
             }
             for stored, mode in [
                 *((item, "match") for item in found),
                 *((item, "include") for item in extra if may_read(access, item.resource_type)),
             ]
+            if stored.content is not None
         ]
         return bundle
 

@@ -13,26 +13,32 @@ Semantics:
   absolute URL ending in ``Type/id`` (§3.1.1.5.8);
 * date: prefixes ``eq ne lt gt le ge sa eb ap`` compared as ranges, a partial date being the
   whole of its year, month or day (§3.1.1.5.3);
-* ``_id``, ``_lastUpdated``, ``_tag``, ``_profile``; ``_count`` (default 50, at most 500),
-  ``_offset`` (fhirgate's paging cursor), ``_total`` (``none`` skips counting), ``_sort`` by
-  ``_id``, ``_lastUpdated`` or a string, token or date parameter (``-`` for descending),
-  ``_include`` and ``_revinclude`` (not iterating; the included resources are confined to the
-  caller's partition like the matches).
+* ``_id``, ``_lastUpdated``, ``_tag``, ``_profile``; ``_count`` (default 50, at most 500: a
+  larger one, of any length, is served as 500: search.html#count), ``_offset`` (fhirgate's
+  paging cursor), ``_total`` (``none`` skips counting), ``_sort`` by ``_id``, ``_lastUpdated``
+  or a string, token or date parameter (``-`` for descending), ``_include`` and
+  ``_revinclude`` (not iterating; the included resources are confined to the caller's
+  partition like the matches), ``_summary`` and ``_elements``
+  (:mod:`fhirgate.fhir.subsetting`).
 
 An unknown parameter, modifier or malformed value is a 400 OperationOutcome — unless the request
-carries ``Prefer: handling=lenient``, when unknown parameters are ignored (§3.1.1.3.1).
+carries ``Prefer: handling=lenient``, when unknown parameters are ignored (§3.1.1.3.1). So is a
+name or value with a NUL or a lone surrogate (no database stores them). :class:`Invalid` is the
+only exception the parser raises, whatever the input.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fhirgate.fhir.errors import Invalid
 from fhirgate.fhir.indexing import date_range, normalize, reference_of
 from fhirgate.fhir.search_params import SearchParam, parameter
+from fhirgate.fhir.subsetting import Subset, parse_subset
 
 __all__ = [
     "DEFAULT_COUNT",
@@ -48,6 +54,13 @@ DEFAULT_COUNT = 50
 MAX_COUNT = 500
 _PREFIXES = ("eq", "ne", "lt", "gt", "le", "ge", "sa", "eb", "ap")
 _CONTROL = {"_count", "_offset", "_total", "_sort", "_format"}
+_SUBSET = ("_summary", "_elements")
+_WHOLE_NUMBER = re.compile(r"[0-9]+")
+#: What ``_lastUpdated`` compares with: instants of four-digit years (a bound beyond them is
+#: moved to the edge, where it selects the same resources: none were updated before 1000).
+_FIRST_INSTANT = datetime(1000, 1, 1, tzinfo=UTC)
+_LAST_INSTANT = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MAX_VALUES = 100
 _SORTABLE = {"_id": "fhir_resources.resource_id", "_lastUpdated": "fhir_resources.last_updated"}
 #: Matches nothing (a restriction fhirgate cannot evaluate: fail closed).
@@ -92,6 +105,8 @@ class SearchRequest:
     #: ``_include`` / ``_revinclude``: (source type, reference parameter, target type or None).
     includes: list[tuple[str, str, str | None]] = field(default_factory=list)
     revincludes: list[tuple[str, str, str | None]] = field(default_factory=list)
+    #: ``_summary`` / ``_elements``: what part of each resource the Bundle carries.
+    subset: Subset = field(default_factory=Subset)
 
 
 def _having(table: str, conditions: Sequence[str]) -> str:
@@ -185,9 +200,16 @@ def _date(bind: Binder, param: SearchParam, modifier: str | None, value: str) ->
     return _having("fhir_index_dates", [f"name = {bind(param.name)}", compared])
 
 
+def _instant(epoch: int) -> datetime:
+    """Epoch seconds as an instant between :data:`_FIRST_INSTANT` and :data:`_LAST_INSTANT`."""
+    first = int((_FIRST_INSTANT - _EPOCH).total_seconds())
+    last = int((_LAST_INSTANT - _EPOCH).total_seconds())
+    return _EPOCH + timedelta(seconds=min(max(epoch, first), last))
+
+
 def _last_updated(bind: Binder, value: str) -> str:
     prefix, (start, end) = _prefixed(value)
-    as_time = (datetime.fromtimestamp(start, UTC), datetime.fromtimestamp(end, UTC))
+    as_time = (_instant(start), _instant(end))
     moment = "fhir_resources.last_updated"  # an instant: its range is the instant itself
     return _compare(bind, prefix, moment, moment, as_time)
 
@@ -216,10 +238,12 @@ def _condition(
 
 
 def page_number(name: str, value: str, top: int) -> int:
-    """A ``_count`` or ``_offset`` value: a whole number, capped at ``top``."""
-    if not value.isdigit() or len(value) > 9:
+    """A ``_count`` or ``_offset`` value: a whole number (ASCII digits, any length), capped at
+    ``top``."""
+    if not _WHOLE_NUMBER.fullmatch(value):
         raise Invalid(f"{name} must be a whole number")
-    return min(int(value), top)
+    digits = value.lstrip("0") or "0"
+    return top if len(digits) > len(str(top)) else min(int(digits), top)
 
 
 #: What a resource sorts by for a parameter of each type (its smallest value ascending, its
@@ -293,6 +317,12 @@ def parse_search(
     bound in ``bind``, a new :class:`Binder` by default)."""
     request = SearchRequest(bind or Binder())
     for name, value in pairs:
+        _check_text(name, value)
+    request.subset = parse_subset(resource_type, pairs)
+    for name, value in pairs:
+        if name in _SUBSET:
+            request.controls.append((name, value))
+            continue
         if name in _CONTROL:
             _control(request, name, value, resource_type)
             if name in ("_sort", "_total"):
@@ -308,6 +338,17 @@ def parse_search(
             request.used.append((name, value))
     request.order.append("fhir_resources.row_id ASC")  # a stable order for paging
     return request
+
+
+def _check_text(name: str, value: str) -> None:
+    """No NUL and no lone surrogate: text every database stores (PostgreSQL refuses both)."""
+    for text in (name, value):
+        if "\x00" in text:
+            raise Invalid("search parameters cannot contain NUL")
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            raise Invalid("search parameters must be valid Unicode text") from None
 
 
 def restricted_to(

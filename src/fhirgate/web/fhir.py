@@ -49,7 +49,8 @@ from fhirgate.fhir.search import (
     page_number,
 )
 from fhirgate.fhir.store import Partition, ResourceStore, StoredResource, fhir_instant
-from fhirgate.fhir.versions import VERSIONS, FhirVersion
+from fhirgate.fhir.subsetting import Subset, parse_subset
+from fhirgate.fhir.versions import R4, VERSIONS, FhirVersion
 from fhirgate.oauth.tokens import Principal
 from fhirgate.services import Services
 from fhirgate.web.discovery import smart_configuration
@@ -306,11 +307,19 @@ async def everything(request: Request, access: Access, resource_id: str) -> Resp
     return fhir_response(bundle)
 
 
+def _subset(request: Request, resource_type: str) -> Subset:
+    """``_summary`` and ``_elements`` of a read or vread (FHIR R4 http.html §3.1.0.1.7)."""
+    subset = parse_subset(resource_type, request.query_params.multi_items(), search=False)
+    subset.check_version(_interactions(request).version is R4)
+    return subset
+
+
 async def read(request: Request, access: Access, resource_type: str, resource_id: str) -> Response:
-    """read (FHIR R4 §3.1.0.2)."""
+    """read (FHIR R4 §3.1.0.2), with ``_summary`` and ``_elements``."""
+    subset = _subset(request, resource_type)
     stored = await _interactions(request).read(access, resource_type, resource_id)
     assert stored.content is not None
-    return fhir_response(stored.content, headers=_headers(request, stored))
+    return fhir_response(subset.apply(stored.content), headers=_headers(request, stored))
 
 
 async def vread(
@@ -320,15 +329,16 @@ async def vread(
     resource_id: str,
     version_id: str,
 ) -> Response:
-    """vread (FHIR R4 §3.1.0.3)."""
+    """vread (FHIR R4 §3.1.0.3), with ``_summary`` and ``_elements``."""
     _check(request, resource_type, resource_id)
     access.require(resource_type, "vread")
+    subset = _subset(request, resource_type)
     history = await _store(request).history(access.partition, resource_type, resource_id)
     for stored in history:
         if str(stored.version_id) == version_id:
             if stored.content is None:
                 raise Gone(f"{resource_type}/{resource_id} was deleted in that version")
-            return fhir_response(stored.content, headers=_headers(request, stored))
+            return fhir_response(subset.apply(stored.content), headers=_headers(request, stored))
     raise NotFound(f"{resource_type}/{resource_id}/_history/{version_id[:16]} is not known")
 
 
