@@ -252,6 +252,9 @@ async def test_a_slow_server_times_out(server: JWKSServer) -> None:
         b'{"keys": "none"}',
         b'{"keys": []}',
         b'{"keys": [{"kty": "oct", "k": "c2VjcmV0", "kid": "hmac"}]}',
+        b'{"keys": [], "n": ' + b"1" * 5000 + b"}",  # beyond Python's int-string limit
+        b"[" * 50_000,  # deeper than Python's parser goes
+        b'{"keys": [{"kty": "RSA", "kid": "k", "e": 1e999, "n": NaN}]}',
     ],
 )
 async def test_documents_without_a_usable_key_are_errors(server: JWKSServer, body: bytes) -> None:
