@@ -135,6 +135,8 @@ MALFORMED: list[tuple[str, bytes]] = [
     ("empty string", b'{"apiKey": "", "%s": "b"}'),
     ("empty body", b""),
     ("invalid UTF-8", b'{"apiKey": "\xff", "%s": "b"}'),
+    ("nested too deep", b"[" * 20_000),
+    ("integer beyond Python's 4,300 digits", b'{"apiKey": ' + b"1" * 5000 + b', "%s": "b"}'),
 ]
 
 

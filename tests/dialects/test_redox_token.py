@@ -47,6 +47,17 @@ async def test_redox_grant_without_scope_gets_the_clients_allowed_scope(
     assert body["scope"] == "system/*.rs"
 
 
+async def test_redox_grant_with_an_empty_scope_counts_as_without_one(
+    http: httpx.AsyncClient, make_client: MakeClient
+) -> None:
+    """``scope`` is optional on Redox's path: an empty ``scope=`` is its omission there, not
+    the ``invalid_scope`` of ``/oauth2/token`` (docs/security.md, scopes)."""
+    client = await redox_client(make_client)
+    response = await http.post(REDOX, data={**redox_form(client), "scope": ""})
+    assert response.status_code == 200, response.text
+    assert response.json()["scope"] == "system/*.rs"
+
+
 async def test_redox_assertion_with_a_bearer_authorization_header_is_accepted(
     http: httpx.AsyncClient, make_client: MakeClient
 ) -> None:

@@ -380,6 +380,19 @@ async def test_a_form_secret_without_client_id_is_invalid_request(running: Runni
 # --- the Pattern Health dialect: POST /api/auth/token -----------------------------------------
 
 
+async def test_pattern_counts_an_empty_scope_as_none(running: Running) -> None:
+    """``scope`` is optional on Pattern's path: ``scope=`` is its omission there, not the
+    ``invalid_scope`` of ``/oauth2/token``."""
+    client_id, secret = await register_secret_client(running.services, scope="system/Patient.rs")
+    response = await request_token(running.http, client_id, secret, path=PATTERN, scope="")
+    assert response.status_code == 200, response.text
+    me = await whoami(running.http, response.json()["access_token"])
+    assert me.json()["scope"] == "system/Patient.rs"
+    standard = await request_token(running.http, client_id, secret, scope="")
+    assert standard.status_code == 400, standard.text
+    assert standard.json()["error"] == "invalid_scope"
+
+
 async def test_pattern_basic_gets_milliseconds_and_a_lower_case_bearer(server: Running) -> None:
     client_id, secret = await register_secret_client(server.services, scope="system/Patient.rs")
     response = await request_token(server.http, client_id, secret, path=PATTERN, scope=None)

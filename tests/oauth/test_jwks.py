@@ -4,6 +4,7 @@ unknown-kid refetch, TLS; and through the token endpoint, the jku rule and fail-
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import ssl
 from collections.abc import AsyncIterator
 
@@ -14,6 +15,7 @@ from tests.jwks_server import JWKSServer, Reply, jwks_reply
 from tests.support import MakeClient, SigningClient, private_key
 
 from fhirgate.config import Settings
+from fhirgate.oauth.addresses import embedded_ipv4, is_public
 from fhirgate.oauth.jose import jwk_from_public_key
 from fhirgate.oauth.jwks import FAILURE_TTL, JWKSFetcher, JWKSFetchError, cache_ttl
 
@@ -97,6 +99,107 @@ async def test_private_link_local_and_metadata_addresses_are_refused_even_when_i
     await insecure.aclose()
 
 
+# IPv4 carried inside IPv6 (NAT64, 6to4, Teredo, SIIT, IPv4-compatible, IPv4-mapped): the
+# embedded IPv4 decides. (form, address, embedded IPv4 addresses, public?)
+EMBEDDED_IPV4 = [
+    ("NAT64", "64:ff9b::a9fe:a9fe", ["169.254.169.254"], False),
+    ("NAT64", "64:ff9b::10.0.0.1", ["10.0.0.1"], False),
+    ("NAT64", "64:ff9b::127.0.0.1", ["127.0.0.1"], False),
+    ("NAT64", "64:ff9b::808:808", ["8.8.8.8"], True),
+    ("NAT64 local-use", "64:ff9b:1::a9fe:a9fe", [], False),
+    ("NAT64 local-use", "64:ff9b:1::808:808", [], False),  # refused whatever it carries
+    ("6to4", "2002:a9fe:a9fe::1", ["169.254.169.254"], False),
+    ("6to4", "2002:c0a8:101::1", ["192.168.1.1"], False),
+    ("6to4", "2002:808:808::1", ["8.8.8.8"], True),
+    ("IPv4-compatible", "::a9fe:a9fe", ["169.254.169.254"], False),
+    ("IPv4-compatible", "::10.0.0.1", ["10.0.0.1"], False),
+    ("IPv4-compatible", "::8.8.8.8", ["8.8.8.8"], True),
+    ("IPv4-mapped", "::ffff:169.254.169.254", ["169.254.169.254"], False),
+    ("IPv4-mapped", "::ffff:a00:1", ["10.0.0.1"], False),
+    ("IPv4-mapped", "::ffff:8.8.8.8", ["8.8.8.8"], True),
+    ("SIIT", "::ffff:0:169.254.169.254", ["169.254.169.254"], False),
+    ("SIIT", "::ffff:0:a00:1", ["10.0.0.1"], False),
+    ("SIIT", "::ffff:0:8.8.8.8", ["8.8.8.8"], True),
+    # Teredo: server IPv4 in bits 32-63, client IPv4 in the last 32 bits inverted
+    (
+        "Teredo client",
+        "2001:0:4136:e378:8000:63bf:5601:5601",
+        ["65.54.227.120", "169.254.169.254"],
+        False,
+    ),
+    ("Teredo client", "2001:0:4136:e378::f5ff:fffe", ["65.54.227.120", "10.0.0.1"], False),
+    ("Teredo server", "2001:0:a9fe:a9fe::f7f7:f7f7", ["169.254.169.254", "8.8.8.8"], False),
+    ("Teredo server", "2001:0:a00:1::f7f7:f7f7", ["10.0.0.1", "8.8.8.8"], False),
+    ("Teredo", "2001:0:4136:e378::f7f7:f7f7", ["65.54.227.120", "8.8.8.8"], True),
+]
+
+
+@pytest.mark.parametrize(
+    ("address", "embedded"),
+    [(address, embedded) for _form, address, embedded, _public in EMBEDDED_IPV4],
+    ids=[f"{form}-{address}" for form, address, _embedded, _public in EMBEDDED_IPV4],
+)
+def test_the_ipv4_an_ipv6_address_carries_is_unwrapped(address: str, embedded: list[str]) -> None:
+    found = embedded_ipv4(ipaddress.IPv6Address(address))
+    assert [str(ipv4) for ipv4 in found] == embedded
+
+
+@pytest.mark.parametrize(
+    ("address", "public"),
+    [(address, public) for _form, address, _embedded, public in EMBEDDED_IPV4],
+    ids=[f"{form}-{address}" for form, address, _embedded, _public in EMBEDDED_IPV4],
+)
+def test_an_address_carrying_ipv4_is_public_only_if_every_ipv4_it_carries_is(
+    address: str, public: bool
+) -> None:
+    assert is_public(ipaddress.IPv6Address(address)) is public
+
+
+@pytest.mark.parametrize(
+    ("address", "public"),
+    [
+        ("8.8.8.8", True),
+        ("2606:4700:4700::1111", True),
+        ("::", False),
+        ("::1", False),
+        ("::1:a9fe:a9fe", False),  # reserved ::/8, outside every form
+        ("100::1", False),  # discard-only
+        ("2001:db8::1", False),  # documentation
+        ("ff02::1", False),  # multicast
+        ("fec0::1", False),  # site-local
+    ],
+)
+def test_plain_addresses_are_public_only_in_global_unicast(address: str, public: bool) -> None:
+    assert is_public(ipaddress.ip_address(address)) is public
+
+
+@pytest.mark.parametrize(
+    "address",
+    [address for _form, address, _embedded, public in EMBEDDED_IPV4 if not public],
+    ids=[f"{form}-{address}" for form, address, _embedded, public in EMBEDDED_IPV4 if not public],
+)
+async def test_jwks_urls_at_ipv6_addresses_carrying_a_non_public_ipv4_are_refused(
+    address: str,
+) -> None:
+    """Even with insecure JWKS allowed: another host's loopback is not ours to reach."""
+    for strict in (JWKSFetcher(Settings()), fetcher()):
+        with pytest.raises(JWKSFetchError, match="non-public"):
+            await strict.keys(f"https://[{address}]/jwks.json")
+        await strict.aclose()
+
+
+async def test_only_this_hosts_loopback_is_loopback(server: JWKSServer) -> None:
+    """An IPv4-mapped ``127.0.0.1`` is this host (admitted only with insecure JWKS allowed); a
+    NAT64 ``127.0.0.1`` is the translator's loopback, refused even then."""
+    mapped = f"[::ffff:127.0.0.1]:{server.port}/jwks.json"
+    with pytest.raises(JWKSFetchError, match="non-public"):
+        await JWKSFetcher(Settings()).keys(f"https://{mapped}")
+    assert [key.kid for key in await fetcher().keys(f"http://{mapped}")] == ["rs-1", "es-1"]
+    with pytest.raises(JWKSFetchError, match="non-public"):
+        await fetcher().keys(f"http://[64:ff9b::7f00:1]:{server.port}/jwks.json")
+    assert server.hits["/jwks.json"] == 1
+
+
 async def test_an_unresolvable_host_is_an_error() -> None:
     with pytest.raises(JWKSFetchError, match="does not resolve"):
         await fetcher().keys("http://no-such-host.invalid/jwks.json")
@@ -149,6 +252,9 @@ async def test_a_slow_server_times_out(server: JWKSServer) -> None:
         b'{"keys": "none"}',
         b'{"keys": []}',
         b'{"keys": [{"kty": "oct", "k": "c2VjcmV0", "kid": "hmac"}]}',
+        b'{"keys": [], "n": ' + b"1" * 5000 + b"}",  # beyond Python's int-string limit
+        b"[" * 50_000,  # deeper than Python's parser goes
+        b'{"keys": [{"kty": "RSA", "kid": "k", "e": 1e999, "n": NaN}]}',
     ],
 )
 async def test_documents_without_a_usable_key_are_errors(server: JWKSServer, body: bytes) -> None:

@@ -567,13 +567,26 @@ async def test_token_refuses_a_blank_scope_as_invalid_scope(
     assert response.json()["error"] == "invalid_scope"
 
 
-async def test_token_treats_an_empty_scope_as_missing(
+async def test_token_refuses_a_present_but_empty_scope_as_invalid_scope_and_keeps_the_jti(
     http: httpx.AsyncClient, make_client: MakeClient
 ) -> None:
-    """RFC 6749 §3.1: a parameter sent without a value is treated as omitted, and ``scope``
-    is required on the standard endpoint, so ``scope=`` is invalid_request, not invalid_scope."""
+    """RFC 6749 §3.3: ``scope=`` asks for no access at all, which is not a grantable scope;
+    the refusal comes before authentication, so the assertion stays usable."""
     client = await make_client(scope=ALLOWED)
-    response = await http.post(TOKEN, data=client.form(scope=""))
+    form = client.form(scope="")
+    response = await http.post(TOKEN, data=form)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == "invalid_scope"
+    assert "access_token" not in response.json()
+    retry = await http.post(TOKEN, data={**form, "scope": "system/Patient.rs"})
+    assert retry.status_code == 200, retry.text
+
+
+async def test_token_without_a_scope_parameter_is_invalid_request(
+    http: httpx.AsyncClient, make_client: MakeClient
+) -> None:
+    client = await make_client(scope=ALLOWED)
+    response = await http.post(TOKEN, data=client.form(scope=None))
     assert response.status_code == 400, response.text
     assert response.json()["error"] == "invalid_request"
     assert "scope" in response.json()["error_description"]

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import secrets
+import time
 
 import httpx
 import pytest
-from tests.support import MakeClient, Running, register_client, start
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from tests.support import (
+    MakeClient,
+    Running,
+    SigningClient,
+    register_client,
+    register_secret_client,
+    start,
+)
 
 from fhirgate.config import Settings
 from fhirgate.oauth.client_auth import JWT_BEARER
@@ -190,3 +202,92 @@ async def test_redis_unreachable_is_503_never_a_token(sqlite_settings: Settings)
         assert "access_token" not in response.json()
     finally:
         await stack.aclose()
+
+
+# JSON that Python's parser refuses in its own ways ---------------------------------------------
+
+HUGE_INT = "1" * 5000  # beyond Python's 4,300-digit int-string limit: a ValueError in json
+HOSTILE_JSON = {
+    "huge-int": '{"alg":"RS384","kid":"k","n":' + HUGE_INT + "}",
+    "deep": "[" * 10_000 + "]" * 10_000,
+    "nan": '{"alg":"RS384","kid":"k","exp":NaN}',
+    "infinity": '{"alg":"RS384","kid":"k","exp":-Infinity}',
+    "overflowing-float": '{"alg":"RS384","kid":"k","exp":1e999}',
+}
+VALID = b64('{"alg":"RS384","kid":"k"}')
+HOSTILE_JWS = {
+    f"{where}-{name}": f"{text}.{VALID}.AA" if where == "header" else f"{VALID}.{text}.AA"
+    for name, json_text in HOSTILE_JSON.items()
+    for where, text in (("header", b64(json_text)), ("payload", b64(json_text)))
+}
+
+
+@pytest.mark.parametrize("jws", HOSTILE_JWS.values(), ids=HOSTILE_JWS.keys())
+async def test_an_assertion_with_json_python_refuses_is_invalid_client(
+    http: httpx.AsyncClient, jws: str
+) -> None:
+    for path in ("/oauth2/token", "/v2/auth/token"):
+        response = await http.post(path, data=assertion_form(jws))
+        assert response.status_code == 401, response.text
+        assert response.json()["error"] in {"invalid_client", "invalid_request"}  # Redox's
+
+
+@pytest.mark.parametrize("jws", HOSTILE_JWS.values(), ids=HOSTILE_JWS.keys())
+async def test_a_bearer_token_with_json_python_refuses_is_invalid_token(
+    http: httpx.AsyncClient, jws: str
+) -> None:
+    headers = {"Authorization": f"Bearer {jws}"}
+    whoami = await http.get("/whoami", headers=headers)
+    assert whoami.status_code == 401, whoami.text
+    assert whoami.json()["error"] == "invalid_token"
+    assert 'error="invalid_token"' in whoami.headers["www-authenticate"]
+    fhir = await http.get("/fhir/R4/Patient", headers=headers)
+    assert fhir.status_code == 401, fhir.text
+    assert fhir.json()["resourceType"] == "OperationOutcome"
+    assert 'error="invalid_token"' in fhir.headers["www-authenticate"]
+
+
+@pytest.mark.parametrize("jws", HOSTILE_JWS.values(), ids=HOSTILE_JWS.keys())
+async def test_introspecting_or_revoking_a_token_with_json_python_refuses_is_inactive(
+    running: Running, jws: str
+) -> None:
+    client_id, secret = await register_secret_client(running.services)
+    introspected = await running.http.post(
+        "/oauth2/introspect", data={"token": jws}, auth=(client_id, secret)
+    )
+    assert introspected.status_code == 200, introspected.text
+    assert introspected.json() == {"active": False}
+    revoked = await running.http.post(
+        "/oauth2/revoke", data={"token": jws}, auth=(client_id, secret)
+    )
+    assert revoked.status_code == 200, revoked.text
+
+
+def signed_with_raw_claims(client: SigningClient, claims_json: str) -> str:
+    """An assertion signed by ``client`` over claims given as JSON text (numbers a JSON
+    encoder would never write)."""
+    assert isinstance(client.key, rsa.RSAPrivateKey) and client.alg == "RS384"
+    header = b64(json.dumps({"alg": client.alg, "kid": client.kid, "typ": "JWT"}))
+    signing_input = f"{header}.{b64(claims_json)}"
+    signature = client.key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA384())
+    return f"{signing_input}.{b64url_encode(signature)}"
+
+
+@pytest.mark.parametrize(
+    "exp",
+    ["1e999", "-1e999", "NaN", "Infinity", HUGE_INT],
+    ids=["1e999", "-1e999", "NaN", "Infinity", "huge-int"],
+)
+async def test_a_signed_assertion_with_an_unrepresentable_exp_is_invalid_client(
+    http: httpx.AsyncClient, make_client: MakeClient, exp: str
+) -> None:
+    client = await make_client()
+    claims = (
+        f'{{"iss":"{client.client_id}","sub":"{client.client_id}","aud":"{client.token_url}",'
+        f'"jti":"{secrets.token_urlsafe(8)}","iat":{int(time.time())},"exp":{exp}}}'
+    )
+    response = await http.post(
+        "/oauth2/token", data=assertion_form(signed_with_raw_claims(client, claims))
+    )
+    assert response.status_code == 401, response.text
+    assert response.json()["error"] == "invalid_client"

@@ -54,7 +54,7 @@ def _text(status: int, text: str, headers: dict[str, str] | None = None) -> Resp
 async def _fields(request: Request, names: tuple[str, str]) -> tuple[str, str] | Response:
     try:
         body = json.loads(await request.body())
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, too deep, a 4,300+ digit int
         body = None
     values = [body.get(name) if isinstance(body, dict) else None for name in names]
     if not all(isinstance(value, str) and value for value in values):

@@ -9,6 +9,7 @@ to Redox's documented descriptions) without re-validating anything.
     ├── InvalidRequest        400 invalid_request
     ├── InvalidClient         401 invalid_client
     ├── InvalidGrant          400 invalid_grant
+    ├── UnauthorizedClient    400 unauthorized_client
     ├── UnsupportedGrantType  400 unsupported_grant_type
     ├── InvalidScope          400 invalid_scope
     ├── InvalidToken          401 invalid_token       (RFC 6750, resource guard)
@@ -31,6 +32,7 @@ __all__ = [
     "OAuthError",
     "ServiceUnavailable",
     "TooManyAttempts",
+    "UnauthorizedClient",
     "UnsupportedGrantType",
 ]
 
@@ -79,6 +81,14 @@ class UnsupportedGrantType(OAuthError):
     error = "unsupported_grant_type"
     status_code = 400
     default_description = "grant_type must be client_credentials"
+
+
+class UnauthorizedClient(OAuthError):
+    """RFC 6749 §5.2: the authenticated client may not use this grant type."""
+
+    error = "unauthorized_client"
+    status_code = 400
+    default_description = "this client is not allowed to use this grant type"
 
 
 class InvalidScope(OAuthError):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -112,11 +113,33 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
+def _no_constant(name: str) -> Any:
+    raise JWSError(f"{name} is not a JSON number (RFC 8259 §6)")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise JWSError(f"number {text[:32]!r} is out of range (RFC 8259 §6)")
+    return value
+
+
 def _json_object(segment: str, what: str) -> dict[str, Any]:
+    """A segment's JSON object (RFC 7515 §5.2 steps 2-4). Every way its text can fail — not
+    UTF-8, not JSON, nested too deep, an integer beyond Python's 4,300-digit conversion limit,
+    ``NaN``, ``Infinity``, a number too large for a float (``1e999``) — is a
+    :class:`JWSError`, never another exception."""
     raw = b64url_decode(segment)
     try:
-        value = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        value = json.loads(
+            raw.decode("utf-8"),
+            object_pairs_hook=_no_duplicates,
+            parse_constant=_no_constant,
+            parse_float=_finite,
+        )
+    except JWSError:
+        raise
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError, JSONDecodeError among them
         raise JWSError(f"{what} is not JSON") from exc
     if not isinstance(value, dict):
         raise JWSError(f"{what} is not a JSON object")

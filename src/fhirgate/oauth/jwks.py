@@ -5,9 +5,11 @@ A JWKS URL is a request the server makes on a client's behalf, so it is treated 
 
 * ``https`` only; ``FHIRGATE_ALLOW_INSECURE_JWKS=true`` (local testing) also admits ``http``
   and loopback addresses.
-* The host is resolved once and every address must be public (``ipaddress.is_global``: no
-  private, loopback, link-local — which holds cloud metadata at 169.254.169.254 — shared,
-  reserved or multicast ranges). The connection goes to that vetted address, with the original
+* The host is resolved once and every address must be public
+  (:func:`~fhirgate.oauth.addresses.is_public`: no private, loopback, link-local — which holds
+  cloud metadata at 169.254.169.254 — shared, reserved or multicast ranges, and an IPv4 address
+  carried inside an IPv6 one — NAT64, 6to4, Teredo, SIIT, IPv4-compatible or -mapped — is
+  judged as that IPv4 address). The connection goes to that vetted address, with the original
   host in ``Host`` and in TLS SNI and certificate checks, so DNS cannot rebind in between.
 * No redirects, no proxies from the environment, a time limit on the whole fetch
   (``jwks_timeout``, 2 s) and a size cap (``jwks_max_bytes``, 256 KB) enforced while streaming.
@@ -33,13 +35,12 @@ from dataclasses import dataclass
 import httpx
 
 from fhirgate.config import Settings
+from fhirgate.oauth.addresses import Address, is_loopback, is_public
 from fhirgate.oauth.keyset import ClientKey, JWKSetError, parse_jwks
 
 __all__ = ["FAILURE_TTL", "JWKSFetchError", "JWKSFetcher", "cache_ttl"]
 
 FAILURE_TTL = 5.0
-
-_Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 class JWKSFetchError(Exception):
@@ -148,7 +149,7 @@ class JWKSFetcher:
             return _keys_from(body), ttl
         raise JWKSFetchError("could not connect to any address of the host")
 
-    async def _get(self, target: httpx.URL, address: _Address) -> tuple[bytes, str | None]:
+    async def _get(self, target: httpx.URL, address: Address) -> tuple[bytes, str | None]:
         """GET ``target`` from ``address``, with the original host for ``Host`` and TLS."""
         request = self._http.build_request(
             "GET",
@@ -174,7 +175,7 @@ class JWKSFetcher:
             raise JWKSFetchError("credentials in the URL are not allowed")
         return target
 
-    async def _vetted_addresses(self, target: httpx.URL) -> list[_Address]:
+    async def _vetted_addresses(self, target: httpx.URL) -> list[Address]:
         """Every address of the host, or an error if any of them is not allowed."""
         port = target.port or (443 if target.scheme == "https" else 80)
         loop = asyncio.get_running_loop()
@@ -188,12 +189,10 @@ class JWKSFetcher:
             raise JWKSFetchError(f"host resolves to a non-public address {refused[:1]}")
         return addresses
 
-    def _address_allowed(self, address: _Address) -> bool:
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        if address.is_loopback:
+    def _address_allowed(self, address: Address) -> bool:
+        if is_loopback(address):
             return self._settings.allow_insecure_jwks
-        return address.is_global and not address.is_multicast
+        return is_public(address)
 
     async def _read_capped(self, response: httpx.Response) -> bytes:
         if response.status_code != 200:

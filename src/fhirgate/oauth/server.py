@@ -2,9 +2,11 @@
 
 Steps, in order: check the content type → parse the form (no repeated parameters) → check
 ``grant_type`` against the URL's grants → read the requested scope → detect and verify the
-client's authentication → then, by grant: ``client_credentials`` grants a scope within the
-client's allowed scope and issues the access token; ``authorization_code`` and
-``refresh_token`` go to :class:`~fhirgate.oauth.delegation.Delegation`. Each step raises a typed
+client's authentication → check that the client may use the grant type (``unauthorized_client``,
+RFC 6749 §5.2, before any code or refresh token is looked at) → then, by grant:
+``client_credentials`` grants a scope within the client's allowed scope and issues the access
+token; ``authorization_code`` and ``refresh_token`` go to
+:class:`~fhirgate.oauth.delegation.Delegation`. Each step raises a typed
 :class:`~fhirgate.oauth.errors.OAuthError`; the HTTP surface renders it.
 """
 
@@ -19,8 +21,14 @@ from urllib.parse import unquote_plus
 from fhirgate.oauth.assertions import AssertionRules
 from fhirgate.oauth.client_auth import ClientAuthenticator, detect_credentials
 from fhirgate.oauth.delegation import Delegation
-from fhirgate.oauth.errors import InvalidGrant, InvalidRequest, InvalidScope, UnsupportedGrantType
-from fhirgate.oauth.scopes import ScopeError, narrow, parse_scopes
+from fhirgate.oauth.errors import (
+    InvalidGrant,
+    InvalidRequest,
+    InvalidScope,
+    UnauthorizedClient,
+    UnsupportedGrantType,
+)
+from fhirgate.oauth.scopes import ScopeError, ScopeSet, narrow, parse_scopes
 from fhirgate.oauth.tokens import AccessTokenService, IssuedToken
 from fhirgate.storage.audit import AuditLog
 from fhirgate.storage.models import AuthMethod
@@ -29,6 +37,7 @@ from fhirgate.storage.repos import Client
 __all__ = [
     "ALL_GRANT_TYPES",
     "FORM_CONTENT_TYPE",
+    "KEEP_EMPTY_SCOPE",
     "TokenEndpoint",
     "TokenPolicy",
     "parse_form",
@@ -39,6 +48,17 @@ CLIENT_CREDENTIALS = "client_credentials"
 AUTHORIZATION_CODE = "authorization_code"
 REFRESH_TOKEN = "refresh_token"  # noqa: S105 (a grant type)
 ALL_GRANT_TYPES = frozenset({CLIENT_CREDENTIALS, AUTHORIZATION_CODE, REFRESH_TOKEN})
+#: The grant types a client may use (RFC 7591 §2 ``grant_types``), by how it authenticates: a
+#: ``private_key_jwt`` client is a SMART Backend Services client, ``client_credentials`` only; a
+#: secret client may also be a 1upHealth application, exchanging its users' codes and refresh
+#: tokens. Legacy API keys use their own endpoints and none of these.
+_CLIENT_GRANT_TYPES: dict[str, frozenset[str]] = {
+    AuthMethod.PRIVATE_KEY_JWT: frozenset({CLIENT_CREDENTIALS}),
+    AuthMethod.CLIENT_SECRET_BASIC: ALL_GRANT_TYPES,
+    AuthMethod.CLIENT_SECRET_POST: ALL_GRANT_TYPES,
+}
+#: The token endpoints keep an empty ``scope=`` so that it can be told from no ``scope``.
+KEEP_EMPTY_SCOPE = frozenset({"scope"})
 _MAX_FIELDS = 64
 
 
@@ -84,8 +104,11 @@ def _form_pairs(text: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def parse_form(body: bytes, content_type: str | None) -> dict[str, str]:
-    """A form body as a dict (RFC 6749 §3.2: no repeated parameters; empty means omitted)."""
+def parse_form(
+    body: bytes, content_type: str | None, *, keep_empty: frozenset[str] = frozenset()
+) -> dict[str, str]:
+    """A form body as a dict (RFC 6749 §3.2: no repeated parameters; §3.1: a parameter without
+    a value counts as omitted, except those in ``keep_empty``, whose caller judges it)."""
     media_type = (content_type or "").split(";", 1)[0].strip().lower()
     if media_type != FORM_CONTENT_TYPE:
         raise InvalidRequest(f"Content-Type must be {FORM_CONTENT_TYPE}", check="content_type")
@@ -100,7 +123,7 @@ def parse_form(body: bytes, content_type: str | None) -> dict[str, str]:
         if name in form:
             raise InvalidRequest(f"parameter {name!r} is repeated", check="duplicate_parameter")
         form[name] = value
-    return {name: value for name, value in form.items() if value != ""}
+    return {name: value for name, value in form.items() if value != "" or name in keep_empty}
 
 
 def _grant_type(form: Mapping[str, str], accepted: frozenset[str]) -> str:
@@ -114,6 +137,32 @@ def _grant_type(form: Mapping[str, str], accepted: frozenset[str]) -> str:
             detail=f"grant_type {grant_type[:64]!r}",
         )
     return grant_type
+
+
+def _requested_scope(form: Mapping[str, str], policy: TokenPolicy) -> ScopeSet | None:
+    """The requested scope; ``None`` when the form has none.
+
+    RFC 6749 §3.3: ``scope=`` present but empty asks for nothing, which no client may be
+    granted: ``invalid_scope``. Where a URL makes ``scope`` optional (the vendor dialects, whose
+    clients get their allowed scopes without one) an empty ``scope=`` counts as omitted, as it
+    always did there."""
+    requested = form.get("scope")
+    if requested is None or (requested == "" and not policy.scope_required):
+        return None
+    try:
+        return parse_scopes(requested)
+    except ScopeError as exc:
+        raise InvalidScope(str(exc), check="scope_invalid") from exc
+
+
+def _check_grant_type_allowed(client: Client, grant_type: str) -> None:
+    """RFC 6749 §5.2 ``unauthorized_client``: the client authenticated, but its registration
+    does not allow this grant type."""
+    if grant_type not in _CLIENT_GRANT_TYPES.get(client.auth_method, frozenset()):
+        raise UnauthorizedClient(
+            f"a {client.auth_method} client may not use grant_type {grant_type}",
+            check="grant_type_not_allowed",
+        )
 
 
 def _required(form: Mapping[str, str], name: str) -> str:
@@ -144,24 +193,20 @@ class TokenEndpoint:
         self, form: Mapping[str, str], authorization: str | None, policy: TokenPolicy, source: str
     ) -> IssuedToken:
         grant_type = _grant_type(form, policy.grant_types)
-        requested = form.get("scope")
         if grant_type == AUTHORIZATION_CODE:
             code = _required(form, "code")  # the code carries its scope (RFC 6749 §4.1.3)
-            client = await self._client(form, authorization, policy, source)
+            client = await self._client(form, authorization, policy, source, grant_type)
             with self._audited(client, source):
                 return await self._delegation.exchange_code(client, code)
-        if requested is None and policy.scope_required and grant_type == CLIENT_CREDENTIALS:
+        if "scope" not in form and policy.scope_required and grant_type == CLIENT_CREDENTIALS:
             raise InvalidRequest("scope is required", check="scope_missing")
-        try:  # syntax first: a malformed request burns no jti
-            wanted = None if requested is None else parse_scopes(requested)
-        except ScopeError as exc:
-            raise InvalidScope(str(exc), check="scope_invalid") from exc
+        wanted = _requested_scope(form, policy)  # syntax first: a malformed request burns no jti
         if grant_type == REFRESH_TOKEN:
             refresh_token = _required(form, "refresh_token")
-            client = await self._client(form, authorization, policy, source)
+            client = await self._client(form, authorization, policy, source, grant_type)
             with self._audited(client, source):
                 return await self._delegation.refresh(client, refresh_token, wanted)
-        client = await self._client(form, authorization, policy, source)
+        client = await self._client(form, authorization, policy, source, grant_type)
         try:
             granted = narrow(wanted, parse_scopes(client.scope))
         except ScopeError as exc:
@@ -180,7 +225,15 @@ class TokenEndpoint:
             raise
 
     async def _client(
-        self, form: Mapping[str, str], authorization: str | None, policy: TokenPolicy, source: str
+        self,
+        form: Mapping[str, str],
+        authorization: str | None,
+        policy: TokenPolicy,
+        source: str,
+        grant_type: str,
     ) -> Client:
+        """The authenticated client, allowed ``grant_type``."""
         credentials = detect_credentials(form, authorization, policy.methods)
-        return await self._authenticator.authenticate(credentials, policy.rules, source)
+        client = await self._authenticator.authenticate(credentials, policy.rules, source)
+        _check_grant_type_allowed(client, grant_type)
+        return client

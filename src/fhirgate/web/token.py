@@ -20,7 +20,7 @@ from fhirgate.config import Settings
 from fhirgate.oauth.assertions import AssertionRules
 from fhirgate.oauth.client_auth import is_basic
 from fhirgate.oauth.errors import OAuthError, TooManyAttempts
-from fhirgate.oauth.server import ALL_GRANT_TYPES, TokenPolicy, parse_form
+from fhirgate.oauth.server import ALL_GRANT_TYPES, KEEP_EMPTY_SCOPE, TokenPolicy, parse_form
 from fhirgate.oauth.tokens import IssuedToken
 from fhirgate.services import Services
 from fhirgate.storage.models import AuthMethod
@@ -119,7 +119,7 @@ def token_app(dialect: TokenDialect, settings: Settings) -> ASGIApp:
     async def respond(request: FormRequest) -> Response:
         services, authorization, source = request.services, request.authorization, request.source
         try:
-            form = parse_form(request.body, request.content_type)
+            form = parse_form(request.body, request.content_type, keep_empty=KEEP_EMPTY_SCOPE)
             issued = await services.token_endpoint.handle(form, authorization, policy, source)
         except OAuthError as error:
             log.info(
