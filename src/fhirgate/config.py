@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     user_management_rate_limit: int = Field(default=300, ge=0)
     request_body_limit: int = Field(default=65_536, ge=1024)
     client_cache_ttl: float = Field(default=5.0, ge=0, le=5)
+    #: How many ``_include``, ``_revinclude`` and ``_sort`` parameters one search may carry
+    #: (each of them).
+    search_max_repeats: int = Field(default=10, ge=1, le=100)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     #: Proxies whose ``X-Forwarded-For`` names the client (comma-separated addresses or ``*``);

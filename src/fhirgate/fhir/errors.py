@@ -16,6 +16,7 @@ __all__ = [
     "InvalidResource",
     "NotFound",
     "PreconditionFailed",
+    "TooCostly",
     "UnsupportedMediaType",
     "operation_outcome",
 ]
@@ -95,3 +96,12 @@ class NotAcceptable(FhirError):
 class PreconditionFailed(FhirError):
     status_code = 412
     code = "conflict"
+
+
+class TooCostly(FhirError):
+    """A request past one of the server's work limits (a Bundle's budget, a search's repeated
+    parameters): 400 with IssueType ``too-costly`` ("the operation failed because it was too
+    costly"), before — or instead of — the work."""
+
+    status_code = 400
+    code = "too-costly"

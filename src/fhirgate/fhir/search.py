@@ -25,12 +25,13 @@ carries ``Prefer: handling=lenient``, when unknown parameters are ignored (§3.1
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from fhirgate.fhir.errors import Invalid
+from fhirgate.fhir.errors import Invalid, TooCostly
 from fhirgate.fhir.indexing import date_range, normalize, reference_of
 from fhirgate.fhir.search_params import SearchParam, parameter
 
@@ -39,6 +40,7 @@ __all__ = [
     "MAX_COUNT",
     "Binder",
     "SearchRequest",
+    "limit_repeats",
     "page_number",
     "parse_search",
     "restricted_to",
@@ -281,6 +283,20 @@ def _inclusion(request: SearchRequest, resource_type: str, name: str, value: str
         request.includes.append((source, param_name, target))
     else:
         request.revincludes.append((source, param_name, target or resource_type))
+
+
+#: Parameters each of whose repetitions adds work to one search: a statement per ``_include``
+#: and ``_revinclude``, ORDER BY terms per ``_sort``.
+REPEATABLE = ("_include", "_revinclude", "_sort")
+
+
+def limit_repeats(pairs: Sequence[tuple[str, str]], most: int) -> None:
+    """At most ``most`` of each of :data:`REPEATABLE` (``_include:iterate`` counts as
+    ``_include``); more is a 400 ``too-costly`` OperationOutcome, before any work."""
+    counts = Counter(name.partition(":")[0] for name, _ in pairs)
+    for name in REPEATABLE:
+        if counts[name] > most:
+            raise TooCostly(f"a search takes at most {most} {name} parameters")
 
 
 def parse_search(
