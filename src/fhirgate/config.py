@@ -53,7 +53,7 @@ class Settings(BaseSettings):
     #: resources its answer carries, and the seconds it may run.
     bundle_max_entries: int = Field(default=1000, ge=1, le=10_000)
     bundle_max_resources: int = Field(default=5000, ge=1)
-    bundle_max_seconds: float = Field(default=10.0, gt=0)
+    bundle_max_seconds: float = Field(default=5.0, gt=0)
     #: How many ``_include``, ``_revinclude`` and ``_sort`` parameters one search may carry
     #: (each of them).
     search_max_repeats: int = Field(default=10, ge=1, le=100)

@@ -33,7 +33,6 @@ seconds. Past it the answer is a 400 ``too-costly`` OperationOutcome, as below.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import secrets
@@ -61,11 +60,12 @@ _ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "GET": 3}
 
 @dataclass(frozen=True, slots=True)
 class Budget:
-    """What one Bundle may cost: entries, resources in its answer, seconds of work."""
+    """What one Bundle may cost: entries, resources in its answer, seconds of work
+    (``FHIRGATE_BUNDLE_MAX_ENTRIES``, ``_RESOURCES``, ``_SECONDS``)."""
 
-    entries: int = 1000
-    resources: int = 5000
-    seconds: float = 10.0
+    entries: int
+    resources: int
+    seconds: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,23 +221,27 @@ def _naming(entry: _Entry) -> Iterator[None]:
 
 
 class BundleProcessor:
-    """Runs batch and transaction Bundles through the interactions, within a budget."""
+    """Runs batch and transaction Bundles through the interactions, within a budget.
 
-    def __init__(
-        self, interactions: Interactions, engine: AsyncEngine, budget: Budget | None = None
-    ) -> None:
+    Reads and searches go through a connection of the engine's that only reads: on SQLite its
+    statements run in the driver's thread, so a Bundle's hundreds of them leave the event loop
+    to other requests between them (the inline path of :mod:`fhirgate.storage.direct` would
+    hold it for the whole Bundle); in WAL mode a reader never blocks a writer."""
+
+    def __init__(self, interactions: Interactions, engine: AsyncEngine, budget: Budget) -> None:
         self._interactions = interactions
         self._engine = engine
-        self._budget = budget or Budget()
+        self._budget = budget
 
     async def process(self, access: Access, bundle: ParsedBundle, base: str) -> dict[str, Any]:
         """The ``batch-response`` or ``transaction-response`` of ``bundle``."""
         meter = _Meter(self._budget)
         if bundle.kind == "batch":
-            responses = []
-            for entry in bundle.entries:
-                await asyncio.sleep(0)  # inline SQLite statements never yield: others' turn
-                responses.append(await self._answer(access, entry, base, meter))
+            async with self._engine.connect() as reading:
+                responses = [
+                    await self._answer(access, entry, base, meter, reading)
+                    for entry in bundle.entries
+                ]
         else:
             responses = await self._transaction(access, bundle.entries, base, meter)
         return {"resourceType": "Bundle", "type": f"{bundle.kind}-response", "entry": responses}
@@ -260,14 +264,17 @@ class BundleProcessor:
         return ParsedBundle(kind, [_entry(index, item) for index, item in enumerate(raw)])
 
     async def _answer(
-        self, access: Access, entry: _Entry, base: str, meter: _Meter
+        self, access: Access, entry: _Entry, base: str, meter: _Meter, reading: AsyncConnection
     ) -> dict[str, Any]:
-        """One entry run on its own: its answer, or its own error whatever the exception."""
+        """One entry run on its own (a write in its own transaction, a read on ``reading``):
+        its answer, or its own error whatever the exception."""
         refused = meter.refusal()
         if refused is not None:
             return _failure(refused)
         try:
-            answer = await self._run(access, entry, base, None)
+            answer = await self._run(
+                access, entry, base, reading if entry.method == "GET" else None
+            )
         except FhirError as error:
             return _failure(error)
         except Exception as exc:  # the entry's own 500; the other entries' results stand
@@ -319,9 +326,11 @@ class BundleProcessor:
                         results[entry.index] = await self._run(access, entry, base, conn, new_id)
                 if (late := meter.late()) is not None:
                     raise late
-        for entry in (e for e in entries if e.method == "GET"):  # after the commit
-            await asyncio.sleep(0)
-            results[entry.index] = await self._answer(access, entry, base, meter)
+        reads = [entry for entry in entries if entry.method == "GET"]
+        if reads:
+            async with self._engine.connect() as reading:  # after the commit
+                for entry in reads:
+                    results[entry.index] = await self._answer(access, entry, base, meter, reading)
         return [results[index] for index in range(len(entries))]
 
     async def _run(
@@ -332,11 +341,11 @@ class BundleProcessor:
         conn: AsyncConnection | None,
         new_id: str | None = None,
     ) -> dict[str, Any]:
-        """One entry; a write in ``conn``'s transaction (a transaction Bundle's), else in its
-        own; a read or search on the ordinary read path, never in a write transaction."""
+        """One entry: a write in ``conn``'s transaction (a transaction Bundle's), else in its
+        own; a read or search on ``conn``, a connection that only reads."""
         act = self._interactions
         if entry.query is not None:
-            bundle = await act.search(access, entry.resource_type, entry.query, base)
+            bundle = await act.search(access, entry.resource_type, entry.query, base, conn=conn)
             return {"resource": bundle, "response": {"status": "200 OK"}}
         if entry.method == "POST":
             stored = await act.create(access, entry.resource_type, entry.resource, conn, new_id)
@@ -355,7 +364,7 @@ class BundleProcessor:
         if entry.method == "DELETE":
             await act.delete(access, entry.resource_type, entry.resource_id, conn)
             return {"response": {"status": "204 No Content"}}
-        stored = await act.read(access, entry.resource_type, entry.resource_id)
+        stored = await act.read(access, entry.resource_type, entry.resource_id, conn)
         return _response(stored, 200, base)
 
 
