@@ -201,13 +201,15 @@ def _failure(error: FhirError) -> dict[str, Any]:
     return {"response": {"status": status, "outcome": error.outcome()}}
 
 
-def _internal_failure(entry: _Entry, exc: Exception) -> dict[str, Any]:
-    """An internal fault in one entry: logged with a reference; a generic 500 OperationOutcome
-    in that entry's response (nothing internal in it)."""
+def _internal_failure(entry: _Entry, exc: Exception, unavailable: bool) -> dict[str, Any]:
+    """A fault that is not the client's, in one entry: logged with a reference; a generic
+    OperationOutcome in that entry's response (nothing internal in it) — 503 when the storage
+    could not answer, else 500."""
+    status, text = (503, "storage unavailable") if unavailable else (500, "internal error")
     ref = secrets.token_hex(6)
-    log.error("unexpected error [%s] in Bundle entry %d", ref, entry.index, exc_info=exc)
-    outcome = operation_outcome("exception", f"internal error (request id {ref})")
-    return {"response": {"status": "500 Internal Server Error", "outcome": outcome}}
+    log.error("%s [%s] in Bundle entry %d", text, ref, entry.index, exc_info=exc)
+    outcome = operation_outcome("exception", f"{text} (request id {ref})")
+    return {"response": {"status": f"{status} {HTTPStatus(status).phrase}", "outcome": outcome}}
 
 
 @contextlib.contextmanager
@@ -228,10 +230,18 @@ class BundleProcessor:
     to other requests between them (the inline path of :mod:`fhirgate.storage.direct` would
     hold it for the whole Bundle); in WAL mode a reader never blocks a writer."""
 
-    def __init__(self, interactions: Interactions, engine: AsyncEngine, budget: Budget) -> None:
+    def __init__(
+        self,
+        interactions: Interactions,
+        engine: AsyncEngine,
+        budget: Budget,
+        storage_errors: tuple[type[Exception], ...] = (),
+    ) -> None:
         self._interactions = interactions
         self._engine = engine
         self._budget = budget
+        #: The exceptions that mean the storage could not answer (an entry's 503, not 500).
+        self._storage_errors = storage_errors
 
     async def process(self, access: Access, bundle: ParsedBundle, base: str) -> dict[str, Any]:
         """The ``batch-response`` or ``transaction-response`` of ``bundle``."""
@@ -278,7 +288,7 @@ class BundleProcessor:
         except FhirError as error:
             return _failure(error)
         except Exception as exc:  # the entry's own 500; the other entries' results stand
-            return _internal_failure(entry, exc)
+            return _internal_failure(entry, exc, isinstance(exc, self._storage_errors))
         refused = meter.carry(entry, answer)
         return answer if refused is None else _failure(refused)
 

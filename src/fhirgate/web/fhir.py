@@ -271,7 +271,7 @@ async def bundle(request: Request, access: Access) -> Response:
     budget = Budget(
         settings.bundle_max_entries, settings.bundle_max_resources, settings.bundle_max_seconds
     )
-    processor = BundleProcessor(_interactions(request), services.engine, budget)
+    processor = BundleProcessor(_interactions(request), services.engine, budget, STORAGE_ERRORS)
     parsed = processor.parse(await _body(request))
     _audited_ids(request, parsed.targets)  # audited as tried, even if refused or rolled back
     answer = await processor.process(access, parsed, _base(request))
