@@ -53,6 +53,14 @@ class Settings(BaseSettings):
     user_management_rate_limit: int = Field(default=300, ge=0)
     request_body_limit: int = Field(default=65_536, ge=1024)
     client_cache_ttl: float = Field(default=5.0, ge=0, le=5)
+    #: A batch or transaction Bundle's budget (docs/fhir.md "Bundles"): its entries, the
+    #: resources its answer carries, and the seconds it may run.
+    bundle_max_entries: int = Field(default=1000, ge=1, le=10_000)
+    bundle_max_resources: int = Field(default=5000, ge=1)
+    bundle_max_seconds: float = Field(default=5.0, gt=0)
+    #: How many ``_include``, ``_revinclude`` and ``_sort`` parameters one search may carry
+    #: (each of them).
+    search_max_repeats: int = Field(default=10, ge=1, le=100)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     #: Proxies whose ``X-Forwarded-For`` names the client (comma-separated addresses or ``*``);

@@ -173,7 +173,12 @@ class Services:
             TokenInspector(tokens, opaque, grants, settings.issuer),
             delegation,
             CallQuota(settings.user_management_rate_limit, 3600, redis, "fhirgate:um:"),
-            {v.name: Interactions(ResourceStore(engine, v.name, statements), v) for v in VERSIONS},
+            {
+                v.name: Interactions(
+                    ResourceStore(engine, v.name, statements), v, settings.search_max_repeats
+                )
+                for v in VERSIONS
+            },
             statements,
             AccountRepo(engine),
             InvitationRepo(engine),

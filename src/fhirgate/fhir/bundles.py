@@ -6,17 +6,39 @@ Bundle as the entry's resource) — authorized and validated exactly like its RE
 (:class:`~fhirgate.fhir.interactions.Interactions`). Conditional create, update and delete
 (a query on a write) are refused.
 
+A Bundle has a :class:`Budget` (``FHIRGATE_BUNDLE_MAX_*``): entries, resources answered,
+seconds. Past it the answer is a 400 ``too-costly`` OperationOutcome, as below.
+
 * batch: entries run one by one, each in its own transaction; each gets its own status, a
-  failure an OperationOutcome (``batch-response``).
-* transaction: all entries in one database transaction, in the order the specification fixes
-  (DELETE, POST, PUT, GET; §3.1.0.11.2); ``urn:uuid`` full URLs of created resources are
-  replaced by their new ``Type/id`` in every reference. One failing entry — a validation error,
-  a forbidden reference, a missing scope — fails the whole transaction and nothing is committed.
+  failure — whatever the exception — its own OperationOutcome (``batch-response``): 4xx for
+  the client's fault, 500 (logged with a reference) for an internal one; the other entries'
+  results stand. More entries than the budget: the whole Bundle is refused before any runs.
+  Once the budget of resources or seconds is spent, the entries left are answered 400
+  ``too-costly`` without running (a search whose answer would pass the resource budget is
+  dropped and answered so too).
+* transaction: first every check that needs no data — each read's and search's type, id,
+  scope and parameters, and the most resources its searches may answer (``_count`` plus the
+  include limit per ``_include``/``_revinclude``) against the budget; then the writes, in the
+  order the specification fixes (DELETE, POST, PUT; §3.1.0.11.2), in one database transaction
+  that is refused and rolled back past the time budget; then, after the commit, the reads
+  (§3.1.0.11.2: GET last, seeing the writes). The reads therefore never run inside the write
+  transaction: on SQLite they would hold its write lock — which every other request's audit
+  row needs — for as long as they take. ``urn:uuid`` full URLs of created resources are
+  replaced by their new ``Type/id`` in every reference. A failing check or write — a
+  validation error, a forbidden reference, a missing scope, an exception — fails the whole
+  transaction and nothing is committed. What only the committed data can tell a read (the
+  resource is not there: 404/410) and a read past the time budget are answered in that
+  entry of the ``transaction-response``, as in a batch: the writes are committed by then.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import secrets
+import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
@@ -25,14 +47,25 @@ from urllib.parse import parse_qsl
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from fhirgate.fhir.access import Access
-from fhirgate.fhir.errors import FhirError, Invalid
-from fhirgate.fhir.interactions import MAX_DEPTH, Interactions, depth
-from fhirgate.fhir.store import StoredResource, fhir_instant
+from fhirgate.fhir.errors import FhirError, Invalid, TooCostly, operation_outcome
+from fhirgate.fhir.interactions import MAX_DEPTH, Interactions, checked, depth
+from fhirgate.fhir.store import MAX_INCLUDED, StoredResource, fhir_instant
 
-__all__ = ["MAX_ENTRIES", "BundleProcessor", "ParsedBundle"]
+__all__ = ["Budget", "BundleProcessor", "ParsedBundle"]
 
-MAX_ENTRIES = 1000
+log = logging.getLogger("fhirgate.errors")
+
 _ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "GET": 3}
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """What one Bundle may cost: entries, resources in its answer, seconds of work
+    (``FHIRGATE_BUNDLE_MAX_ENTRIES``, ``_RESOURCES``, ``_SECONDS``)."""
+
+    entries: int
+    resources: int
+    seconds: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,46 +152,168 @@ def _rewrite(resource: Any, ids: dict[str, str]) -> None:
             stack.extend(value)
 
 
-class BundleProcessor:
-    """Runs batch and transaction Bundles through the interactions."""
+class _Meter:
+    """What a Bundle has spent of its :class:`Budget` so far."""
 
-    def __init__(self, interactions: Interactions, engine: AsyncEngine) -> None:
+    def __init__(self, budget: Budget) -> None:
+        self.budget = budget
+        self.resources = 0
+        self._deadline = time.monotonic() + budget.seconds
+
+    def late(self) -> TooCostly | None:
+        """The refusal past the deadline."""
+        if time.monotonic() <= self._deadline:
+            return None
+        return TooCostly(f"the Bundle ran past its budget of {self.budget.seconds:g} seconds")
+
+    def refusal(self) -> TooCostly | None:
+        """Why no further entry may run, if the budget is spent."""
+        if self.resources >= self.budget.resources:
+            return TooCostly(f"the Bundle's answer reached its {self.budget.resources} resources")
+        return self.late()
+
+    def carry(self, entry: _Entry, answer: dict[str, Any]) -> TooCostly | None:
+        """Count the resources of an entry's answer; for a read that would pass the budget, the
+        refusal that replaces it (and leaves no room for any later entry)."""
+        carried = _resources(answer)
+        if entry.method == "GET" and self.resources + carried > self.budget.resources:
+            self.resources = self.budget.resources
+            return TooCostly(
+                f"entry {entry.index} would take the Bundle's answer past its budget of"
+                f" {self.budget.resources} resources"
+            )
+        self.resources += carried
+        return None
+
+
+def _resources(answer: dict[str, Any]) -> int:
+    """How many resources an entry's answer carries (a searchset's entries)."""
+    resource = answer.get("resource")
+    if resource is None:
+        return 0
+    if resource.get("resourceType") == "Bundle":
+        return len(resource.get("entry", []))
+    return 1
+
+
+def _failure(error: FhirError) -> dict[str, Any]:
+    status = f"{error.status_code} {HTTPStatus(error.status_code).phrase}"
+    return {"response": {"status": status, "outcome": error.outcome()}}
+
+
+def _internal_failure(entry: _Entry, exc: Exception, unavailable: bool) -> dict[str, Any]:
+    """A fault that is not the client's, in one entry: logged with a reference; a generic
+    OperationOutcome in that entry's response (nothing internal in it) — 503 when the storage
+    could not answer, else 500."""
+    status, text = (503, "storage unavailable") if unavailable else (500, "internal error")
+    ref = secrets.token_hex(6)
+    log.error("%s [%s] in Bundle entry %d", text, ref, entry.index, exc_info=exc)
+    outcome = operation_outcome("exception", f"{text} (request id {ref})")
+    return {"response": {"status": f"{status} {HTTPStatus(status).phrase}", "outcome": outcome}}
+
+
+@contextlib.contextmanager
+def _naming(entry: _Entry) -> Iterator[None]:
+    """A transaction's error names the entry that failed it."""
+    try:
+        yield
+    except FhirError as error:
+        error.diagnostics = f"entry {entry.index}: {error.diagnostics}"
+        raise
+
+
+class BundleProcessor:
+    """Runs batch and transaction Bundles through the interactions, within a budget.
+
+    Reads and searches go through a connection of the engine's that only reads: on SQLite its
+    statements run in the driver's thread, so a Bundle's hundreds of them leave the event loop
+    to other requests between them (the inline path of :mod:`fhirgate.storage.direct` would
+    hold it for the whole Bundle); in WAL mode a reader never blocks a writer."""
+
+    def __init__(
+        self,
+        interactions: Interactions,
+        engine: AsyncEngine,
+        budget: Budget,
+        storage_errors: tuple[type[Exception], ...] = (),
+    ) -> None:
         self._interactions = interactions
         self._engine = engine
+        self._budget = budget
+        #: The exceptions that mean the storage could not answer (an entry's 503, not 500).
+        self._storage_errors = storage_errors
 
     async def process(self, access: Access, bundle: ParsedBundle, base: str) -> dict[str, Any]:
         """The ``batch-response`` or ``transaction-response`` of ``bundle``."""
+        meter = _Meter(self._budget)
         if bundle.kind == "batch":
-            responses = [await self._batch_entry(access, entry, base) for entry in bundle.entries]
+            async with self._engine.connect() as reading:
+                responses = [
+                    await self._answer(access, entry, base, meter, reading)
+                    for entry in bundle.entries
+                ]
         else:
-            responses = await self._transaction(access, bundle.entries, base)
+            responses = await self._transaction(access, bundle.entries, base, meter)
         return {"resourceType": "Bundle", "type": f"{bundle.kind}-response", "entry": responses}
 
-    @staticmethod
-    def parse(bundle: Any) -> ParsedBundle:
-        """Check the Bundle's shape and each entry's request; ``Invalid`` names the first
-        problem."""
+    def parse(self, bundle: Any) -> ParsedBundle:
+        """Check the Bundle's shape, its number of entries and each entry's request;
+        ``Invalid`` (or ``TooCostly``) names the first problem."""
         if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
             raise Invalid("POST to the base takes a Bundle")
         kind = bundle.get("type")
         if kind not in ("batch", "transaction"):
             raise Invalid("the Bundle's type must be batch or transaction")
         raw = bundle.get("entry", [])
-        if not isinstance(raw, list) or len(raw) > MAX_ENTRIES:
-            raise Invalid(f"a Bundle has at most {MAX_ENTRIES} entries")
+        if not isinstance(raw, list):
+            raise Invalid("the Bundle's entry must be a list")
+        if len(raw) > self._budget.entries:
+            raise TooCostly(f"a Bundle has at most {self._budget.entries} entries")
         if depth(bundle) > MAX_DEPTH + 4:
             raise Invalid("the Bundle nests too deeply")
         return ParsedBundle(kind, [_entry(index, item) for index, item in enumerate(raw)])
 
-    async def _batch_entry(self, access: Access, entry: _Entry, base: str) -> dict[str, Any]:
+    async def _answer(
+        self, access: Access, entry: _Entry, base: str, meter: _Meter, reading: AsyncConnection
+    ) -> dict[str, Any]:
+        """One entry run on its own (a write in its own transaction, a read on ``reading``):
+        its answer, or its own error whatever the exception."""
+        refused = meter.refusal()
+        if refused is not None:
+            return _failure(refused)
         try:
-            return await self._run(access, entry, base, None)
+            answer = await self._run(
+                access, entry, base, reading if entry.method == "GET" else None
+            )
         except FhirError as error:
-            status = f"{error.status_code} {HTTPStatus(error.status_code).phrase}"
-            return {"response": {"status": status, "outcome": error.outcome()}}
+            return _failure(error)
+        except Exception as exc:  # the entry's own 500; the other entries' results stand
+            return _internal_failure(entry, exc, isinstance(exc, self._storage_errors))
+        refused = meter.carry(entry, answer)
+        return answer if refused is None else _failure(refused)
+
+    def _plan(self, access: Access, entries: list[_Entry]) -> None:
+        """What a transaction's reads and searches must pass before anything is written: their
+        type, id, scope and parameters; and the most resources the searches may answer."""
+        most = 0
+        for entry in (item for item in entries if item.method == "GET"):
+            with _naming(entry):
+                if entry.query is None:
+                    checked(entry.resource_type, entry.resource_id, self._interactions.version)
+                    access.grants(entry.resource_type, "read")
+                    most += 1
+                    continue
+                wanted = self._interactions.search_request(access, entry.resource_type, entry.query)
+                inclusions = len(wanted.includes) + len(wanted.revincludes)
+                most += wanted.count + MAX_INCLUDED * inclusions
+        if most > self._budget.resources:
+            raise TooCostly(
+                f"the transaction's reads may answer {most} resources, past its budget of"
+                f" {self._budget.resources}: ask for fewer (_count, _include)"
+            )
 
     async def _transaction(
-        self, access: Access, entries: list[_Entry], base: str
+        self, access: Access, entries: list[_Entry], base: str, meter: _Meter
     ) -> list[dict[str, Any]]:
         ids = {
             entry.full_url: f"{entry.resource_type}/{uuid.uuid4()}"
@@ -167,17 +322,25 @@ class BundleProcessor:
         }
         for entry in entries:
             _rewrite(entry.resource, ids)
+        self._plan(access, entries)
+        writes = sorted((e for e in entries if e.method != "GET"), key=lambda e: _ORDER[e.method])
         results: dict[int, dict[str, Any]] = {}
-        async with self._engine.begin() as conn:
-            for entry in sorted(entries, key=lambda item: _ORDER[item.method]):
-                assigned = ids.get(entry.full_url or "")
-                try:
-                    results[entry.index] = await self._run(
-                        access, entry, base, conn, assigned.split("/")[1] if assigned else None
-                    )
-                except FhirError as error:
-                    error.diagnostics = f"entry {entry.index}: {error.diagnostics}"
-                    raise  # the transaction rolls back: nothing of it is committed
+        if writes:
+            async with self._engine.begin() as conn:  # rolled back by any exception
+                for entry in writes:
+                    assigned = ids.get(entry.full_url or "")
+                    new_id = assigned.split("/")[1] if assigned else None
+                    with _naming(entry):
+                        if (late := meter.late()) is not None:
+                            raise late
+                        results[entry.index] = await self._run(access, entry, base, conn, new_id)
+                if (late := meter.late()) is not None:
+                    raise late
+        reads = [entry for entry in entries if entry.method == "GET"]
+        if reads:
+            async with self._engine.connect() as reading:  # after the commit
+                for entry in reads:
+                    results[entry.index] = await self._answer(access, entry, base, meter, reading)
         return [results[index] for index in range(len(entries))]
 
     async def _run(
@@ -188,6 +351,8 @@ class BundleProcessor:
         conn: AsyncConnection | None,
         new_id: str | None = None,
     ) -> dict[str, Any]:
+        """One entry: a write in ``conn``'s transaction (a transaction Bundle's), else in its
+        own; a read or search on ``conn``, a connection that only reads."""
         act = self._interactions
         if entry.query is not None:
             bundle = await act.search(access, entry.resource_type, entry.query, base, conn=conn)

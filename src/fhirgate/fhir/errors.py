@@ -18,6 +18,7 @@ __all__ = [
     "NotFound",
     "PreconditionFailed",
     "Problem",
+    "TooCostly",
     "UnsupportedMediaType",
     "operation_outcome",
 ]
@@ -111,3 +112,12 @@ class NotAcceptable(FhirError):
 class PreconditionFailed(FhirError):
     status_code = 412
     code = "conflict"
+
+
+class TooCostly(FhirError):
+    """A request past one of the server's work limits (a Bundle's budget, a search's repeated
+    parameters): 400 with IssueType ``too-costly`` ("the operation failed because it was too
+    costly"), before — or instead of — the work."""
+
+    status_code = 400
+    code = "too-costly"

@@ -13,7 +13,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fhirgate.fhir.access import Access, InsufficientScope, Restriction
 from fhirgate.fhir.errors import Gone, Invalid, NotFound
-from fhirgate.fhir.search import Binder, parse_search, restricted_to
+from fhirgate.fhir.search import (
+    Binder,
+    SearchRequest,
+    limit_repeats,
+    parse_search,
+    restricted_to,
+)
 from fhirgate.fhir.store import ResourceStore, StoredResource
 from fhirgate.fhir.validation import validate
 from fhirgate.fhir.versions import R4, FhirVersion
@@ -72,9 +78,12 @@ def may_read(access: Access, resource_type: str) -> bool:
 class Interactions:
     """read, create, update and delete, authorized and validated."""
 
-    def __init__(self, store: ResourceStore, version: FhirVersion = R4) -> None:
+    def __init__(
+        self, store: ResourceStore, version: FhirVersion = R4, max_repeats: int = 10
+    ) -> None:
         self.store = store
         self.version = version
+        self.max_repeats = max_repeats
 
     async def read(
         self,
@@ -108,15 +117,8 @@ class Interactions:
         """Type search (FHIR R4 §3.1.1): a ``searchset`` Bundle of one page — the matches, the
         included resources the token may read, the total and the paging links (which repeat
         the parameters used, under ``base``)."""
-        checked(resource_type, None, self.version)
-        restrictions = access.grants(resource_type, "search")
-        wanted = parse_search(resource_type, pairs, lenient)
+        wanted = self.search_request(access, resource_type, pairs, lenient)
         subset = wanted.subset
-        subset.check_version(self.version is R4)
-        if subset.count_only:  # _summary=count: the total, no entries (FHIR R4 §3.1.1.5.8)
-            wanted.count, wanted.total = 0, True
-        if restrictions is not None:  # granular scopes: only what they allow is searched
-            wanted.conditions.append(restricted_to(resource_type, restrictions, wanted.bind))
         found, more, total = await self.store.search(
             access.partition, resource_type, wanted, conn=conn
         )
@@ -151,6 +153,26 @@ class Interactions:
             if stored.content is not None
         ]
         return bundle
+
+    def search_request(
+        self,
+        access: Access,
+        resource_type: str,
+        pairs: Sequence[tuple[str, str]],
+        lenient: bool = False,
+    ) -> SearchRequest:
+        """What a search asks for, checked without the database: the type, the token's scope,
+        the parameters and how often ``_include``, ``_revinclude`` and ``_sort`` repeat."""
+        checked(resource_type, None, self.version)
+        restrictions = access.grants(resource_type, "search")
+        limit_repeats(pairs, self.max_repeats)
+        wanted = parse_search(resource_type, pairs, lenient)
+        wanted.subset.check_version(self.version is R4)
+        if wanted.subset.count_only:  # _summary=count: the total, no entries (R4 §3.1.1.5.8)
+            wanted.count, wanted.total = 0, True
+        if restrictions is not None:  # granular scopes: only what they allow is searched
+            wanted.conditions.append(restricted_to(resource_type, restrictions, wanted.bind))
+        return wanted
 
     async def require_match(
         self,

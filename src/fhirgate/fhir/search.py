@@ -30,12 +30,13 @@ only exception the parser raises, whatever the input.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from fhirgate.fhir.errors import Invalid
+from fhirgate.fhir.errors import Invalid, TooCostly
 from fhirgate.fhir.indexing import date_range, normalize, reference_of
 from fhirgate.fhir.search_params import SearchParam, parameter
 from fhirgate.fhir.subsetting import Subset, parse_subset
@@ -45,6 +46,7 @@ __all__ = [
     "MAX_COUNT",
     "Binder",
     "SearchRequest",
+    "limit_repeats",
     "page_number",
     "parse_search",
     "restricted_to",
@@ -305,6 +307,20 @@ def _inclusion(request: SearchRequest, resource_type: str, name: str, value: str
         request.includes.append((source, param_name, target))
     else:
         request.revincludes.append((source, param_name, target or resource_type))
+
+
+#: Parameters each of whose repetitions adds work to one search: a statement per ``_include``
+#: and ``_revinclude``, ORDER BY terms per ``_sort``.
+REPEATABLE = ("_include", "_revinclude", "_sort")
+
+
+def limit_repeats(pairs: Sequence[tuple[str, str]], most: int) -> None:
+    """At most ``most`` of each of :data:`REPEATABLE` (``_include:iterate`` counts as
+    ``_include``); more is a 400 ``too-costly`` OperationOutcome, before any work."""
+    counts = Counter(name.partition(":")[0] for name, _ in pairs)
+    for name in REPEATABLE:
+        if counts[name] > most:
+            raise TooCostly(f"a search takes at most {most} {name} parameters")
 
 
 def parse_search(

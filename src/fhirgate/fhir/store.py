@@ -174,8 +174,15 @@ async def _reindex(
     transaction: a search never sees a version its index does not describe."""
     for table in _INDEX_TABLES:
         await conn.execute(delete(table).where(table.row_id == row_id))
-    if content is None:
-        return
+    if content is not None:
+        await _index(conn, row_id, resource_type, content)
+
+
+async def _index(
+    conn: AsyncConnection, row_id: int, resource_type: str, content: dict[str, Any]
+) -> None:
+    """Store the search values of a new resource (a new row has none to replace: four
+    statements fewer per create, inside the write lock on SQLite)."""
     entries = index(resource_type, content)
     batches: list[tuple[Any, list[dict[str, Any]]]] = [
         (FhirStringIndexRow, [
@@ -362,7 +369,7 @@ class ResourceStore:
             )
         ).scalar_one()
         await self._add_version(conn, int(row_id), 1, now, "create", body)
-        await _reindex(conn, int(row_id), resource_type, body)
+        await _index(conn, int(row_id), resource_type, body)
         return StoredResource(int(row_id), resource_type, resource_id, 1, now, False, body)
 
     @staticmethod

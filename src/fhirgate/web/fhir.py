@@ -31,7 +31,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from fhirgate.fhir.access import Access, InsufficientScope
-from fhirgate.fhir.bundles import BundleProcessor
+from fhirgate.fhir.bundles import Budget, BundleProcessor
 from fhirgate.fhir.capabilities import capability_statement
 from fhirgate.fhir.errors import (
     FhirError,
@@ -269,7 +269,11 @@ def _audited_ids(request: Request, ids: list[str]) -> None:
 async def bundle(request: Request, access: Access) -> Response:
     """batch and transaction (FHIR R4 §3.1.0.11): a Bundle posted to the base."""
     services: Services = request.app.state.services
-    processor = BundleProcessor(_interactions(request), services.engine)
+    settings = services.settings
+    budget = Budget(
+        settings.bundle_max_entries, settings.bundle_max_resources, settings.bundle_max_seconds
+    )
+    processor = BundleProcessor(_interactions(request), services.engine, budget, STORAGE_ERRORS)
     parsed = processor.parse(await _body(request))
     _audited_ids(request, parsed.targets)  # audited as tried, even if refused or rolled back
     answer = await processor.process(access, parsed, _base(request))
