@@ -128,3 +128,25 @@ async def test_a_write_whose_audit_row_fails_is_rolled_back(server: Running) -> 
     now = await server.http.get(f"{FHIR}/Patient/{patient['id']}", headers=headers)
     assert now.status_code == 200  # not deleted
     assert "gender" not in now.json() and now.json()["meta"]["versionId"] == "1"  # not updated
+
+
+async def test_a_bundles_writes_whose_audit_row_fails_are_rolled_back(server: Running) -> None:
+    headers = await system_headers(server)
+    before = await resources(server)
+    creating = {
+        "request": {"method": "POST", "url": "Patient"},
+        "resource": {"resourceType": "Patient"},
+    }
+    async with server.services.engine.begin() as conn:  # a real fault: the log is gone
+        await conn.execute(text("ALTER TABLE audit_events RENAME TO audit_events_gone"))
+    try:
+        answers = [
+            await send(server.http, "POST", FHIR, headers,
+                       {"resourceType": "Bundle", "type": kind, "entry": [creating, creating]})
+            for kind in ("transaction", "batch")
+        ]  # fmt: skip
+    finally:
+        async with server.services.engine.begin() as conn:
+            await conn.execute(text("ALTER TABLE audit_events_gone RENAME TO audit_events"))
+    assert [answer.status_code for answer in answers] == [503, 503]
+    assert await resources(server) == before  # neither the transaction nor a batch entry

@@ -103,10 +103,16 @@ async def test_a_batch_answers_each_entry_and_is_audited_with_what_each_touched(
     missing = answer.json()["entry"][1]["response"]["outcome"]
     assert missing["resourceType"] == "OperationOutcome"
     created = answer.json()["entry"][0]["resource"]["id"]
-    (row,) = await rows(running, request_id=answer.headers["x-request-id"])
+    request_id = answer.headers["x-request-id"]
+    (row,) = await rows(running, request_id=request_id, event="fhir.bundle")
     assert (row.event, row.outcome) == ("fhir.bundle", "200")
     targets = ["Patient/does-not-exist", "Patient/chosen", f"Patient/{created}"]
     assert row.resource_ids.split(",") == targets
+    # each write entry committed with a row of its own, in its transaction
+    written = await rows(running, request_id=request_id, event="fhir.bundle.write")
+    assert [item.resource_ids for item in written] == [
+        f"Patient/{created}", "Patient/chosen", "Patient/chosen",
+    ]  # fmt: skip
 
 
 async def test_a_refused_transaction_is_audited_with_the_resources_it_named(
@@ -184,5 +190,5 @@ async def test_search_entries_answer_with_searchsets_on_every_backend(server: Ru
     mine = bundle("batch", entry("GET", "Patient?family=searchable"))
     answered = await server.http.post("/r4", json=mine, headers=as_user)
     assert answered.json()["entry"][0]["resource"]["total"] == 0  # the system's, not the user's
-    (row,) = await rows(server, request_id=batch.headers["x-request-id"])
+    (row,) = await rows(server, request_id=batch.headers["x-request-id"], event="fhir.bundle")
     assert row.resource_ids == f"Patient/{new_id}"

@@ -38,7 +38,7 @@ import logging
 import secrets
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
@@ -222,6 +222,11 @@ def _naming(entry: _Entry) -> Iterator[None]:
         raise
 
 
+#: Writes the audit row of a Bundle's writes in their transaction: the connection, the
+#: ``Type/id`` of each resource written.
+AuditWrites = Callable[[AsyncConnection, Sequence[str]], Awaitable[None]]
+
+
 class BundleProcessor:
     """Runs batch and transaction Bundles through the interactions, within a budget.
 
@@ -236,12 +241,14 @@ class BundleProcessor:
         engine: AsyncEngine,
         budget: Budget,
         storage_errors: tuple[type[Exception], ...] = (),
+        audit_writes: AuditWrites | None = None,
     ) -> None:
         self._interactions = interactions
         self._engine = engine
         self._budget = budget
         #: The exceptions that mean the storage could not answer (an entry's 503, not 500).
         self._storage_errors = storage_errors
+        self._audit_writes = audit_writes
 
     async def process(self, access: Access, bundle: ParsedBundle, base: str) -> dict[str, Any]:
         """The ``batch-response`` or ``transaction-response`` of ``bundle``."""
@@ -282,9 +289,12 @@ class BundleProcessor:
         if refused is not None:
             return _failure(refused)
         try:
-            answer = await self._run(
-                access, entry, base, reading if entry.method == "GET" else None
-            )
+            if entry.method == "GET":
+                answer = await self._run(access, entry, base, reading)
+            else:  # in its own transaction, with its audit row
+                async with self._engine.begin() as conn:
+                    answer = await self._run(access, entry, base, conn)
+                    await self._audited(conn, [(entry, answer)])
         except FhirError as error:
             return _failure(error)
         except Exception as exc:  # the entry's own 500; the other entries' results stand
@@ -336,12 +346,20 @@ class BundleProcessor:
                         results[entry.index] = await self._run(access, entry, base, conn, new_id)
                 if (late := meter.late()) is not None:
                     raise late
+                await self._audited(conn, [(entry, results[entry.index]) for entry in writes])
         reads = [entry for entry in entries if entry.method == "GET"]
         if reads:
             async with self._engine.connect() as reading:  # after the commit
                 for entry in reads:
                     results[entry.index] = await self._answer(access, entry, base, meter, reading)
         return [results[index] for index in range(len(entries))]
+
+    async def _audited(
+        self, conn: AsyncConnection, written: list[tuple[_Entry, dict[str, Any]]]
+    ) -> None:
+        """The audit row of writes about to commit, in their transaction."""
+        if self._audit_writes is not None:
+            await self._audit_writes(conn, [_written(entry, answer) for entry, answer in written])
 
     async def _run(
         self,
@@ -376,6 +394,13 @@ class BundleProcessor:
             return {"response": {"status": "204 No Content"}}
         stored = await act.read(access, entry.resource_type, entry.resource_id, conn)
         return _response(stored, 200, base)
+
+
+def _written(entry: _Entry, answer: dict[str, Any]) -> str:
+    """``Type/id`` of the resource a write entry changed (its answer names a created one)."""
+    if entry.resource_id is not None:
+        return f"{entry.resource_type}/{entry.resource_id}"
+    return "/".join(str(answer.get("fullUrl", "")).rsplit("/", 2)[-2:])
 
 
 def _response(stored: StoredResource, status: int, base: str) -> dict[str, Any]:

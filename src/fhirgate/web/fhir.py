@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from email.utils import format_datetime
 from typing import Any
@@ -273,7 +273,15 @@ async def bundle(request: Request, access: Access) -> Response:
     budget = Budget(
         settings.bundle_max_entries, settings.bundle_max_resources, settings.bundle_max_seconds
     )
-    processor = BundleProcessor(_interactions(request), services.engine, budget, STORAGE_ERRORS)
+
+    async def audit_writes(conn: AsyncConnection, written: Sequence[str]) -> None:
+        """A committed part of the Bundle (a transaction's writes, a batch's write entry) and
+        its audit row are one transaction."""
+        await _write_audit(request, "bundle.write", 200, request.state.request_id, conn, written)
+
+    processor = BundleProcessor(
+        _interactions(request), services.engine, budget, STORAGE_ERRORS, audit_writes
+    )
     parsed = processor.parse(await _body(request))
     _audited_ids(request, parsed.targets)  # audited as tried, even if refused or rolled back
     answer = await processor.process(access, parsed, _base(request))
@@ -467,10 +475,14 @@ async def _write_audit(
     status: int,
     request_id: str,
     conn: AsyncConnection | None = None,
+    ids: Sequence[str] | None = None,
 ) -> None:
+    """The audit row of ``request`` (``ids``: the resources it names, by default those the
+    handler set, else the path's), in ``conn``'s transaction when given."""
     services: Services = request.app.state.services
     principal: Principal | None = getattr(request.state, "principal", None)
-    ids: list[str] | None = getattr(request.state, "audit_ids", None)
+    if ids is None:
+        ids = getattr(request.state, "audit_ids", None)
     if ids is None:
         resource_id = request.path_params.get("resource_id")
         ids = [resource_id] if resource_id else []
@@ -653,7 +665,7 @@ async def _audited(
     data without its audit row). If the audit row cannot be written, the answer is a 503
     OperationOutcome instead. A write and its audit row are one transaction: they commit
     together, or neither does. ``X-Request-Id`` ties the answer to its row."""
-    request_id = secrets.token_hex(8)
+    request_id = request.state.request_id = secrets.token_hex(8)
     audited = False
     try:
         _check_acceptable(request)
