@@ -39,6 +39,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from fhirgate.storage.audit_chain import (
+    MAC_FIELDS,
     AuditChain,
     AuditKeys,
     Checkpoint,
@@ -53,10 +54,7 @@ from fhirgate.storage.repos import now
 
 __all__ = ["AuditEvent", "AuditKeys", "AuditLog", "Checkpoint", "CheckpointFile", "Verification"]
 
-_FHIR_COLUMNS = (
-    "occurred_at", "event", "client_id", "source", "actor", "detail", "user_id",
-    "resource_type", "resource_ids", "outcome", "request_id", "organization_id", "row_mac",
-)  # fmt: skip
+_FHIR_COLUMNS = (*MAC_FIELDS, "row_mac")
 _EVENT_INSERT = (
     f"INSERT INTO audit_events ({', '.join(_FHIR_COLUMNS)}) "  # noqa: S608 (constant text)
     f"VALUES ({', '.join(':' + name for name in _FHIR_COLUMNS)})"

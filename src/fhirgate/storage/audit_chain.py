@@ -35,9 +35,11 @@ from typing import Any
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from fhirgate.storage.direct import as_datetime
 from fhirgate.storage.models import AuditChainRow, AuditEventResourceRow, AuditEventRow
 
 __all__ = [
+    "MAC_FIELDS",
     "AuditChain",
     "AuditKeys",
     "Checkpoint",
@@ -81,10 +83,8 @@ class AuditKeys:
 
 
 def _instant(value: datetime | str) -> str:
-    if isinstance(value, str):  # SQLite's text form
-        value = datetime.fromisoformat(value)
-    aware = value if value.tzinfo else value.replace(tzinfo=UTC)
-    return aware.astimezone(UTC).isoformat()
+    """A stored instant as canonical text (aware, UTC), whatever form the driver gave it."""
+    return as_datetime(value).isoformat()
 
 
 def _mac(key: bytes, text: str) -> str:
