@@ -146,6 +146,13 @@ class Services:
             IdTokenIssuer(keyring, settings.issuer, settings.user_token_ttl),
             code_ttl=settings.auth_code_ttl,
         )
+        legacy = LegacyKeyService(
+            authenticator,
+            directory,
+            opaque,
+            access_ttl=settings.legacy_token_ttl,
+            refresh_ttl=settings.legacy_refresh_ttl,
+        )
         return cls(
             settings,
             engine,
@@ -163,14 +170,8 @@ class Services:
             authenticator,
             TokenEndpoint(authenticator, tokens, delegation, audit),
             opaque,
-            LegacyKeyService(
-                authenticator,
-                directory,
-                opaque,
-                access_ttl=settings.legacy_token_ttl,
-                refresh_ttl=settings.legacy_refresh_ttl,
-            ),
-            TokenInspector(tokens, opaque, grants, settings.issuer),
+            legacy,
+            TokenInspector(tokens, legacy, opaque, grants, settings.issuer),
             delegation,
             CallQuota(settings.user_management_rate_limit, 3600, redis, "fhirgate:um:"),
             {

@@ -19,6 +19,7 @@ from fhirgate.oauth.scopes import (
     narrow,
     parse_scope,
     parse_scopes,
+    within,
 )
 
 TOKEN = "/oauth2/token"
@@ -618,3 +619,24 @@ def test_restrictions_that_widen_results_are_refused(text: str) -> None:
     """A restriction may only narrow: _include, _revinclude and _has add results instead."""
     with pytest.raises(ScopeError, match="would widen"):
         parse_scopes(text)
+
+
+@pytest.mark.parametrize(
+    ("scopes", "allowed", "identity", "expected"),
+    [
+        ("system/Patient.rs", "system/Patient.read", False, True),  # v2 within v1
+        ("system/Patient.read", "system/Patient.rs", False, True),
+        ("system/Patient.rs", "system/*.r", False, False),  # s beyond
+        ("system/Patient.rs system/Observation.r", "system/Patient.rs", False, False),
+        ("system/Observation.rs?category=x", "system/Observation.rs", False, True),
+        ("system/Observation.rs", "system/Observation.rs?category=x", False, False),
+        ("user/*.rs openid fhirUser", "user/*.rs", True, True),  # a user grant's identity
+        ("user/*.rs openid", "user/*.rs", False, False),  # not a user grant's token
+        ("platform", "system/*.rs", False, False),
+        ("system/*.rs", "", False, False),  # an unparsable allowed scope covers nothing
+    ],
+)
+def test_within_tells_whether_a_clients_scope_covers_a_tokens(
+    scopes: str, allowed: str, identity: bool, expected: bool
+) -> None:
+    assert within(parse_scopes(scopes), allowed, identity=identity) is expected

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from fhirgate.oauth.client_auth import ClientAuthenticator, SecretCredentials
 from fhirgate.oauth.errors import InsufficientScope, InvalidGrant, InvalidRequest, InvalidScope
 from fhirgate.oauth.id_tokens import IdTokenIssuer
-from fhirgate.oauth.scopes import ScopeError, ScopeSet, narrow, parse_scopes
+from fhirgate.oauth.scopes import IDENTITY_SCOPES, ScopeError, ScopeSet, narrow, parse_scopes
 from fhirgate.oauth.tokens import AccessTokenService, IssuedToken, Principal
 from fhirgate.storage.app_users import AppUser, AppUserRepo
 from fhirgate.storage.models import AuthMethod, OpaqueKind
@@ -40,9 +40,6 @@ __all__ = [
 ]
 
 DEFAULT_USER_SCOPE = "user/*.*"
-#: Scopes about the user's identity and session, never about data (SMART App Launch
-#: §scopes-for-requesting-identity-data): any application may ask for them.
-IDENTITY_SCOPES = parse_scopes("openid fhirUser profile offline_access online_access")
 #: ``x-oneup-user-id: client``: the application over all of its users.
 ALL_USERS = "client"
 #: Applications are secret clients; their credentials may come as Basic, form fields, query

@@ -6,8 +6,10 @@ client or another client's (RFC 7662 §2.2: no hint of why); revocation of such 
 nothing and answers like success (RFC 7009 §2.2). Revoking an access token JWT deny-lists its
 ``jti`` until it expires, which the resource guard checks on every request on every replica;
 revoking an opaque access token marks it revoked; revoking a refresh token revokes its whole
-family, the access tokens issued with it included (RFC 7009 §2.1). A token of a user grant is
-active only while the grant is (not revoked, not past its absolute lifetime, its user active);
+family, the access tokens issued with it included (RFC 7009 §2.1). A token is active only while
+its client could get it now (scopes within the client's current allowed scopes, lifetime within
+its current maximum: the resource guard's rule). A token of a user grant is active only while
+the grant is (not revoked, not past its absolute lifetime, its user active);
 its ``sub`` is the user's ``oneup_user_id``.
 """
 
@@ -17,6 +19,7 @@ import time
 from typing import Any
 
 from fhirgate.oauth.errors import InvalidToken
+from fhirgate.oauth.legacy import LegacyKeyService
 from fhirgate.oauth.tokens import AccessTokenService, Principal
 from fhirgate.storage.models import AuthMethod, OpaqueKind
 from fhirgate.storage.opaque_tokens import OpaqueToken, OpaqueTokenRepo
@@ -34,11 +37,13 @@ class TokenInspector:
     def __init__(
         self,
         tokens: AccessTokenService,
+        legacy: LegacyKeyService,
         opaque: OpaqueTokenRepo,
         grants: GrantRepo,
         issuer: str,
     ) -> None:
         self._tokens = tokens
+        self._legacy = legacy
         self._opaque = opaque
         self._grants = grants
         self._issuer = issuer
@@ -46,9 +51,12 @@ class TokenInspector:
     async def _own_jwt(self, token: str, caller: Client) -> Principal | None:
         try:
             principal = await self._tokens.verify(token)
+            if principal.client_id != caller.client_id:
+                return None
+            self._tokens.check_client(principal, caller)
         except InvalidToken:
             return None
-        return principal if principal.client_id == caller.client_id else None
+        return principal
 
     async def _own_opaque(self, token: str, caller: Client) -> OpaqueToken | None:
         record = await self._opaque.find(token)
@@ -73,7 +81,7 @@ class TokenInspector:
                 principal.subject,
             )
         record = await self._own_opaque(token, caller)
-        if record is None:
+        if record is None or not self._bounded(record, caller):
             return INACTIVE
         subject = caller.client_id
         if record.kind == OpaqueKind.REFRESH and caller.auth_method != AuthMethod.LEGACY_API_KEY:
@@ -85,6 +93,17 @@ class TokenInspector:
         return self._active(
             record.scope, caller, record.expires_at, record.issued_at, kind, subject
         )
+
+    def _bounded(self, record: OpaqueToken, caller: Client) -> bool:
+        """An opaque access token (a legacy key's) is active only while its client could get
+        it now, as the resource guard demands."""
+        if record.kind != OpaqueKind.ACCESS:
+            return True
+        try:
+            self._legacy.principal(record, caller)
+        except InvalidToken:
+            return False
+        return True
 
     def _active(
         self, scope: object, caller: Client, exp: int, iat: int, token_type: str, subject: str

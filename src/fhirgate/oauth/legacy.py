@@ -16,9 +16,10 @@ from fhirgate.oauth.client_auth import ClientAuthenticator, SecretCredentials
 from fhirgate.oauth.clients import ClientDirectory
 from fhirgate.oauth.errors import InvalidGrant, InvalidToken
 from fhirgate.oauth.scopes import ScopeError, parse_scopes
-from fhirgate.oauth.tokens import Principal
+from fhirgate.oauth.tokens import Principal, bounded
 from fhirgate.storage.models import AuthMethod, OpaqueKind
-from fhirgate.storage.opaque_tokens import IssuedPair, OpaqueTokenRepo
+from fhirgate.storage.opaque_tokens import IssuedPair, OpaqueToken, OpaqueTokenRepo
+from fhirgate.storage.repos import Client
 
 __all__ = ["LegacyKeyService"]
 
@@ -47,8 +48,12 @@ class LegacyKeyService:
         """``POST /auth/authenticate``: a new token family."""
         presented = SecretCredentials(api_key, secret, AuthMethod.LEGACY_API_KEY)
         client = await self._authenticator.authenticate(presented, None, source)
-        ttl = client.token_lifetime or self._access_ttl
+        ttl = self.lifetime(client)
         return await self._tokens.issue_pair(client.client_id, client.scope, ttl, self._refresh_ttl)
+
+    def lifetime(self, client: Client) -> int:
+        """The lifetime of the client's access tokens: its own, else ``access_ttl``."""
+        return client.token_lifetime or self._access_ttl
 
     async def refresh(self, api_key: str, refresh_token: str, source: str) -> IssuedPair:
         """``POST /auth/refreshToken``: spend the refresh token, get a new pair."""
@@ -59,7 +64,7 @@ class LegacyKeyService:
             client = registered.client if registered is not None else None
             legacy = client is not None and client.auth_method == AuthMethod.LEGACY_API_KEY
             if client is not None and client.active and legacy:
-                ttl = client.token_lifetime or self._access_ttl
+                ttl = self.lifetime(client)
                 pair = await self._tokens.rotate(api_key, refresh_token, ttl, self._refresh_ttl)
         if pair is None:
             error = InvalidGrant(check="refresh_token_invalid")
@@ -75,12 +80,17 @@ class LegacyKeyService:
         registered = await self._directory.get(record.client_id)
         if registered is None or not registered.client.active:
             raise InvalidToken(check="client_inactive", detail="client revoked or deleted")
+        return self.principal(record, registered.client)
+
+    def principal(self, record: OpaqueToken, client: Client) -> Principal:
+        """The principal of a live access token ``record`` of ``client``; ``invalid_token``
+        if the client could not get that token now (:func:`~fhirgate.oauth.tokens.bounded`)."""
         try:
             scopes = parse_scopes(record.scope)
         except ScopeError as exc:
             raise InvalidToken(check="scope", detail=str(exc)) from exc
-        environment = registered.client.environment
-        return Principal(
+        environment = client.environment
+        principal = Principal(
             client_id=record.client_id,
             subject=record.client_id,
             scopes=scopes,
@@ -90,3 +100,5 @@ class LegacyKeyService:
             organization_id=environment.organization_id,
             environment=environment.kind,
         )
+        bounded(principal, client.scope, self.lifetime(client))
+        return principal

@@ -26,6 +26,7 @@ from fhirgate.fhir.resource_types import R4_RESOURCE_TYPES
 
 __all__ = [
     "CONTEXTS",
+    "IDENTITY_SCOPES",
     "OTHER_SCOPES",
     "PERMISSIONS",
     "ResourceScope",
@@ -34,6 +35,7 @@ __all__ = [
     "narrow",
     "parse_scope",
     "parse_scopes",
+    "within",
 ]
 
 CONTEXTS = frozenset({"patient", "user", "system"})
@@ -202,3 +204,21 @@ def narrow(requested: ScopeSet | None, allowed: ScopeSet) -> ScopeSet:
         names = " ".join(scope if isinstance(scope, str) else scope.text for scope in beyond)
         raise ScopeError(f"not allowed for this client: {names}")
     return requested
+
+
+#: Scopes about the user's identity and session, never about data (SMART App Launch
+#: §scopes-for-requesting-identity-data): any application may ask for them for its users.
+IDENTITY_SCOPES = parse_scopes("openid fhirUser profile offline_access online_access")
+
+
+@lru_cache(maxsize=4096)
+def within(scopes: ScopeSet, allowed: str, *, identity: bool = False) -> bool:
+    """Whether ``allowed`` — a client's registered scope text, with :data:`IDENTITY_SCOPES`
+    when ``identity`` — covers every scope of ``scopes``; an unparsable ``allowed`` covers
+    nothing. Cached: a client's scopes change rarely, and the arguments are immutable."""
+    try:
+        permitted = parse_scopes(f"{allowed} {IDENTITY_SCOPES}" if identity else allowed)
+    except ScopeError:
+        return False
+    wanted: list[ResourceScope | str] = [*scopes.resource_scopes, *scopes.other_scopes]
+    return all(permitted.covers(scope) for scope in wanted)

@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from fhirgate.oauth.errors import InvalidToken
 from fhirgate.oauth.jose import JWSError, parse_compact, verify_signature
 from fhirgate.oauth.keys import ACCESS_TOKEN_ALG, Keyring, KeySigner
-from fhirgate.oauth.scopes import ScopeError, ScopeSet, parse_scopes
+from fhirgate.oauth.scopes import ScopeError, ScopeSet, parse_scopes, within
 from fhirgate.storage.models import AuthMethod
 from fhirgate.storage.repos import Client
 from fhirgate.storage.ttl_sets import TTLSet
 from fhirgate.storage.user_grants import GrantRepo, TokenStanding, UserGrant
 
-__all__ = ["AccessTokenService", "IssuedToken", "Principal"]
+__all__ = ["AccessTokenService", "IssuedToken", "Principal", "bounded"]
 
 TOKEN_TYPE = "at+jwt"  # noqa: S105 (a media type)
 _MAX_TOKEN_CHARS = 8192
@@ -62,6 +62,16 @@ class Principal:
     grant_id: str | None = None
     #: ``x-oneup-user-id: client``: every user of the application, reads only.
     all_users: bool = False
+
+
+def bounded(principal: Principal, allowed: str, longest: int, *, identity: bool = False) -> None:
+    """Refuse (``invalid_token``) a token whose scopes are beyond ``allowed`` (a client's
+    current scope text; :func:`~fhirgate.oauth.scopes.within`) or whose lifetime is beyond
+    ``longest`` seconds."""
+    if principal.expires_at - principal.issued_at > longest:
+        raise InvalidToken(check="lifetime", detail="token outlives the client's maximum")
+    if not within(principal.scopes, allowed, identity=identity):
+        raise InvalidToken(check="scope_beyond_client", detail="scope beyond the client's")
 
 
 class AccessTokenService:
@@ -125,6 +135,16 @@ class AccessTokenService:
             claims["oneup_user_id"] = grant.oneup_user_id
             claims["grant_id"] = grant.grant_id
         return IssuedToken(self._signer.sign(claims), ttl, scope, jti, client.client_id)
+
+    def check_client(self, principal: Principal, client: Client) -> None:
+        """Refuse (``invalid_token``) a token that the client could not get now: its scopes
+        beyond the client's current allowed scopes (a user grant's: with the identity scopes),
+        or its lifetime beyond the client's current maximum (RFC 9068 §4: a resource server
+        may refuse a token for any reason; a key row forged in storage, or a client narrowed
+        since, must not widen what a token reaches)."""
+        user = principal.grant_id is not None
+        longest = self._user_ttl if user else self.lifetime(client)
+        bounded(principal, client.scope, longest, identity=user)
 
     async def revoke(self, principal: Principal) -> None:
         """Deny-list a token's ``jti`` until it would have expired anyway (a user grant's

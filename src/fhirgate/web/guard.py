@@ -3,8 +3,9 @@
 
 RFC 6750: the token comes only from the ``Authorization`` header (§2.1; never the query string,
 §2.3 is not supported). A request without credentials gets 401 with a bare ``Bearer`` challenge;
-a bad, expired or revoked token, or one whose client is no longer active, gets 401
-``invalid_token``; a token whose scope does not cover the request gets 403
+a bad, expired or revoked token, one whose client is no longer active, or one beyond what its
+client may get now (scopes beyond the client's current allowed scopes, a lifetime beyond its
+current maximum) gets 401 ``invalid_token``; a token whose scope does not cover the request gets 403
 ``insufficient_scope`` (§3.1). A user grant's token is refused the moment its grant ends
 (revoked, reused, past its lifetime, or its user deactivated), on every replica: the grant is
 looked up on every request, with the token's deny-list entry, in one round trip
@@ -113,6 +114,7 @@ async def authenticate(request: Request) -> Principal:
         registered = await services.directory.get(principal.client_id)
         if registered is None or not registered.client.active:
             raise InvalidToken(check="client_inactive", detail="client revoked or deleted")
+        services.tokens.check_client(principal, registered.client)
     except InvalidToken as error:
         raise BearerError(error) from error
     return principal
