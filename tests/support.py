@@ -28,6 +28,7 @@ from fhirgate.oauth.jose import PrivateKey, jwk_from_public_key, sign_compact
 from fhirgate.oauth.quota import CallQuota
 from fhirgate.oauth.throttle import WINDOW, FailureLimiter
 from fhirgate.services import Services
+from fhirgate.storage.audit import AuditLog
 from fhirgate.storage.db import upgrade, upgrade_async
 
 BASE = "http://127.0.0.1:8000"
@@ -124,7 +125,7 @@ async def _create_database(url: str, statement: str) -> None:
         await conn.close()
 
 
-def pin_window(counter: FailureLimiter | CallQuota, seconds: int = WINDOW) -> None:
+def pin_window(counter: FailureLimiter | CallQuota | AuditLog, seconds: int = WINDOW) -> None:
     """Counters live per fixed window (a minute for failures, an hour for quotas): pin
     ``counter``'s clock one second into the current one, so that no window boundary restarts
     the count halfway through a test (the throttle's own tests fake its clock the same way)."""

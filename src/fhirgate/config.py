@@ -39,6 +39,10 @@ class Settings(BaseSettings):
     legacy_token_ttl: int = Field(default=86_400, ge=60, le=86_400)
     legacy_refresh_ttl: int = Field(default=30 * 86_400, ge=3600)
     auth_failure_limit: int = Field(default=20, ge=0)
+    #: Requests refused by the resource guard for want of a valid credential (no, bad, expired
+    #: or revoked token; wrong client headers) a minute per source address; past it, 429 until
+    #: the minute ends (0: no limit). Valid credentials are served all the same.
+    bearer_failure_limit: int = Field(default=60, ge=0)
     #: Dashboard password hashes (argon2id, 64 MiB and a core's tens of milliseconds each) in
     #: flight at once in this process, and per (email, source address); more get 429 at once.
     password_verify_concurrency: int = Field(default=4, ge=1)

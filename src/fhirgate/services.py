@@ -88,6 +88,8 @@ class Services:
     sessions: SessionStore
     password_checks: PasswordChecks
     api_keys: ApiKeys
+    #: Requests without a valid credential, per source address (the resource guard).
+    bearer_failures: FailureLimiter
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -203,6 +205,12 @@ class Services:
                 hasher=hasher,
                 test_quota=CallQuota(JWKS_TESTS_PER_MINUTE, 60, redis, "fhirgate:jwkstest:"),
             ),
+            FailureLimiter(
+                settings.bearer_failure_limit,
+                redis,
+                prefix="fhirgate:bearer:",
+                address_limit=settings.bearer_failure_limit,
+            ),
         )
 
     def background_jobs(self) -> list[tuple[float, Callable[[], Awaitable[object]]]]:
@@ -237,7 +245,7 @@ class Services:
     async def aclose(self) -> None:
         try:
             await self.audit.aclose()
-            await self.audit.flush()
+            await self.audit.flush(final=True)
             await self.audit.seal()
         except Exception:
             log.exception("could not write or seal the last audit events")

@@ -50,10 +50,19 @@ async def test_a_search_records_the_ids_it_returned(running: Running) -> None:
 
 
 async def test_refused_requests_are_audited_too(running: Running) -> None:
+    """A request refused for want of a credential is counted in its address's tally row;
+    one refused with a credential (here: beyond its scope) has a row of its own."""
     refused = await running.http.get("/fhir/R4/Patient/x")
     assert refused.status_code == 401
-    (row,) = await rows(running, request_id=refused.headers["x-request-id"])
-    assert row.outcome == "401" and row.client_id is None
+    assert await rows(running, request_id=refused.headers["x-request-id"]) == []
+    headers = await system_headers(running, scope="system/Observation.rs")
+    forbidden = await running.http.get("/fhir/R4/Patient/x", headers=headers)
+    assert forbidden.status_code == 403
+    (row,) = await rows(running, request_id=forbidden.headers["x-request-id"])
+    assert row.outcome == "403" and row.client_id is not None
+    await running.services.audit.flush(final=True)
+    (tally,) = await rows(running, event="bearer.refused")
+    assert tally.detail.startswith("count=1 401=1 minute=")
 
 
 async def test_no_data_leaves_without_its_audit_row(running: Running) -> None:

@@ -23,16 +23,25 @@ path that an attacker can provoke at will (failed authentications): they are que
 and written in batches by :meth:`AuditLog.flush`, which the server runs every second and at
 shutdown, so a flood of failures costs one multi-row insert a second instead of a write lock per
 request. The queue is bounded; past it, events are dropped and the loss is logged as an error.
+
+A third for what anyone can send without a credential (requests refused by the resource guard):
+:meth:`AuditLog.tally` counts them per (event, source address, minute) in memory, and
+:meth:`AuditLog.flush` writes one row per such minute once it has ended, with the count by
+outcome (``count=400 401=60 429=340 minute=2026-12-03T14:05:00Z``): 400 refusals cost one row,
+not 400. At shutdown the current minutes are written too; a crash loses at most the current
+minute's counts (each replica writes its own rows). The tally is bounded; addresses past the
+bound are counted under ``*``, so no refusal goes uncounted.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections import deque
-from collections.abc import Sequence
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import insert, select
@@ -123,6 +132,8 @@ class AuditLog:
     verifies them. ``keys`` may be omitted only by readers."""
 
     MAX_QUEUED = 10_000
+    #: (event, source, minute) tallies held at once; further sources are tallied under ``*``.
+    MAX_TALLIED = 10_000
 
     def __init__(
         self,
@@ -144,6 +155,8 @@ class AuditLog:
             self._issue_rows = GroupInsert(statements, _EVENT_INSERT)
         self._queue: deque[dict[str, Any]] = deque()
         self._dropped = 0
+        self._tallies: dict[tuple[str, str, int], Counter[str]] = {}
+        self._clock: Callable[[], float] = time.time  # epoch seconds: the tallies' minutes
 
     def _signed(self, row: dict[str, Any], ids: Sequence[str] = ()) -> dict[str, Any]:
         """``row`` with its MAC (over its fields and ``ids``)."""
@@ -191,8 +204,33 @@ class AuditLog:
             return
         self._queue.append(self._signed(_row(event, client_id, source, None, detail)))
 
-    async def flush(self) -> int:
-        """Write the queued events in one statement; returns how many."""
+    def tally(self, event: str, source: str, outcome: int) -> None:
+        """Count one ``event`` from ``source`` with ``outcome`` (an HTTP status) in this minute,
+        for the row :meth:`flush` writes once the minute has ended."""
+        minute = int(self._clock() // 60)
+        key = (event, source, minute)
+        counts = self._tallies.get(key)
+        if counts is None:
+            if len(self._tallies) >= self.MAX_TALLIED:
+                key = (event, "*", minute)
+            counts = self._tallies.setdefault(key, Counter())
+        counts[str(outcome)] += 1
+
+    def _close_tallies(self, final: bool) -> None:
+        """Queue one row per tallied minute that has ended (every one when ``final``)."""
+        current = int(self._clock() // 60)
+        for key in [key for key in self._tallies if final or key[2] < current]:
+            counts = self._tallies.pop(key)
+            event, source, minute = key
+            start = datetime.fromtimestamp(minute * 60, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            by_outcome = " ".join(f"{outcome}={n}" for outcome, n in sorted(counts.items()))
+            detail = f"count={counts.total()} {by_outcome} minute={start}"
+            self.enqueue(event, source=source, detail=detail)
+
+    async def flush(self, *, final: bool = False) -> int:
+        """Write the queued events, and the tallies of the minutes that have ended (``final``:
+        all of them, at shutdown), in one statement; returns how many rows."""
+        self._close_tallies(final)
         if self._dropped:
             log.error("audit queue full: %d events dropped", self._dropped)
             self._dropped = 0

@@ -88,7 +88,13 @@ class FhirAuthError(FhirError):
         error, self.headers = bearer_error_parts(exc)
         super().__init__(error.description or error.error)
         self.status_code = error.status_code  # type: ignore[misc]
-        self.code = "login" if error.status_code == 401 else "forbidden"  # type: ignore[misc]
+        self.code = _AUTH_CODES.get(error.status_code, "forbidden")  # type: ignore[misc]
+        #: audited in the guard's per-address tally, not by a row of its own
+        self.tallied = exc.tallied
+
+
+#: OperationOutcome issue codes (FHIR R4 valueset-issue-type) of the guard's refusals.
+_AUTH_CODES = {401: "login", 429: "throttled"}
 
 
 def fhir_response(
@@ -683,6 +689,9 @@ async def _audited(
             audited = True
         else:
             response = await handler(request, await _access(request), **params)
+    except FhirAuthError as error:
+        response = fhir_error_response(error)
+        audited = error.tallied  # no credential: one tally row per address and minute
     except FhirError as error:
         response = fhir_error_response(error)
     except STORAGE_ERRORS as exc:

@@ -50,11 +50,14 @@ REALM = "fhirgate"
 
 
 class BearerError(Exception):
-    """Raised by the guard; rendered with an RFC 6750 ``WWW-Authenticate`` challenge."""
+    """Raised by the guard; rendered with an RFC 6750 ``WWW-Authenticate`` challenge.
+    ``tallied``: a refusal for want of a valid credential, audited in the per-address tally
+    (:meth:`~fhirgate.storage.audit.AuditLog.tally`) rather than by a row of its own."""
 
-    def __init__(self, error: OAuthError | None, scope: str = "") -> None:
+    def __init__(self, error: OAuthError | None, scope: str = "", *, tallied: bool = False) -> None:
         self.error = error
         self.scope = scope
+        self.tallied = tallied
 
 
 #: The error codes a Bearer challenge may carry (RFC 6750 §3.1); others get a bare challenge.
@@ -102,10 +105,39 @@ def _bearer_token(request: Request) -> str:
 
 async def authenticate(request: Request) -> Principal:
     """Validate the request's bearer token — an access token JWT (RFC 6750 §2.1, RFC 9068 §4)
-    or an opaque legacy API key token — or 1upHealth's client credentials headers."""
+    or an opaque legacy API key token — or 1upHealth's client credentials headers.
+
+    A request without a valid credential is refused (401) and tallied in the audit, one row per
+    source address and minute; past ``FHIRGATE_BEARER_FAILURE_LIMIT`` such refusals in a minute,
+    the address's further ones get 429 with ``Retry-After`` until the minute ends (RFC 6585 §4),
+    while its valid credentials are still served. Client headers are throttled by client
+    authentication itself (:mod:`fhirgate.oauth.throttle`) and only tallied here."""
     services: Services = request.app.state.services
+    source = source_address(request.scope)
     if "client_id" in request.headers or "client_secret" in request.headers:
-        return await _header_principal(request, services)
+        return await _header_principal(request, services, source)
+    try:
+        return await _bearer_principal(request, services)
+    except BearerError as refused:
+        raise await _refused(services, source, refused) from None
+
+
+async def _refused(services: Services, source: str, refused: BearerError) -> BearerError:
+    """The answer to a request without a valid credential: ``refused``, or 429 once the
+    address is past its limit; tallied in the audit either way."""
+    throttle = services.bearer_failures
+    wait = throttle.check(source, None)
+    if wait is None:
+        await throttle.record_failure(source, None)
+    else:
+        refused = BearerError(TooManyAttempts(wait))
+    refused.tallied = True
+    status = 401 if refused.error is None else refused.error.status_code
+    services.audit.tally("bearer.refused", source, status)
+    return refused
+
+
+async def _bearer_principal(request: Request, services: Services) -> Principal:
     token = _bearer_token(request)
     try:
         if "." not in token:  # opaque: a legacy API key's access token
@@ -120,7 +152,7 @@ async def authenticate(request: Request) -> Principal:
     return principal
 
 
-async def _header_principal(request: Request, services: Services) -> Principal:
+async def _header_principal(request: Request, services: Services, source: str) -> Principal:
     headers = request.headers
     client_id, secret = headers.get("client_id"), headers.get("client_secret")
     try:
@@ -133,9 +165,11 @@ async def _header_principal(request: Request, services: Services) -> Principal:
             raise InvalidRequest(
                 "the client_id and client_secret headers go together", check="header_credentials"
             )
-        client = await authenticate_application(
-            services.authenticator, client_id, secret, source_address(request.scope)
-        )
+        client = await authenticate_application(services.authenticator, client_id, secret, source)
+    except OAuthError as error:
+        services.audit.tally("bearer.refused", source, error.status_code)
+        raise BearerError(error, tallied=True) from error
+    try:
         return await services.delegation.header_principal(
             client,
             headers.get("x-oneup-user-id"),
