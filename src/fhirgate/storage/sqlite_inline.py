@@ -25,8 +25,10 @@ _T = TypeVar("_T")
 WAIT_MS = 10_000
 
 
-def _connect(path: str | Path, busy_ms: int) -> sqlite3.Connection:
-    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+def _connect(path: str | Path, busy_ms: int, cached_statements: int = 128) -> sqlite3.Connection:
+    db = sqlite3.connect(
+        path, isolation_level=None, check_same_thread=False, cached_statements=cached_statements
+    )
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
     db.execute("PRAGMA foreign_keys=ON")
@@ -59,7 +61,10 @@ class InlineSqlite:
 
     def __init__(self, path: str | Path) -> None:
         self._inline = _connect(path, busy_ms=0)
-        self._waiting = _connect(path, busy_ms=WAIT_MS)
+        # The waiting connection runs in whichever worker thread is free: CPython's statement
+        # cache is not safe across threads (python/cpython#118172; under load, 1 in ~1,000
+        # token requests failed with "bad parameter or other API misuse"), so it caches none.
+        self._waiting = _connect(path, busy_ms=WAIT_MS, cached_statements=0)
         self._waiting_lock = threading.Lock()
 
     async def run(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
