@@ -433,6 +433,7 @@ def run(args: argparse.Namespace) -> Result:
             payloads = [request_bytes(host, "/oauth2/token", body) for body in bodies]
         else:
             authorization = secret_client(env)
+        log = open(args.server_log, "wb") if args.server_log else subprocess.DEVNULL  # noqa: SIM115
         server = subprocess.Popen(
             [
                 str(Path(sys.executable).with_name("fhirgate")),
@@ -443,8 +444,8 @@ def run(args: argparse.Namespace) -> Result:
                 str(args.workers),
             ],
             env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         try:
             wait_until_up(port, server)
@@ -545,6 +546,7 @@ def main() -> None:
         "--database-url", help="a PostgreSQL server to create a fresh database on (default: SQLite)"
     )
     parser.add_argument("--redis-url")
+    parser.add_argument("--server-log", help="keep the server's output in this file")
     result = run(parser.parse_args())
     print(json.dumps(asdict(result), indent=2))
 
