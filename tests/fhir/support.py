@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import re
+import secrets
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,7 +17,7 @@ import orjson
 from fhirgate.storage.models import EnvironmentKind
 from fhirgate.storage.repos import Conflict
 from tests.delegation.support import Application, register_application
-from tests.support import Running, register_secret_client
+from tests.support import BASE, Running, register_secret_client
 
 __all__ = [
     "BASES",
@@ -23,6 +25,7 @@ __all__ = [
     "FHIR_JSON",
     "INSTANT",
     "World",
+    "access_token_claims",
     "assert_no_internals",
     "assert_outcome",
     "bearer",
@@ -63,6 +66,27 @@ INTERNALS = (
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+async def access_token_claims(
+    server: Running, client_id: str, scope: str, lifetime: int
+) -> dict[str, Any]:
+    """The claims of an access token as the token endpoint issues it to ``client_id`` in the
+    default organization's development environment, with any scope and lifetime."""
+    environment = await server.services.organizations.default_environment("development")
+    now = int(time.time())
+    return {
+        "iss": BASE,
+        "sub": client_id,
+        "aud": BASE,
+        "exp": now + lifetime,
+        "iat": now,
+        "jti": secrets.token_urlsafe(16),
+        "client_id": client_id,
+        "scope": scope,
+        "organization": environment.organization_id,
+        "environment": "development",
+    }
 
 
 def missing_id() -> str:

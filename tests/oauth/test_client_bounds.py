@@ -7,14 +7,17 @@ OperationOutcome) and at ``/whoami``, ``{"active": false}`` at introspection. On
 
 from __future__ import annotations
 
-import secrets
-import time
-
 import pytest
 from sqlalchemy import update
 from tests.delegation.support import register_application
-from tests.fhir.support import FHIR, bearer, legacy_headers, token_for_secret_client
-from tests.support import BASE, Running, register_secret_client
+from tests.fhir.support import (
+    FHIR,
+    access_token_claims,
+    bearer,
+    legacy_headers,
+    token_for_secret_client,
+)
+from tests.support import Running, register_secret_client
 
 from fhirgate.oauth.keys import ACCESS_TOKEN_ALG, KeySigner
 from fhirgate.oauth.tokens import TOKEN_TYPE
@@ -40,20 +43,7 @@ async def _change_client(server: Running, client_id: str, **values: object) -> N
 async def _forged(server: Running, client_id: str, scope: str, lifetime: int) -> str:
     """A token signed with the server's own access-token key — what a key row forged into
     ``server_keys`` lets an attacker sign — for ``client_id``, with any scope and lifetime."""
-    environment = await server.services.organizations.default_environment("development")
-    now = int(time.time())
-    claims = {
-        "iss": BASE,
-        "sub": client_id,
-        "aud": BASE,
-        "exp": now + lifetime,
-        "iat": now,
-        "jti": secrets.token_urlsafe(16),
-        "client_id": client_id,
-        "scope": scope,
-        "organization": environment.organization_id,
-        "environment": "development",
-    }
+    claims = await access_token_claims(server, client_id, scope, lifetime)
     return KeySigner(server.services.keyring, ACCESS_TOKEN_ALG, TOKEN_TYPE).sign(claims)
 
 

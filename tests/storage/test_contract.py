@@ -217,12 +217,10 @@ async def test_keyring_refuses_a_wrong_secret(
     services: Services, backend_settings: Settings
 ) -> None:
     await services.keyring.ensure()
-    from cryptography.exceptions import InvalidTag
-
-    from fhirgate.oauth.keys import KeyCipher
+    from fhirgate.oauth.keys import KeyCipher, SecretMismatch
 
     wrong = Keyring(services.engine, KeyCipher(b"not the secret"), publish_for=360)
-    with pytest.raises(InvalidTag):
+    with pytest.raises(SecretMismatch):
         await wrong.reload()
 
 

@@ -14,7 +14,7 @@ from sqlalchemy.exc import DBAPIError
 
 from fhirgate.config import Settings
 from fhirgate.oauth.client_auth import SecretHasher
-from fhirgate.oauth.keys import audit_keys, server_secret
+from fhirgate.oauth.keys import SecretMismatch, audit_keys, server_secret
 from fhirgate.storage.audit import AuditLog, CheckpointFile
 from fhirgate.storage.db import create_engine, sqlite_path, upgrade
 from fhirgate.storage.direct import statements_for
@@ -83,7 +83,7 @@ def run_storage(job: Callable[[Storage], Awaitable[_T]]) -> _T:
     try:
         upgrade(settings.database_url)
         return _run(main())
-    except (NotFound, Conflict, ValueError) as exc:
+    except (NotFound, Conflict, SecretMismatch, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     except (DBAPIError, OSError) as exc:
         raise click.ClickException(

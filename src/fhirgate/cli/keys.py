@@ -103,7 +103,7 @@ def rotate(alg: str, as_json: bool) -> None:
     async def job(storage: Storage) -> str:
         settings = storage.settings
         keyring = Keyring(storage.engine, load_cipher(settings), MAX_TOKEN_LIFETIME + 60)
-        await keyring.reload()
+        await keyring.open()
         return await keyring.add(alg, retire_others=True)
 
     kid = run_storage(job)

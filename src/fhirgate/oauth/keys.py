@@ -4,27 +4,35 @@ Access tokens are signed ES256 (RFC 9068 §2.1 allows any asymmetric algorithm; 
 tens of microseconds); id_tokens RS256 (OpenID Connect Core §15.1 and SMART App Launch require
 it). Each algorithm has its own active key. Private keys are stored AES-256-GCM encrypted under
 a key derived with HKDF-SHA256 from ``FHIRGATE_SECRET_KEY`` (or, embedded on SQLite, a generated
-key file under the var directory). Retired keys stay published until every token they signed
-has expired.
+key file under the var directory), and each row carries an HMAC-SHA256 under another key derived
+from it: a row written by anyone without the secret (an attacker's public key, a changed
+``retired_at``) is neither published nor used. Retired keys stay published until every token
+they signed has expired.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
+import logging
 import os
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import orjson
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import insert, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from fhirgate.config import Settings
 from fhirgate.oauth.jose import (
@@ -35,12 +43,14 @@ from fhirgate.oauth.jose import (
     public_key_from_jwk,
 )
 from fhirgate.storage.audit_chain import AuditKeys
+from fhirgate.storage.direct import as_datetime
 from fhirgate.storage.models import ServerKeyRow
 
 __all__ = [
     "KeyCipher",
     "KeySigner",
     "Keyring",
+    "SecretMismatch",
     "SigningKey",
     "audit_keys",
     "derive_key",
@@ -52,6 +62,13 @@ ACCESS_TOKEN_ALG = "ES256"  # noqa: S105 (an algorithm name)
 ID_TOKEN_ALG = "RS256"  # noqa: S105
 SIGNING_ALGS = (ACCESS_TOKEN_ALG, ID_TOKEN_ALG)
 _RELOAD_INTERVAL = 1.0
+_ROW_FORMAT = "fhirgate server key v1"
+
+log = logging.getLogger("fhirgate.keys")
+
+
+class SecretMismatch(RuntimeError):
+    """Server keys are stored, but none of them is authentic under this server secret."""
 
 
 def derive_key(secret: bytes, purpose: bytes) -> bytes:
@@ -65,10 +82,35 @@ def audit_keys(secret: bytes) -> AuditKeys:
 
 
 class KeyCipher:
-    """AES-256-GCM under a key derived from the server secret (HKDF-SHA256, RFC 5869)."""
+    """AES-256-GCM for private keys and HMAC-SHA256 (RFC 2104) for key rows, each under its own
+    key derived from the server secret (HKDF-SHA256, RFC 5869)."""
 
     def __init__(self, secret: bytes) -> None:
         self._aead = AESGCM(derive_key(secret, b"fhirgate server keys"))
+        self._mac_key = derive_key(secret, b"fhirgate server key rows")
+
+    def row_mac(self, row: Mapping[Any, Any]) -> str:
+        """The MAC of a ``server_keys`` row: every column but itself, the encrypted private key
+        by its SHA-256, instants in UTC to the microsecond."""
+        retired = row["retired_at"]
+        message = orjson.dumps(
+            [
+                _ROW_FORMAT,
+                row["kid"],
+                row["alg"],
+                row["public_jwk"],
+                hashlib.sha256(row["private_key"]).hexdigest(),
+                as_datetime(row["created_at"]).isoformat(timespec="microseconds"),
+                "" if retired is None else as_datetime(retired).isoformat(timespec="microseconds"),
+            ],
+            option=orjson.OPT_SORT_KEYS,
+        )
+        return hmac.new(self._mac_key, message, hashlib.sha256).hexdigest()
+
+    def authentic(self, row: Mapping[Any, Any]) -> bool:
+        """Whether ``row`` carries the MAC this secret gives it."""
+        mac = row["row_mac"]
+        return mac is not None and hmac.compare_digest(mac, self.row_mac(row))
 
     def encrypt(self, plaintext: bytes, associated: bytes) -> bytes:
         nonce = os.urandom(12)
@@ -107,6 +149,12 @@ class SigningKey:
     private_key: PrivateKey
 
 
+_KEY_TYPES: dict[str, type[ec.EllipticCurvePrivateKey] | type[rsa.RSAPrivateKey]] = {
+    ACCESS_TOKEN_ALG: ec.EllipticCurvePrivateKey,
+    ID_TOKEN_ALG: rsa.RSAPrivateKey,
+}
+
+
 def _new_private_key(alg: str) -> PrivateKey:
     if alg == ID_TOKEN_ALG:
         return rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -130,6 +178,7 @@ class Keyring:
         self._state = _KeyState({}, {}, {"keys": []})
         self._lock = asyncio.Lock()
         self._loaded_at = 0.0
+        self._refused: set[str] = set()  # kids already logged as not authentic
 
     @property
     def signer(self) -> SigningKey:
@@ -155,9 +204,24 @@ class Keyring:
             key = self._state.public.get(kid)
         return key
 
-    async def ensure(self) -> None:
-        """Load the keys, creating the first signing key of each algorithm when there is none."""
+    async def open(self) -> None:
+        """Seal the rows stored before key rows had MACs, then load the keys."""
+        async with self._engine.begin() as conn:
+            unsealed = (
+                await conn.execute(select(ServerKeyRow).where(ServerKeyRow.row_mac.is_(None)))
+            ).all()
+            for row in unsealed:
+                if self._proves_itself(row._mapping):
+                    await conn.execute(
+                        update(ServerKeyRow)
+                        .where(ServerKeyRow.kid == row.kid, ServerKeyRow.row_mac.is_(None))
+                        .values(row_mac=self._cipher.row_mac(row._mapping))
+                    )
         await self.reload()
+
+    async def ensure(self) -> None:
+        """Open the keys, creating the first signing key of each algorithm when there is none."""
+        await self.open()
         for alg in SIGNING_ALGS:
             if alg not in self._state.signers:
                 await self.add(alg)
@@ -167,40 +231,89 @@ class Keyring:
         that algorithm)."""
         private = _new_private_key(alg)
         kid = secrets.token_urlsafe(12)
-        pem = private.private_bytes(
+        der = private.private_bytes(
             serialization.Encoding.DER,
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
         created = datetime.now(UTC)
+        row: dict[str, Any] = {
+            "kid": kid,
+            "alg": alg,
+            "public_jwk": jwk_from_public_key(private.public_key(), kid, alg),
+            "private_key": self._cipher.encrypt(der, kid.encode()),
+            "created_at": created,
+            "retired_at": None,
+        }
         async with self._engine.begin() as conn:
             if retire_others:
-                await conn.execute(
-                    update(ServerKeyRow)
-                    .where(ServerKeyRow.retired_at.is_(None), ServerKeyRow.alg == alg)
-                    .values(retired_at=created)
-                )
+                await self._retire(conn, alg, created)
             await conn.execute(
-                insert(ServerKeyRow).values(
-                    kid=kid,
-                    alg=alg,
-                    public_jwk=jwk_from_public_key(private.public_key(), kid, alg),
-                    private_key=self._cipher.encrypt(pem, kid.encode()),
-                    created_at=created,
-                )
+                insert(ServerKeyRow).values(dict(row, row_mac=self._cipher.row_mac(row)))
             )
         await self.reload()
         return kid
 
+    async def _retire(self, conn: AsyncConnection, alg: str, at: datetime) -> None:
+        """Retire the authentic active ``alg`` keys (a forged row is left as it is: re-sealing
+        it would make it authentic)."""
+        active = (
+            await conn.execute(
+                select(ServerKeyRow).where(
+                    ServerKeyRow.retired_at.is_(None), ServerKeyRow.alg == alg
+                )
+            )
+        ).all()
+        for row in active:
+            if self._cipher.authentic(row._mapping):
+                retired = dict(row._mapping, retired_at=at)
+                await conn.execute(
+                    update(ServerKeyRow)
+                    .where(ServerKeyRow.kid == row.kid)
+                    .values(retired_at=at, row_mac=self._cipher.row_mac(retired))
+                )
+
     async def reload(self) -> None:
+        """Load the authentic keys; :class:`SecretMismatch` when keys are stored and none is."""
         async with self._lock:
             cutoff = datetime.now(UTC) - timedelta(seconds=self._publish_for)
             async with self._engine.connect() as conn:
                 rows = (
                     await conn.execute(select(ServerKeyRow).order_by(ServerKeyRow.created_at))
                 ).all()
-            self._state = self._build(rows, cutoff)
+            authentic = [row for row in rows if self._cipher.authentic(row._mapping)]
+            if rows and not authentic:
+                raise SecretMismatch(
+                    f"none of the {len(rows)} stored server keys is authentic under this "
+                    "server secret: FHIRGATE_SECRET_KEY (or the key file under the var "
+                    "directory) is not the one they were stored under"
+                )
+            for row in rows:
+                if row.kid not in self._refused and not self._cipher.authentic(row._mapping):
+                    self._refused.add(row.kid)
+                    log.warning(
+                        "server key %s is not authentic under the server secret (written or "
+                        "changed without it): it is neither published nor used",
+                        row.kid,
+                    )
+            self._state = self._build(authentic, cutoff)
             self._loaded_at = time.monotonic()
+
+    def _proves_itself(self, row: Mapping[Any, Any]) -> bool:
+        """A row without a MAC whose private key decrypts under the secret and matches the
+        public key it publishes (only the holder of the secret can have written it)."""
+        if row["alg"] not in SIGNING_ALGS:
+            return False
+        try:
+            der = self._cipher.decrypt(row["private_key"], row["kid"].encode())
+            private = serialization.load_der_private_key(der, password=None)
+        except (InvalidTag, ValueError):
+            return False
+        if not isinstance(private, _KEY_TYPES[row["alg"]]):
+            return False
+        return jwk_from_public_key(private.public_key(), row["kid"], row["alg"]) == dict(
+            row["public_jwk"]
+        )
 
     def _build(self, rows: Any, cutoff: datetime) -> _KeyState:
         signers: dict[str, SigningKey] = {}
@@ -208,7 +321,7 @@ class Keyring:
         published = []
         for row in rows:
             retired = row.retired_at
-            if retired is not None and retired.replace(tzinfo=retired.tzinfo or UTC) < cutoff:
+            if retired is not None and as_datetime(retired) < cutoff:
                 continue
             public[row.kid] = public_key_from_jwk(row.public_jwk)
             published.append(dict(row.public_jwk, use="sig"))

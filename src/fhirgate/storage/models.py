@@ -158,7 +158,8 @@ class ClientRow(Base):
 
 
 class ServerKeyRow(Base):
-    """A server signing key; the private part is AES-GCM encrypted (see ``oauth.keys``)."""
+    """A server signing key; the private part is AES-GCM encrypted and the row carries a MAC
+    under the server secret (see ``oauth.keys``)."""
 
     __tablename__ = "server_keys"
 
@@ -168,6 +169,9 @@ class ServerKeyRow(Base):
     private_key: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime]
     retired_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    #: HMAC-SHA256 of the other columns (``oauth.keys.KeyCipher.row_mac``); ``None`` only on
+    #: rows written before revision 0011, until the server seals them.
+    row_mac: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class UsedJtiRow(Base):
