@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from sqlalchemy import insert, select, update
+from sqlalchemy import Row, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from fhirgate.config import Settings
@@ -281,15 +281,18 @@ class Keyring:
                 rows = (
                     await conn.execute(select(ServerKeyRow).order_by(ServerKeyRow.created_at))
                 ).all()
-            authentic = [row for row in rows if self._cipher.authentic(row._mapping)]
-            if rows and not authentic:
+            authentic: list[Row[Any]] = []
+            forged: list[Row[Any]] = []
+            for row in rows:
+                (authentic if self._cipher.authentic(row._mapping) else forged).append(row)
+            if forged and not authentic:
                 raise SecretMismatch(
                     f"none of the {len(rows)} stored server keys is authentic under this "
                     "server secret: FHIRGATE_SECRET_KEY (or the key file under the var "
                     "directory) is not the one they were stored under"
                 )
-            for row in rows:
-                if row.kid not in self._refused and not self._cipher.authentic(row._mapping):
+            for row in forged:
+                if row.kid not in self._refused:
                     self._refused.add(row.kid)
                     log.warning(
                         "server key %s is not authentic under the server secret (written or "
