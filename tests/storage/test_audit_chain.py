@@ -5,12 +5,16 @@ database, a sealer that never seals a row twice, and a verify that never seals (
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy import delete, func, insert, select, update
 from tests.support import Running
 
 from fhirgate.storage.audit import AuditLog, Checkpoint, CheckpointFile
+from fhirgate.storage.audit_chain import _canonical
 from fhirgate.storage.models import AuditChainRow, AuditEventResourceRow, AuditEventRow
 from fhirgate.storage.repos import now
 
@@ -201,3 +205,20 @@ async def test_a_removed_resource_id_breaks_its_row(server: Running) -> None:
     await execute(server, delete(AuditEventResourceRow).where(AuditEventResourceRow.position == 1))
     result = await services.audit.verify()
     assert len(result.problems) == 1 and result.problems[0].endswith("was altered")
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.none(),
+            st.integers(-(2**63), 2**64 - 1),
+            st.text(st.characters(blacklist_categories=["Cs"])),
+        )
+    )
+)
+def test_the_macd_text_is_the_one_rows_were_written_with(fields: list[object]) -> None:
+    """Rows already stored were MAC'd over ``json.dumps`` text: the canonical form must stay
+    byte for byte that text, whatever the values (non-ASCII, control characters; integers as
+    wide as a database column holds)."""
+    expected = json.dumps(fields, separators=(",", ":"), ensure_ascii=False)
+    assert _canonical(fields) == expected

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 import os
 import time
@@ -32,6 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -87,8 +87,14 @@ def _instant(value: datetime | str) -> str:
     return as_datetime(value).isoformat()
 
 
+def _canonical(fields: Sequence[Any]) -> str:
+    """``fields`` as compact JSON with non-ASCII text unescaped (RFC 8259; the text
+    ``json.dumps(fields, separators=(",", ":"), ensure_ascii=False)`` gives)."""
+    return orjson.dumps(fields, default=str).decode()
+
+
 def _mac(key: bytes, text: str) -> str:
-    return hmac.new(key, text.encode(), hashlib.sha256).hexdigest()
+    return hmac.digest(key, text.encode(), "sha256").hex()
 
 
 def ids_digest(ids: Iterable[str]) -> str:
@@ -104,8 +110,7 @@ def ids_digest(ids: Iterable[str]) -> str:
 def row_mac(key: bytes, row: Mapping[str, Any], digest: str) -> str:
     """The MAC of one row: its :data:`MAC_FIELDS` canonically, then its ids' digest."""
     fields = [_instant(row["occurred_at"]), *(row.get(name) for name in MAC_FIELDS[1:]), digest]
-    text = json.dumps(fields, separators=(",", ":"), ensure_ascii=False, default=str)
-    return _mac(key, text)
+    return _mac(key, _canonical(fields))
 
 
 def _link(key: bytes, previous: str, seq: int, row_id: int, mac: str) -> str:
@@ -122,8 +127,7 @@ def _legacy_link(key: bytes, previous: str, seq: int, row_id: int, row: Sequence
         _instant(values[0]),
         *(values[1:] if values[-1] is not None else values[1:-1]),
     ]
-    text = json.dumps(fields, separators=(",", ":"), ensure_ascii=False, default=str)
-    return _mac(key, f"{previous}|{text}")
+    return _mac(key, f"{previous}|{_canonical(fields)}")
 
 
 @dataclass(frozen=True, slots=True)
