@@ -43,7 +43,7 @@ from fhirgate.oauth.jose import (
     public_key_from_jwk,
 )
 from fhirgate.storage.audit_chain import AuditKeys
-from fhirgate.storage.direct import as_datetime
+from fhirgate.storage.direct import as_datetime, instant_text
 from fhirgate.storage.models import ServerKeyRow
 
 __all__ = [
@@ -91,7 +91,7 @@ class KeyCipher:
 
     def row_mac(self, row: Mapping[Any, Any]) -> str:
         """The MAC of a ``server_keys`` row: every column but itself, the encrypted private key
-        by its SHA-256, instants in UTC to the microsecond."""
+        by its SHA-256, instants as canonical text."""
         retired = row["retired_at"]
         message = orjson.dumps(
             [
@@ -100,12 +100,12 @@ class KeyCipher:
                 row["alg"],
                 row["public_jwk"],
                 hashlib.sha256(row["private_key"]).hexdigest(),
-                as_datetime(row["created_at"]).isoformat(timespec="microseconds"),
-                "" if retired is None else as_datetime(retired).isoformat(timespec="microseconds"),
+                instant_text(row["created_at"]),
+                "" if retired is None else instant_text(retired),
             ],
             option=orjson.OPT_SORT_KEYS,
         )
-        return hmac.new(self._mac_key, message, hashlib.sha256).hexdigest()
+        return hmac.digest(self._mac_key, message, "sha256").hex()
 
     def authentic(self, row: Mapping[Any, Any]) -> bool:
         """Whether ``row`` carries the MAC this secret gives it."""

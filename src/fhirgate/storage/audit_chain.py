@@ -35,7 +35,7 @@ import orjson
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from fhirgate.storage.direct import as_datetime
+from fhirgate.storage.direct import instant_text
 from fhirgate.storage.models import AuditChainRow, AuditEventResourceRow, AuditEventRow
 
 __all__ = [
@@ -82,11 +82,6 @@ class AuditKeys:
         return cls(row, chain, checkpoint)
 
 
-def _instant(value: datetime | str) -> str:
-    """A stored instant as canonical text (aware, UTC), whatever form the driver gave it."""
-    return as_datetime(value).isoformat()
-
-
 def _canonical(fields: Sequence[Any]) -> str:
     """``fields`` as compact JSON with non-ASCII text unescaped (RFC 8259; the text
     ``json.dumps(fields, separators=(",", ":"), ensure_ascii=False)`` gives)."""
@@ -109,7 +104,7 @@ def ids_digest(ids: Iterable[str]) -> str:
 
 def row_mac(key: bytes, row: Mapping[str, Any], digest: str) -> str:
     """The MAC of one row: its :data:`MAC_FIELDS` canonically, then its ids' digest."""
-    fields = [_instant(row["occurred_at"]), *(row.get(name) for name in MAC_FIELDS[1:]), digest]
+    fields = [instant_text(row["occurred_at"]), *(row.get(name) for name in MAC_FIELDS[1:]), digest]
     return _mac(key, _canonical(fields))
 
 
@@ -124,7 +119,7 @@ def _legacy_link(key: bytes, previous: str, seq: int, row_id: int, row: Sequence
     fields = [
         seq,
         row_id,
-        _instant(values[0]),
+        instant_text(values[0]),
         *(values[1:] if values[-1] is not None else values[1:-1]),
     ]
     return _mac(key, f"{previous}|{_canonical(fields)}")

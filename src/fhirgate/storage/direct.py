@@ -96,6 +96,12 @@ def as_datetime(value: datetime | str) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+def instant_text(value: datetime | str) -> str:
+    """A stored instant as canonical text (ISO 8601, aware, UTC), whatever form the driver
+    gave it: what MACs over stored rows cover."""
+    return as_datetime(value).isoformat()
+
+
 def as_json(value: Any) -> Any:
     """A stored JSON document (text from the drivers, already decoded through SQLAlchemy)."""
     return orjson.loads(value) if isinstance(value, (str, bytes)) else value
