@@ -31,10 +31,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from bench.token_endpoint import basic, form_body, presign
 from fhirgate.app import create_app
 from fhirgate.config import Settings
+from fhirgate.domain.clients import AuthMethod
 from fhirgate.oauth.client_auth import SecretHasher
 from fhirgate.oauth.jose import jwk_from_public_key
 from fhirgate.storage.db import upgrade_async
-from fhirgate.storage.models import AuthMethod
 
 BASE = "http://127.0.0.1:8000"
 

@@ -18,10 +18,11 @@ from tests.support import BASE
 from fhirgate.cli.main import cli
 from fhirgate.config import Settings
 from fhirgate.dashboard.passwords import hash_password, verify_password
+from fhirgate.domain.organizations import OrganizationRole
 from fhirgate.storage.accounts import AccountRepo, LastOwner
 from fhirgate.storage.audit import AuditLog
 from fhirgate.storage.db import create_engine, upgrade_async
-from fhirgate.storage.models import DashboardUserRow, OrganizationRole
+from fhirgate.storage.models import DashboardUserRow
 from fhirgate.storage.repos import OrganizationRepo
 
 PASSWORD = "correct horse battery staple"

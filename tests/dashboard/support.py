@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import httpx
 
 from fhirgate.dashboard.passwords import hash_password
+from fhirgate.domain.organizations import EnvironmentRole, OrganizationRole
 from fhirgate.services import Services
 from fhirgate.storage.accounts import DashboardUser
-from fhirgate.storage.models import EnvironmentRole, OrganizationRole
 from tests.support import BASE
 
 PASSWORD = "correct horse battery staple"

@@ -25,11 +25,12 @@ from fhirgate.dashboard.api_keys import (
     KeyChangeError,
     NotFound,
 )
+from fhirgate.domain.organizations import EnvironmentRole, OrganizationRole
 from fhirgate.oauth.jose import jwk_from_public_key
 from fhirgate.oauth.quota import CallQuota
 from fhirgate.oauth.registration import jwk_thumbprint
 from fhirgate.services import Services
-from fhirgate.storage.models import AuditEventRow, EnvironmentRole, OrganizationRole
+from fhirgate.storage.models import AuditEventRow
 from tests.jwks_server import JWKSServer, Reply, jwks_reply
 from tests.platform.support import Org, organization, person, public_jwk
 from tests.support import Running, SigningClient, pin_window, private_key

@@ -10,8 +10,8 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from fhirgate.domain.organizations import EnvironmentRole, OrganizationRole
 from fhirgate.oauth.jose import jwk_from_public_key
-from fhirgate.storage.models import EnvironmentRole, OrganizationRole
 from tests.dashboard.support import Browser, browser_for, person
 from tests.support import Running, private_key
 

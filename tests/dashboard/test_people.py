@@ -7,12 +7,8 @@ from datetime import timedelta
 
 from sqlalchemy import insert, update
 
-from fhirgate.storage.models import (
-    EnvironmentRole,
-    InvitationRow,
-    MembershipRow,
-    OrganizationRole,
-)
+from fhirgate.domain.organizations import EnvironmentRole, OrganizationRole
+from fhirgate.storage.models import InvitationRow, MembershipRow
 from fhirgate.storage.repos import now
 from tests.dashboard.support import PASSWORD, Browser, browser_for, csrf_of, person
 from tests.support import Running

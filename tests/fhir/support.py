@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import orjson
 
-from fhirgate.storage.models import EnvironmentKind
-from fhirgate.storage.repos import Conflict
+from fhirgate.domain.errors import Conflict
+from fhirgate.domain.organizations import EnvironmentKind
 from tests.delegation.support import Application, register_application
 from tests.support import BASE, Running, register_secret_client
 

@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 import pytest
 
-from fhirgate.storage.models import EnvironmentKind
+from fhirgate.domain.organizations import EnvironmentKind
 from tests.fhir.support import (
     FHIR,
     World,

@@ -36,9 +36,9 @@ from fhirpy.base.exceptions import ResourceNotFound
 from fhirgate.app import create_app
 from fhirgate.client import PrivateKeyJWTAuth
 from fhirgate.config import Settings
+from fhirgate.domain.organizations import EnvironmentKind
 from fhirgate.oauth.jose import PrivateKey, jwk_from_public_key
 from fhirgate.storage.db import create_engine, upgrade
-from fhirgate.storage.models import EnvironmentKind
 from fhirgate.storage.repos import ClientRepo, OrganizationRepo
 from tests.support import private_key
 

@@ -8,10 +8,11 @@ from collections.abc import AsyncIterator
 import pytest
 
 from fhirgate.config import Settings
+from fhirgate.domain.clients import Client
 from fhirgate.oauth.clients import ClientDirectory
 from fhirgate.services import Services
 from fhirgate.storage.db import upgrade_async
-from fhirgate.storage.repos import Client, ClientRepo
+from fhirgate.storage.repos import ClientRepo
 
 
 class CountingRepo(ClientRepo):

@@ -43,12 +43,13 @@ from tests.support import (
 from fhirgate.app import create_app
 from fhirgate.cli.main import cli
 from fhirgate.config import Settings
+from fhirgate.domain.clients import new_client_id
+from fhirgate.domain.errors import NotFound
 from fhirgate.oauth.client_auth import SecretHasher
 from fhirgate.oauth.keys import server_secret
 from fhirgate.services import Services
 from fhirgate.storage.db import sqlite_path, upgrade_async
 from fhirgate.storage.models import ClientRow
-from fhirgate.storage.repos import NotFound, new_client_id
 from fhirgate.storage.ttl_sets import digest
 
 TOKEN = "/oauth2/token"

@@ -10,10 +10,9 @@ from typing import Any
 import httpx
 
 from fhirgate.dashboard.passwords import hash_password
+from fhirgate.domain.organizations import Environment, EnvironmentRole, OrganizationRole
 from fhirgate.oauth.jose import jwk_from_public_key
 from fhirgate.services import Services
-from fhirgate.storage.models import EnvironmentRole, OrganizationRole
-from fhirgate.storage.repos import Environment
 from tests.support import BASE, SigningClient, private_key
 
 PASSWORD = "correct horse battery staple"

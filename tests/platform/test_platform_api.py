@@ -8,7 +8,8 @@ from typing import Any
 from sqlalchemy import select
 
 from fhirgate.dashboard.api_keys import PRIVATE_JWK_MEMBERS
-from fhirgate.storage.models import AuditEventRow, EnvironmentRole, OrganizationRole
+from fhirgate.domain.organizations import EnvironmentRole, OrganizationRole
+from fhirgate.storage.models import AuditEventRow
 from tests.platform.support import (
     Caller,
     apikeys_path,

@@ -8,8 +8,9 @@ import pytest
 from sqlalchemy import update
 
 from fhirgate.dashboard.api_keys import Forbidden
+from fhirgate.domain.organizations import OrganizationRole
 from fhirgate.oauth.jose import jwk_from_public_key
-from fhirgate.storage.models import DashboardUserRow, OrganizationRole
+from fhirgate.storage.models import DashboardUserRow
 from tests.platform.support import (
     Caller,
     Org,

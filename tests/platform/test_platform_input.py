@@ -10,8 +10,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from fhirgate.config import Settings
+from fhirgate.domain.organizations import OrganizationRole
 from fhirgate.oauth.jose import b64url_encode, jwk_from_public_key
-from fhirgate.storage.models import OrganizationRole
 from tests.platform.support import (
     Caller,
     Org,

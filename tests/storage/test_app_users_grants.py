@@ -11,7 +11,10 @@ import pytest
 from sqlalchemy import delete, select, update
 from tests.support import Running, register_secret_client
 
-from fhirgate.storage.app_users import AppUser, AppUserRepo
+from fhirgate.domain.app_users import AppUser
+from fhirgate.domain.errors import Conflict, NotFound
+from fhirgate.domain.tokens import Redemption, TokenStanding
+from fhirgate.storage.app_users import AppUserRepo
 from fhirgate.storage.models import (
     AppUserRow,
     AuthorizationCodeRow,
@@ -19,8 +22,7 @@ from fhirgate.storage.models import (
     RevokedTokenRow,
     UserGrantRow,
 )
-from fhirgate.storage.repos import Conflict, NotFound
-from fhirgate.storage.user_grants import GrantRepo, Redemption, TokenStanding
+from fhirgate.storage.user_grants import GrantRepo
 
 SCOPE = "user/*.* openid"
 TTL = 600

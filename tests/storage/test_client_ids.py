@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from fhirgate.storage.repos import new_client_id
+from fhirgate.domain.clients import new_client_id
 
 
 def test_client_ids_are_url_safe_192_bit_values_that_never_look_like_an_option() -> None:

@@ -21,11 +21,11 @@ from tests.support import (
 )
 
 from fhirgate.config import Settings
+from fhirgate.domain.errors import Conflict, NotFound
 from fhirgate.oauth.keys import Keyring, load_cipher
 from fhirgate.services import Services
 from fhirgate.storage.db import create_engine, sqlite_path, upgrade_async
 from fhirgate.storage.direct import PostgresStatements, SqliteStatements, statements_for
-from fhirgate.storage.repos import Conflict, NotFound
 from fhirgate.storage.sqlite_inline import checkpoint
 from fhirgate.storage.ttl_sets import RedisTTLSet, SqlTTLSet, TTLSet, digest
 

@@ -9,8 +9,8 @@ import click
 
 from fhirgate.cli.context import Storage, emit, run_storage
 from fhirgate.dashboard.passwords import PasswordRejected, hash_password
+from fhirgate.domain.organizations import EnvironmentKind, EnvironmentRole, OrganizationRole
 from fhirgate.storage.accounts import AccountRepo, DashboardUser
-from fhirgate.storage.models import EnvironmentKind, EnvironmentRole, OrganizationRole
 from fhirgate.storage.repos import DEFAULT_ORG_SLUG
 
 __all__ = ["admin"]

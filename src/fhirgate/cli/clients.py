@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from fhirgate.cli.context import Storage, emit, run_storage
+from fhirgate.domain.clients import AuthMethod, Client
 from fhirgate.oauth.client_auth import SecretHasher
 from fhirgate.oauth.registration import (
     ClientKeys,
@@ -18,8 +19,7 @@ from fhirgate.oauth.registration import (
     validate_scope,
     validate_token_lifetime,
 )
-from fhirgate.storage.models import AuthMethod
-from fhirgate.storage.repos import DEFAULT_ORG_SLUG, Client
+from fhirgate.storage.repos import DEFAULT_ORG_SLUG
 
 __all__ = ["clients"]
 

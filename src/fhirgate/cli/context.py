@@ -13,12 +13,13 @@ from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
 
 from fhirgate.config import Settings
+from fhirgate.domain.errors import Conflict, NotFound
 from fhirgate.oauth.client_auth import SecretHasher
 from fhirgate.oauth.keys import SecretMismatch, audit_keys, server_secret
 from fhirgate.storage.audit import AuditLog, CheckpointFile
 from fhirgate.storage.db import create_engine, sqlite_path, upgrade
 from fhirgate.storage.direct import statements_for
-from fhirgate.storage.repos import ClientRepo, Conflict, NotFound, OrganizationRepo
+from fhirgate.storage.repos import ClientRepo, OrganizationRepo
 from fhirgate.storage.sqlite_inline import refresh_statistics
 
 __all__ = ["Storage", "emit", "load_settings", "run_storage"]

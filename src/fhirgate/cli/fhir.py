@@ -8,13 +8,13 @@ from typing import Any
 import click
 
 from fhirgate.cli.context import Storage, emit, run_storage
+from fhirgate.domain.clients import AuthMethod
+from fhirgate.domain.errors import Conflict
 from fhirgate.fhir.sample import sample_patients
 from fhirgate.fhir.store import Partition, ResourceStore
 from fhirgate.fhir.validation import validate
 from fhirgate.oauth.client_auth import SecretHasher
 from fhirgate.storage.app_users import AppUserRepo
-from fhirgate.storage.models import AuthMethod
-from fhirgate.storage.repos import Conflict
 
 __all__ = ["fhir"]
 

@@ -18,11 +18,12 @@ from typing import Any, TypeVar
 import click
 
 from fhirgate.cli.context import Storage, emit, run_storage
+from fhirgate.domain.app_users import AppUser
+from fhirgate.domain.clients import Client
 from fhirgate.oauth.delegation import APPLICATION_METHODS, Delegation
 from fhirgate.oauth.scopes import ScopeError
-from fhirgate.storage.app_users import AppUser, AppUserRepo
+from fhirgate.storage.app_users import AppUserRepo
 from fhirgate.storage.opaque_tokens import OpaqueTokenRepo
-from fhirgate.storage.repos import Client
 from fhirgate.storage.ttl_sets import SqlTTLSet
 from fhirgate.storage.user_grants import GrantRepo
 

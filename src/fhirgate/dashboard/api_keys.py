@@ -45,27 +45,22 @@ from fhirgate.dashboard.key_input import (
     public_jwks,
     url_detail,
 )
+from fhirgate.domain.clients import AuthMethod, Client
+from fhirgate.domain.errors import NotFound
+from fhirgate.domain.organizations import (
+    Environment,
+    EnvironmentKind,
+    EnvironmentRole,
+    OrganizationRole,
+)
 from fhirgate.oauth.client_auth import SecretHasher
 from fhirgate.oauth.clients import ClientDirectory
 from fhirgate.oauth.jwks import JWKSFetcher, JWKSFetchError
 from fhirgate.oauth.quota import CallQuota
 from fhirgate.storage.accounts import AccountRepo
 from fhirgate.storage.audit import AuditLog
-from fhirgate.storage.models import (
-    AuditEventRow,
-    AuthMethod,
-    EnvironmentKind,
-    EnvironmentRole,
-    OrganizationRole,
-)
-from fhirgate.storage.repos import (
-    Client,
-    ClientRepo,
-    Environment,
-    NotFound,
-    OrganizationRepo,
-    as_utc,
-)
+from fhirgate.storage.models import AuditEventRow
+from fhirgate.storage.repos import ClientRepo, OrganizationRepo, as_utc
 
 __all__ = [
     "PLATFORM_SCOPE",

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+from fhirgate.domain.clients import AuthMethod
 from fhirgate.oauth.jose import JWSError, jwk_from_public_key, public_key_from_jwk
 from fhirgate.oauth.jwks import JWKSFetchError
 from fhirgate.oauth.registration import (
@@ -25,7 +26,6 @@ from fhirgate.oauth.registration import (
     validate_keys,
     validate_scope,
 )
-from fhirgate.storage.models import AuthMethod
 
 __all__ = [
     "MAX_KEYS",

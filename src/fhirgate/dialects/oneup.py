@@ -26,13 +26,14 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
 
+from fhirgate.domain.app_users import AppUser
+from fhirgate.domain.clients import Client
+from fhirgate.domain.errors import Conflict, NotFound
 from fhirgate.oauth.delegation import Delegation, UserInactive, authenticate_application
 from fhirgate.oauth.errors import InvalidRequest, OAuthError, TooManyAttempts
 from fhirgate.oauth.scopes import ScopeError
 from fhirgate.oauth.server import parse_form
 from fhirgate.services import Services
-from fhirgate.storage.app_users import AppUser
-from fhirgate.storage.repos import Client, Conflict, NotFound
 from fhirgate.web.token import source_address
 
 __all__ = ["router"]

@@ -12,9 +12,9 @@ from __future__ import annotations
 from starlette.responses import Response
 
 from fhirgate.config import Settings
+from fhirgate.domain.clients import AuthMethod
 from fhirgate.oauth.server import TokenPolicy
 from fhirgate.oauth.tokens import IssuedToken
-from fhirgate.storage.models import AuthMethod
 from fhirgate.web.token import TokenDialect, assertion_rules, json_response
 
 __all__ = ["PATTERN", "TOKEN_PATH"]

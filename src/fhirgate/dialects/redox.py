@@ -14,9 +14,9 @@ from __future__ import annotations
 from starlette.responses import Response
 
 from fhirgate.config import Settings
+from fhirgate.domain.clients import AuthMethod
 from fhirgate.oauth.errors import OAuthError
 from fhirgate.oauth.server import TokenPolicy
-from fhirgate.storage.models import AuthMethod
 from fhirgate.web.token import TokenDialect, assertion_rules, json_response
 
 __all__ = ["REDOX", "REDOX_ERROR_URI", "redox_description"]

@@ -19,10 +19,10 @@ from datetime import UTC, datetime
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
+from fhirgate.domain.tokens import IssuedPair
 from fhirgate.oauth.errors import OAuthError, TooManyAttempts
 from fhirgate.oauth.legacy import LegacyKeyService
 from fhirgate.services import Services
-from fhirgate.storage.opaque_tokens import IssuedPair
 from fhirgate.web.token import NO_STORE, source_address
 
 __all__ = ["router"]

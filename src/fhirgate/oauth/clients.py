@@ -14,8 +14,9 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from fhirgate.domain.clients import Client
 from fhirgate.oauth.keyset import ClientKey, JWKSetError, validate_jwks
-from fhirgate.storage.repos import Client, ClientRepo
+from fhirgate.storage.repos import ClientRepo
 
 __all__ = ["ClientDirectory", "RegisteredClient"]
 

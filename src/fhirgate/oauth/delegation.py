@@ -19,16 +19,17 @@ import time
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from fhirgate.domain.app_users import AppUser
+from fhirgate.domain.clients import AuthMethod, Client
+from fhirgate.domain.tokens import OpaqueKind, Redemption
 from fhirgate.oauth.client_auth import ClientAuthenticator, SecretCredentials
 from fhirgate.oauth.errors import InsufficientScope, InvalidGrant, InvalidRequest, InvalidScope
 from fhirgate.oauth.id_tokens import IdTokenIssuer
 from fhirgate.oauth.scopes import IDENTITY_SCOPES, ScopeError, ScopeSet, narrow, parse_scopes
 from fhirgate.oauth.tokens import AccessTokenService, IssuedToken, Principal
-from fhirgate.storage.app_users import AppUser, AppUserRepo
-from fhirgate.storage.models import AuthMethod, OpaqueKind
+from fhirgate.storage.app_users import AppUserRepo
 from fhirgate.storage.opaque_tokens import OpaqueTokenRepo
-from fhirgate.storage.repos import Client
-from fhirgate.storage.user_grants import GrantRepo, Redemption
+from fhirgate.storage.user_grants import GrantRepo
 
 __all__ = [
     "ALL_USERS",

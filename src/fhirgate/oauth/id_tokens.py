@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import time
 
+from fhirgate.domain.tokens import UserGrant
 from fhirgate.oauth.keys import ID_TOKEN_ALG, Keyring, KeySigner
-from fhirgate.storage.user_grants import UserGrant
 
 __all__ = ["IdTokenIssuer"]
 

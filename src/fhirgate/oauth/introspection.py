@@ -18,12 +18,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from fhirgate.domain.clients import AuthMethod, Client
+from fhirgate.domain.tokens import OpaqueKind, OpaqueToken
 from fhirgate.oauth.errors import InvalidToken
 from fhirgate.oauth.legacy import LegacyKeyService
 from fhirgate.oauth.tokens import AccessTokenService, Principal
-from fhirgate.storage.models import AuthMethod, OpaqueKind
-from fhirgate.storage.opaque_tokens import OpaqueToken, OpaqueTokenRepo
-from fhirgate.storage.repos import Client
+from fhirgate.storage.opaque_tokens import OpaqueTokenRepo
 from fhirgate.storage.user_grants import GrantRepo
 
 __all__ = ["INACTIVE", "TokenInspector"]

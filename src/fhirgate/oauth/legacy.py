@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import time
 
+from fhirgate.domain.clients import AuthMethod, Client
+from fhirgate.domain.tokens import IssuedPair, OpaqueKind, OpaqueToken
 from fhirgate.oauth.client_auth import ClientAuthenticator, SecretCredentials
 from fhirgate.oauth.clients import ClientDirectory
 from fhirgate.oauth.errors import InvalidGrant, InvalidToken
 from fhirgate.oauth.scopes import ScopeError, parse_scopes
 from fhirgate.oauth.tokens import Principal, bounded
-from fhirgate.storage.models import AuthMethod, OpaqueKind
-from fhirgate.storage.opaque_tokens import IssuedPair, OpaqueToken, OpaqueTokenRepo
-from fhirgate.storage.repos import Client
+from fhirgate.storage.opaque_tokens import OpaqueTokenRepo
 
 __all__ = ["LegacyKeyService"]
 

@@ -17,10 +17,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from fhirgate.config import MAX_TOKEN_LIFETIME
+from fhirgate.domain.clients import AuthMethod
 from fhirgate.oauth.jose import b64url_encode, jwk_from_public_key
 from fhirgate.oauth.keyset import JWKSetError, validate_jwks
 from fhirgate.oauth.scopes import ScopeError, parse_scopes
-from fhirgate.storage.models import AuthMethod
 
 __all__ = [
     "DEFAULT_SCOPE",

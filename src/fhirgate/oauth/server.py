@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import unquote_plus
 
+from fhirgate.domain.clients import AuthMethod, Client
 from fhirgate.oauth.assertions import AssertionRules
 from fhirgate.oauth.client_auth import ClientAuthenticator, detect_credentials
 from fhirgate.oauth.delegation import Delegation
@@ -31,8 +32,6 @@ from fhirgate.oauth.errors import (
 from fhirgate.oauth.scopes import ScopeError, ScopeSet, narrow, parse_scopes
 from fhirgate.oauth.tokens import AccessTokenService, IssuedToken
 from fhirgate.storage.audit import AuditLog
-from fhirgate.storage.models import AuthMethod
-from fhirgate.storage.repos import Client
 
 __all__ = [
     "ALL_GRANT_TYPES",

@@ -17,14 +17,14 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from fhirgate.domain.clients import AuthMethod, Client
+from fhirgate.domain.tokens import TokenStanding, UserGrant
 from fhirgate.oauth.errors import InvalidToken
 from fhirgate.oauth.jose import JWSError, parse_compact, verify_signature
 from fhirgate.oauth.keys import ACCESS_TOKEN_ALG, Keyring, KeySigner
 from fhirgate.oauth.scopes import ScopeError, ScopeSet, parse_scopes, within
-from fhirgate.storage.models import AuthMethod
-from fhirgate.storage.repos import Client
 from fhirgate.storage.ttl_sets import TTLSet
-from fhirgate.storage.user_grants import GrantRepo, TokenStanding, UserGrant
+from fhirgate.storage.user_grants import GrantRepo
 
 __all__ = ["AccessTokenService", "IssuedToken", "Principal", "bounded"]
 

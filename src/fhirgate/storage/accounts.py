@@ -16,16 +16,16 @@ from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from fhirgate.domain.errors import Conflict, NotFound
+from fhirgate.domain.organizations import EnvironmentRole, OrganizationRole
 from fhirgate.storage.models import (
     DashboardUserRow,
-    EnvironmentRole,
     EnvironmentRoleRow,
     EnvironmentRow,
     MembershipRow,
-    OrganizationRole,
     OrganizationRow,
 )
-from fhirgate.storage.repos import Conflict, NotFound, now
+from fhirgate.storage.repos import now
 
 __all__ = ["AccountRepo", "DashboardUser", "LastOwner", "Membership", "normalized_email"]
 

@@ -15,16 +15,12 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from fhirgate.domain.errors import Conflict, NotFound
+from fhirgate.domain.organizations import OrganizationRole
 from fhirgate.storage.accounts import DashboardUser, normalized_email
-from fhirgate.storage.models import (
-    DashboardUserRow,
-    InvitationRow,
-    MembershipRow,
-    OrganizationRole,
-    OrganizationRow,
-)
+from fhirgate.storage.models import DashboardUserRow, InvitationRow, MembershipRow, OrganizationRow
 from fhirgate.storage.opaque_tokens import hash_token, new_token
-from fhirgate.storage.repos import Conflict, NotFound, now
+from fhirgate.storage.repos import now
 
 __all__ = ["INVITATION_LIFETIME", "Invitation", "InvitationRepo"]
 

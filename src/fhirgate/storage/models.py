@@ -5,7 +5,6 @@ users, authorization codes, user grants)."""
 from __future__ import annotations
 
 from datetime import datetime
-from enum import StrEnum
 
 from sqlalchemy import (
     JSON,
@@ -28,12 +27,9 @@ __all__ = [
     "AuditChainRow",
     "AuditEventResourceRow",
     "AuditEventRow",
-    "AuthMethod",
     "AuthorizationCodeRow",
     "Base",
     "ClientRow",
-    "ClientStatus",
-    "EnvironmentKind",
     "EnvironmentRow",
     "FhirDateIndexRow",
     "FhirPermissionRow",
@@ -43,7 +39,6 @@ __all__ = [
     "FhirTokenIndexRow",
     "FhirVersionRow",
     "InvitationRow",
-    "OpaqueKind",
     "OpaqueTokenRow",
     "OrganizationRow",
     "RevokedTokenRow",
@@ -52,55 +47,6 @@ __all__ = [
     "UsedJtiRow",
     "UserGrantRow",
 ]
-
-
-class EnvironmentKind(StrEnum):
-    DEVELOPMENT = "development"
-    STAGING = "staging"
-    PRODUCTION = "production"
-
-
-class OrganizationRole(StrEnum):
-    """A dashboard user's role in an organization (issue 6)."""
-
-    OWNER = "owner"
-    ADMIN = "admin"
-    MEMBER = "member"
-
-
-class EnvironmentRole(StrEnum):
-    """A member's role in one environment: engineers change its API keys; support and viewers
-    see them read-only."""
-
-    ENGINEER = "engineer"
-    SUPPORT = "support"
-    VIEWER = "viewer"
-
-
-class ClientStatus(StrEnum):
-    ACTIVE = "active"
-    REVOKED = "revoked"
-
-
-class AuthMethod(StrEnum):
-    """``token_endpoint_auth_method`` values (RFC 7591 §2)."""
-
-    PRIVATE_KEY_JWT = "private_key_jwt"
-    CLIENT_SECRET_BASIC = "client_secret_basic"  # noqa: S105 (method names)
-    CLIENT_SECRET_POST = "client_secret_post"  # noqa: S105
-    #: Redox legacy API key: ``apiKey`` + ``secret`` in a JSON body at ``/auth/authenticate``.
-    LEGACY_API_KEY = "legacy_api_key"
-
-    @property
-    def uses_secret(self) -> bool:
-        return self is not AuthMethod.PRIVATE_KEY_JWT
-
-
-class OpaqueKind(StrEnum):
-    """What an opaque token is (its hash is the row's key)."""
-
-    ACCESS = "access"
-    REFRESH = "refresh"
 
 
 class Base(DeclarativeBase):

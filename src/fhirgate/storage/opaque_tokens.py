@@ -13,18 +13,16 @@ import hashlib
 import secrets
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Row, and_, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from fhirgate.storage.models import OpaqueKind, OpaqueTokenRow, UserGrantRow
+from fhirgate.domain.tokens import IssuedPair, OpaqueKind, OpaqueToken
+from fhirgate.storage.models import OpaqueTokenRow, UserGrantRow
 
 __all__ = [
     "REUSE_GRACE",
-    "IssuedPair",
-    "OpaqueToken",
     "OpaqueTokenRepo",
     "hash_token",
     "new_token",
@@ -42,31 +40,6 @@ def new_token() -> str:
 
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
-
-
-@dataclass(frozen=True, slots=True)
-class OpaqueToken:
-    token_hash: str
-    kind: str
-    client_id: str
-    family_id: str
-    scope: str
-    issued_at: int
-    expires_at: int
-    consumed_at: int | None
-    revoked_at: int | None
-
-    def live(self, now: float) -> bool:
-        """Neither expired, revoked nor (for a refresh token) already used."""
-        return self.expires_at > now and self.revoked_at is None and self.consumed_at is None
-
-
-@dataclass(frozen=True, slots=True)
-class IssuedPair:
-    access_token: str
-    access_expires_at: int
-    refresh_token: str
-    family_id: str
 
 
 _COLUMNS = (

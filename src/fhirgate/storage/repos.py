@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import re
-import secrets
 import time
 import uuid
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,25 +14,16 @@ from sqlalchemy import Row, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from fhirgate.storage.models import (
-    ClientRow,
-    ClientStatus,
-    DashboardUserRow,
-    EnvironmentKind,
-    EnvironmentRow,
-    OrganizationRow,
-)
+from fhirgate.domain.clients import Client, ClientStatus, new_client_id
+from fhirgate.domain.errors import Conflict, NotFound
+from fhirgate.domain.organizations import Environment, EnvironmentKind
+from fhirgate.storage.models import ClientRow, DashboardUserRow, EnvironmentRow, OrganizationRow
 
 __all__ = [
     "DEFAULT_ORG_SLUG",
-    "Client",
     "ClientRepo",
-    "Conflict",
-    "Environment",
-    "NotFound",
     "OrganizationRepo",
     "as_utc",
-    "new_client_id",
 ]
 
 DEFAULT_ORG_SLUG = "default"
@@ -42,67 +31,8 @@ _MAX_CACHED_ENVIRONMENTS = 10_000
 _SLUG = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 
 
-class NotFound(LookupError):
-    """The named organization, environment or client does not exist."""
-
-
-class Conflict(ValueError):
-    """The write would break a uniqueness rule (a taken slug, for example)."""
-
-
 def now() -> datetime:
     return datetime.now(UTC)
-
-
-def new_client_id() -> str:
-    """A client id: 192 random bits, URL-safe (RFC 6749 §2.2, §10.10), never starting with
-    ``-``, which a command line would take for an option (``fhirgate clients show -x…``)."""
-    while (client_id := secrets.token_urlsafe(24)).startswith("-"):
-        pass
-    return client_id
-
-
-@dataclass(frozen=True, slots=True)
-class Environment:
-    id: str
-    kind: str
-    organization_id: str
-    organization_slug: str
-
-
-@dataclass(frozen=True, slots=True)
-class Client:
-    """A registered client (API key) with the environment it belongs to."""
-
-    client_id: str
-    name: str
-    status: str
-    auth_method: str
-    jwks: dict[str, Any] | None
-    jwks_url: str | None
-    scope: str
-    environment: Environment
-    created_at: datetime
-    updated_at: datetime
-    token_lifetime: int | None = None
-    secret_hash: str | None = field(default=None, repr=False)
-    previous_secret_hash: str | None = field(default=None, repr=False)
-    previous_secret_expires_at: int | None = None
-    #: A user-level API key (Platform API): the dashboard user it belongs to; ``None`` for the
-    #: API keys of an environment.
-    owner_user_id: str | None = None
-    #: For a user-level key read from storage: whether its owner's account is active.
-    owner_active: bool | None = None
-
-    @property
-    def active(self) -> bool:
-        """Not revoked, and for a user-level key, its owner not deactivated (a deactivated
-        person's keys get no tokens, and their tokens are refused)."""
-        return self.status == ClientStatus.ACTIVE and self.owner_active is not False
-
-    @property
-    def user_level(self) -> bool:
-        return self.owner_user_id is not None
 
 
 _CLIENT_COLUMNS = (

@@ -18,40 +18,18 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
-from enum import Enum
 from typing import Any
 
 from sqlalchemy import and_, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from fhirgate.domain.tokens import Redemption, TokenStanding, UserGrant
 from fhirgate.storage.grant_store import GrantStore, Spend, grant_store_for
 from fhirgate.storage.models import AuthorizationCodeRow, OpaqueTokenRow, UserGrantRow
 from fhirgate.storage.opaque_tokens import OpaqueTokenRepo, hash_token, new_token
 from fhirgate.storage.ttl_sets import TTLSet
 
 __all__ = ["GrantRepo", "Redemption", "TokenStanding", "UserGrant"]
-
-
-@dataclass(frozen=True, slots=True)
-class UserGrant:
-    """A live grant: the application ``client_id`` acts for user ``oneup_user_id``."""
-
-    grant_id: str
-    client_id: str
-    oneup_user_id: int
-    scope: str
-    auth_time: int
-    expires_at: int
-
-
-@dataclass(frozen=True, slots=True)
-class Redemption:
-    """A code or refresh token spent: the grant, and the family's new refresh token."""
-
-    grant: UserGrant
-    refresh_token: str
-    refresh_expires_at: int
 
 
 _GRANT_COLUMNS = (
@@ -62,14 +40,6 @@ _GRANT_COLUMNS = (
     UserGrantRow.auth_time,
     UserGrantRow.expires_at,
 )
-
-
-class TokenStanding(Enum):
-    """Where an access token of a user grant stands (:meth:`GrantRepo.token_standing`)."""
-
-    LIVE = "live"
-    REVOKED = "revoked"
-    GRANT_ENDED = "grant_ended"
 
 
 def _grant(row: Sequence[Any]) -> UserGrant:

@@ -41,9 +41,9 @@ from fhirgate.dashboard.api_keys import (
     NotFound,
     Unset,
 )
+from fhirgate.domain.clients import AuthMethod
 from fhirgate.oauth.errors import InsufficientScope, InvalidToken, TooManyAttempts
 from fhirgate.services import Services
-from fhirgate.storage.models import AuthMethod
 from fhirgate.web.failures import (
     PLATFORM_PREFIX,
     PLATFORM_VERSION,

@@ -17,13 +17,13 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from fhirgate.config import Settings
+from fhirgate.domain.clients import AuthMethod
 from fhirgate.oauth.assertions import AssertionRules
 from fhirgate.oauth.client_auth import is_basic
 from fhirgate.oauth.errors import OAuthError, TooManyAttempts
 from fhirgate.oauth.server import ALL_GRANT_TYPES, KEEP_EMPTY_SCOPE, TokenPolicy, parse_form
 from fhirgate.oauth.tokens import IssuedToken
 from fhirgate.services import Services
-from fhirgate.storage.models import AuthMethod
 from fhirgate.web.failures import (
     STORAGE_ERRORS,
     BodyTooLarge,

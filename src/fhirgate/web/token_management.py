@@ -17,12 +17,11 @@ from starlette.responses import Response
 from starlette.types import ASGIApp
 
 from fhirgate.config import Settings
+from fhirgate.domain.clients import AuthMethod, Client
 from fhirgate.oauth.client_auth import detect_credentials, is_basic
 from fhirgate.oauth.errors import InvalidRequest, OAuthError
 from fhirgate.oauth.server import TokenPolicy, parse_form
 from fhirgate.services import Services
-from fhirgate.storage.models import AuthMethod
-from fhirgate.storage.repos import Client
 from fhirgate.web.token import (
     NO_STORE,
     FormRequest,

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
+from fhirgate.domain.clients import AuthMethod, Client
 from fhirgate.oauth.assertions import AssertionRules
 from fhirgate.oauth.client_auth.client_secret import (
     SecretAuthenticator,
@@ -29,8 +30,6 @@ from fhirgate.oauth.clients import ClientDirectory
 from fhirgate.oauth.errors import InvalidClient, InvalidRequest, OAuthError, TooManyAttempts
 from fhirgate.oauth.throttle import FailureLimiter
 from fhirgate.storage.audit import AuditLog
-from fhirgate.storage.models import AuthMethod
-from fhirgate.storage.repos import Client
 
 __all__ = [
     "JWT_BEARER",

@@ -22,10 +22,10 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from urllib.parse import unquote_plus
 
+from fhirgate.domain.clients import Client
 from fhirgate.oauth.clients import ClientDirectory
 from fhirgate.oauth.errors import InvalidClient, InvalidRequest
 from fhirgate.oauth.keys import derive_key
-from fhirgate.storage.repos import Client
 
 __all__ = ["SecretAuthenticator", "SecretCredentials", "SecretHasher", "is_basic", "parse_basic"]
 

@@ -15,6 +15,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from fhirgate.domain.clients import AuthMethod, Client
 from fhirgate.oauth.assertions import (
     AssertionRules,
     check_claims,
@@ -27,8 +28,6 @@ from fhirgate.oauth.errors import InvalidClient
 from fhirgate.oauth.jose import ParsedJWS, PublicKey, verify_signature
 from fhirgate.oauth.jwks import JWKSFetcher, JWKSFetchError
 from fhirgate.oauth.keyset import ClientKey, match_key
-from fhirgate.storage.models import AuthMethod
-from fhirgate.storage.repos import Client
 from fhirgate.storage.ttl_sets import TTLSet, digest
 
 __all__ = ["ClaimedAssertion", "PrivateKeyJWTAuthenticator"]

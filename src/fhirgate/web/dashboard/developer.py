@@ -24,8 +24,9 @@ from fhirgate.dashboard.api_keys import (
     KeyChangeError,
 )
 from fhirgate.dashboard.sessions import Session
-from fhirgate.storage.models import AuthMethod, EnvironmentKind
-from fhirgate.storage.repos import NotFound
+from fhirgate.domain.clients import AuthMethod
+from fhirgate.domain.errors import NotFound
+from fhirgate.domain.organizations import EnvironmentKind
 from fhirgate.web.dashboard.common import (
     DashboardRoute,
     Page,

@@ -11,10 +11,10 @@ from starlette.responses import Response
 from fhirgate.dashboard.password_checks import PasswordChecks, TooManyAtOnce
 from fhirgate.dashboard.passwords import PasswordRejected
 from fhirgate.dashboard.sessions import Session
+from fhirgate.domain.errors import Conflict, NotFound
+from fhirgate.domain.organizations import EnvironmentKind, EnvironmentRole, OrganizationRole
 from fhirgate.oauth.throttle import Throttled
 from fhirgate.storage.accounts import LastOwner, Membership
-from fhirgate.storage.models import EnvironmentKind, EnvironmentRole, OrganizationRole
-from fhirgate.storage.repos import Conflict, NotFound
 from fhirgate.web.dashboard.common import (
     DashboardRoute,
     Page,
