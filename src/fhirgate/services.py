@@ -14,6 +14,7 @@ from fhirgate.config import MAX_TOKEN_LIFETIME, Settings
 from fhirgate.dashboard.api_keys import JWKS_TESTS_PER_MINUTE, ApiKeys
 from fhirgate.dashboard.password_checks import PasswordChecks
 from fhirgate.dashboard.sessions import SessionStore
+from fhirgate.domain.stores import TTLSet
 from fhirgate.fhir.interactions import Interactions
 from fhirgate.fhir.store import ResourceStore
 from fhirgate.fhir.versions import VERSIONS
@@ -25,25 +26,32 @@ from fhirgate.oauth.client_auth import (
 )
 from fhirgate.oauth.clients import ClientDirectory
 from fhirgate.oauth.delegation import Delegation
+from fhirgate.oauth.grants.authorization_code import AuthorizationCodeGrant
+from fhirgate.oauth.grants.client_credentials import ClientCredentialsGrant
+from fhirgate.oauth.grants.refresh_token import RefreshTokenGrant
 from fhirgate.oauth.id_tokens import IdTokenIssuer
 from fhirgate.oauth.introspection import TokenInspector
 from fhirgate.oauth.jwks import JWKSFetcher
-from fhirgate.oauth.keys import KeyCipher, Keyring, audit_keys, derive_key, server_secret
+from fhirgate.oauth.keys import KeyCipher, Keyring
 from fhirgate.oauth.legacy import LegacyKeyService
 from fhirgate.oauth.quota import CallQuota
-from fhirgate.oauth.server import TokenEndpoint
 from fhirgate.oauth.throttle import FailureLimiter
+from fhirgate.oauth.token_endpoint import TokenEndpoint
 from fhirgate.oauth.tokens import AccessTokenService
+from fhirgate.server_secret import derive_key, server_secret
 from fhirgate.storage.accounts import AccountRepo
 from fhirgate.storage.app_users import AppUserRepo
 from fhirgate.storage.audit import AuditLog, CheckpointFile
+from fhirgate.storage.audit_chain import audit_keys
+from fhirgate.storage.counters import RedisCounters
 from fhirgate.storage.db import create_engine, sqlite_path
 from fhirgate.storage.direct import SqliteStatements, Statements, statements_for
 from fhirgate.storage.invitations import InvitationRepo
 from fhirgate.storage.opaque_tokens import OpaqueTokenRepo
 from fhirgate.storage.repos import ClientRepo, OrganizationRepo
+from fhirgate.storage.server_keys import ServerKeyTable
 from fhirgate.storage.sqlite_inline import checkpoint, refresh_statistics
-from fhirgate.storage.ttl_sets import RedisTTLSet, SqlTTLSet, TTLSet
+from fhirgate.storage.ttl_sets import RedisTTLSet, SqlTTLSet
 from fhirgate.storage.user_grants import GrantRepo
 
 __all__ = ["Services"]
@@ -77,6 +85,7 @@ class Services:
     authenticator: ClientAuthenticator
     token_endpoint: TokenEndpoint
     opaque: OpaqueTokenRepo
+    grants: GrantRepo
     legacy: LegacyKeyService
     inspector: TokenInspector
     delegation: Delegation
@@ -96,6 +105,7 @@ class Services:
         engine = create_engine(settings.database_url)
         redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
         statements = statements_for(engine)
+        counters = RedisCounters(redis) if redis is not None else None
         used_jti: TTLSet
         revoked: TTLSet
         # a user grant's tokens are deny-listed beside their grants (GrantRepo), always here
@@ -107,7 +117,9 @@ class Services:
             used_jti = SqlTTLSet.used_jti(statements)
             revoked = revoked_in_database
         secret = server_secret(settings)
-        keyring = Keyring(engine, KeyCipher(secret), publish_for=MAX_TOKEN_LIFETIME + 60)
+        keyring = Keyring(
+            ServerKeyTable(engine), KeyCipher(secret), publish_for=MAX_TOKEN_LIFETIME + 60
+        )
         clients = ClientRepo(engine)
         directory = ClientDirectory(clients, settings.client_cache_ttl)
         jwks = JWKSFetcher(settings)
@@ -135,12 +147,11 @@ class Services:
         authenticator = ClientAuthenticator(
             PrivateKeyJWTAuthenticator(directory, jwks, used_jti),
             SecretAuthenticator(directory, hasher),
-            FailureLimiter(settings.auth_failure_limit, redis),
+            FailureLimiter(settings.auth_failure_limit, counters),
             audit,
             directory,
         )
         delegation = Delegation(
-            engine,
             AppUserRepo(engine),
             grants,
             opaque,
@@ -170,12 +181,20 @@ class Services:
             hasher,
             audit,
             authenticator,
-            TokenEndpoint(authenticator, tokens, delegation, audit),
+            TokenEndpoint(
+                authenticator,
+                (
+                    ClientCredentialsGrant(tokens),
+                    AuthorizationCodeGrant(delegation, audit),
+                    RefreshTokenGrant(delegation, audit),
+                ),
+            ),
             opaque,
+            grants,
             legacy,
             TokenInspector(tokens, legacy, opaque, grants, settings.issuer),
             delegation,
-            CallQuota(settings.user_management_rate_limit, 3600, redis, "fhirgate:um:"),
+            CallQuota(settings.user_management_rate_limit, 3600, counters, "fhirgate:um:"),
             {
                 v.name: Interactions(
                     ResourceStore(engine, v.name, statements), v, settings.search_max_repeats
@@ -189,7 +208,7 @@ class Services:
             PasswordChecks(
                 FailureLimiter(
                     SIGN_IN_FAILURES,
-                    redis,
+                    counters,
                     prefix="fhirgate:signin:",
                     address_limit=SIGN_IN_FAILURES * 5,
                 ),
@@ -203,11 +222,11 @@ class Services:
                 directory=directory,
                 audit=audit,
                 hasher=hasher,
-                test_quota=CallQuota(JWKS_TESTS_PER_MINUTE, 60, redis, "fhirgate:jwkstest:"),
+                test_quota=CallQuota(JWKS_TESTS_PER_MINUTE, 60, counters, "fhirgate:jwkstest:"),
             ),
             FailureLimiter(
                 settings.bearer_failure_limit,
-                redis,
+                counters,
                 prefix="fhirgate:bearer:",
                 address_limit=settings.bearer_failure_limit,
             ),
@@ -222,7 +241,7 @@ class Services:
             (AUDIT_FLUSH_SECONDS, self.audit.seal),
             (PURGE_SECONDS, self.opaque.purge),
             # and the database's deny-list (Redis expires its entries itself)
-            (PURGE_SECONDS, self.delegation.grants.purge),
+            (PURGE_SECONDS, self.grants.purge),
             (PURGE_SECONDS, self.sessions.purge),
         ]
         if self.settings.is_sqlite:
@@ -251,7 +270,7 @@ class Services:
             log.exception("could not write or seal the last audit events")
         await self.used_jti.aclose()
         await self.revoked.aclose()
-        await self.delegation.grants.aclose()
+        await self.grants.aclose()
         await self.statements.aclose()
         await self.jwks.aclose()
         if self.redis is not None:

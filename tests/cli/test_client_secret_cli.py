@@ -19,7 +19,7 @@ from tests.support import BASE, start
 from fhirgate.cli.main import cli
 from fhirgate.config import Settings
 from fhirgate.oauth.client_auth import SecretHasher
-from fhirgate.oauth.keys import server_secret
+from fhirgate.server_secret import server_secret
 from fhirgate.storage.audit import AuditEvent, AuditLog
 from fhirgate.storage.db import create_engine
 

@@ -7,9 +7,9 @@ from typing import Any
 import httpx
 import pytest
 
+from fhirgate.domain.resource_types import R4_RESOURCE_TYPES
 from fhirgate.fhir import definitions
 from fhirgate.fhir.errors import Problem
-from fhirgate.fhir.resource_types import R4_RESOURCE_TYPES
 from fhirgate.fhir.validation import definition_problems, validate
 from tests.fhir.support import system_headers
 from tests.support import Running

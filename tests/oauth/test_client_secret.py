@@ -45,12 +45,12 @@ from fhirgate.cli.main import cli
 from fhirgate.config import Settings
 from fhirgate.domain.clients import new_client_id
 from fhirgate.domain.errors import NotFound
+from fhirgate.domain.stores import digest
 from fhirgate.oauth.client_auth import SecretHasher
-from fhirgate.oauth.keys import server_secret
+from fhirgate.server_secret import server_secret
 from fhirgate.services import Services
 from fhirgate.storage.db import sqlite_path, upgrade_async
 from fhirgate.storage.models import ClientRow
-from fhirgate.storage.ttl_sets import digest
 
 TOKEN = "/oauth2/token"
 PATTERN = "/api/auth/token"

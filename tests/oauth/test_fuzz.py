@@ -27,9 +27,10 @@ from hypothesis import strategies as st
 from tests.support import BASE, Running, SigningClient, register_client, register_secret_client
 
 from fhirgate.config import Settings
-from fhirgate.fhir.resource_types import R4_RESOURCE_TYPES
+from fhirgate.domain.resource_types import R4_RESOURCE_TYPES
 from fhirgate.oauth.client_auth import JWT_BEARER
 from fhirgate.oauth.errors import InvalidRequest
+from fhirgate.oauth.forms import FORM_CONTENT_TYPE, KEEP_EMPTY_SCOPE, parse_form
 from fhirgate.oauth.jose import JWSError, b64url_encode, parse_compact
 from fhirgate.oauth.keyset import JWKSetError, parse_jwks, validate_jwks
 from fhirgate.oauth.scopes import (
@@ -40,7 +41,6 @@ from fhirgate.oauth.scopes import (
     narrow,
     parse_scopes,
 )
-from fhirgate.oauth.server import FORM_CONTENT_TYPE, KEEP_EMPTY_SCOPE, parse_form
 
 PARSER = examples(max_examples=1000, deadline=None, database=None)
 #: For the properties whose inputs are costlier to generate (whole forms, two JSON objects).

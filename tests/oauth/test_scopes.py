@@ -8,7 +8,7 @@ import httpx
 import pytest
 from tests.support import MakeClient
 
-from fhirgate.fhir.resource_types import R4_RESOURCE_TYPES
+from fhirgate.domain.resource_types import R4_RESOURCE_TYPES
 from fhirgate.oauth.scopes import (
     MAX_SCOPE_CHARS,
     MAX_SCOPE_TOKENS,

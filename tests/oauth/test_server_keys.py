@@ -35,6 +35,7 @@ from fhirgate.oauth.keys import (
 from fhirgate.oauth.tokens import TOKEN_TYPE
 from fhirgate.storage.db import _alembic_config, create_engine
 from fhirgate.storage.models import ServerKeyRow
+from fhirgate.storage.server_keys import ServerKeyTable
 
 JWKS = "/.well-known/jwks.json"
 SCOPE = "system/Patient.rs"
@@ -65,7 +66,9 @@ async def _published(server: Running) -> set[str]:
 def _fresh(settings: Settings, services: Any, cipher: KeyCipher | None = None) -> Keyring:
     """A keyring as another replica (or a restarted server) builds it from storage."""
     return Keyring(
-        services.engine, cipher or load_cipher(settings), publish_for=MAX_TOKEN_LIFETIME + 60
+        ServerKeyTable(services.engine),
+        cipher or load_cipher(settings),
+        publish_for=MAX_TOKEN_LIFETIME + 60,
     )
 
 
@@ -199,7 +202,9 @@ async def test_the_upgrade_from_revision_0010_keeps_the_keys(
         assert "row_mac" not in columns
         await asyncio.to_thread(command.upgrade, config, "head")
         assert all(row.row_mac is None for row in (await _rows(engine)).values())
-        replica = Keyring(engine, load_cipher(backend_settings), MAX_TOKEN_LIFETIME + 60)
+        replica = Keyring(
+            ServerKeyTable(engine), load_cipher(backend_settings), MAX_TOKEN_LIFETIME + 60
+        )
         await replica.ensure()
         assert {key["kid"] for key in replica.jwks["keys"]} == kids
         assert replica.signer.kid == signer

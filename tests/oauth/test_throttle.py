@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 from tests.support import REDIS_URL, require_service
 
 from fhirgate.oauth.throttle import FailureLimiter, failure_keys
+from fhirgate.storage.counters import RedisCounters
 
 # 10 s into a window: a block set now lasts 50 s
 START = 28_333_333 * 60 + 10.0
@@ -72,7 +73,8 @@ def make_limiter(request: pytest.FixtureRequest, clock: Clock, prefix: str) -> M
     def factory(limit: int, **options: object) -> FailureLimiter:
         options.setdefault("clock", clock)
         options.setdefault("address_limit", limit)  # one limit for both keys unless a test says
-        return FailureLimiter(limit, redis, prefix=prefix, **options)  # type: ignore[arg-type]
+        counters = RedisCounters(redis) if redis is not None else None
+        return FailureLimiter(limit, counters, prefix=prefix, **options)  # type: ignore[arg-type]
 
     return factory
 
@@ -240,8 +242,8 @@ async def test_a_long_client_id_costs_a_fixed_size_key(
 async def test_replicas_sharing_redis_add_up_their_counts(
     redis_client: Redis, clock: Clock, prefix: str
 ) -> None:
-    first = FailureLimiter(4, redis_client, clock=clock, prefix=prefix)
-    second = FailureLimiter(4, redis_client, clock=clock, prefix=prefix)
+    first = FailureLimiter(4, RedisCounters(redis_client), clock=clock, prefix=prefix)
+    second = FailureLimiter(4, RedisCounters(redis_client), clock=clock, prefix=prefix)
     assert await fail(first, 2, ADDR, CLIENT) == [None, None]
     assert await fail(second, 1, ADDR, CLIENT) == [None]
     assert first.check(ADDR, CLIENT) is None
@@ -280,7 +282,7 @@ async def test_check_needs_no_redis_and_failures_fail_closed_when_it_is_down(
     ``record_failure`` raises so that the caller answers 503."""
     down = Redis.from_url(f"redis://127.0.0.1:{_closed_port()}/0")
     try:
-        limiter = FailureLimiter(3, down, clock=clock)
+        limiter = FailureLimiter(3, RedisCounters(down), clock=clock)
         assert limiter.check(ADDR, CLIENT) is None
         with pytest.raises(redis.exceptions.ConnectionError):
             await limiter.record_failure(ADDR, CLIENT)

@@ -33,7 +33,7 @@ from fhirgate.app import create_app
 from fhirgate.client import AppUserAuth, OAuthError, UnknownAppUser
 from fhirgate.config import Settings
 from fhirgate.oauth.client_auth import SecretHasher
-from fhirgate.oauth.keys import server_secret
+from fhirgate.server_secret import server_secret
 from fhirgate.storage.db import create_engine, upgrade
 from fhirgate.storage.repos import ClientRepo, OrganizationRepo
 

@@ -22,12 +22,14 @@ from tests.support import (
 
 from fhirgate.config import Settings
 from fhirgate.domain.errors import Conflict, NotFound
+from fhirgate.domain.stores import TTLSet, digest
 from fhirgate.oauth.keys import Keyring, load_cipher
 from fhirgate.services import Services
 from fhirgate.storage.db import create_engine, sqlite_path, upgrade_async
 from fhirgate.storage.direct import PostgresStatements, SqliteStatements, statements_for
+from fhirgate.storage.server_keys import ServerKeyTable
 from fhirgate.storage.sqlite_inline import checkpoint
-from fhirgate.storage.ttl_sets import RedisTTLSet, SqlTTLSet, TTLSet, digest
+from fhirgate.storage.ttl_sets import RedisTTLSet, SqlTTLSet
 
 
 @pytest.fixture
@@ -208,7 +210,7 @@ async def test_server_keys_are_encrypted_at_rest_and_rotate(
     assert keyring.signer_for("RS256").kid == id_token_kid  # rotating ES256 keeps the RS256 key
     published = {k["kid"] for k in keyring.jwks["keys"]}
     assert published == {first, second, id_token_kid}  # retired keys stay until tokens expire
-    other = Keyring(services.engine, load_cipher(backend_settings), publish_for=0)
+    other = Keyring(ServerKeyTable(services.engine), load_cipher(backend_settings), publish_for=0)
     await other.reload()
     assert {k["kid"] for k in other.jwks["keys"]} == {second, id_token_kid}  # past its window
 
@@ -219,7 +221,7 @@ async def test_keyring_refuses_a_wrong_secret(
     await services.keyring.ensure()
     from fhirgate.oauth.keys import KeyCipher, SecretMismatch
 
-    wrong = Keyring(services.engine, KeyCipher(b"not the secret"), publish_for=360)
+    wrong = Keyring(ServerKeyTable(services.engine), KeyCipher(b"not the secret"), publish_for=360)
     with pytest.raises(SecretMismatch):
         await wrong.reload()
 

@@ -130,7 +130,7 @@ async def test_waiting_for_a_connection_can_be_cancelled_without_losing_one(
 async def test_sqlite_datetimes_are_stored_as_sqlalchemy_does(tmp_path: object) -> None:
     from datetime import UTC, datetime, timedelta, timezone
 
-    from fhirgate.storage.direct import as_datetime
+    from fhirgate.domain.instants import as_datetime
 
     runner = SqliteStatements(f"{tmp_path}/d.db")
     try:

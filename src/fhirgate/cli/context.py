@@ -15,8 +15,10 @@ from sqlalchemy.exc import DBAPIError
 from fhirgate.config import Settings
 from fhirgate.domain.errors import Conflict, NotFound
 from fhirgate.oauth.client_auth import SecretHasher
-from fhirgate.oauth.keys import SecretMismatch, audit_keys, server_secret
+from fhirgate.oauth.keys import SecretMismatch
+from fhirgate.server_secret import server_secret
 from fhirgate.storage.audit import AuditLog, CheckpointFile
+from fhirgate.storage.audit_chain import audit_keys
 from fhirgate.storage.db import create_engine, sqlite_path, upgrade
 from fhirgate.storage.direct import statements_for
 from fhirgate.storage.repos import ClientRepo, OrganizationRepo

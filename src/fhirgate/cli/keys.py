@@ -15,6 +15,7 @@ from fhirgate.config import MAX_TOKEN_LIFETIME
 from fhirgate.oauth.jose import PrivateKey, jwk_from_public_key
 from fhirgate.oauth.keys import ACCESS_TOKEN_ALG, ID_TOKEN_ALG, SIGNING_ALGS, Keyring, load_cipher
 from fhirgate.oauth.registration import jwk_thumbprint
+from fhirgate.storage.server_keys import ServerKeyTable
 
 __all__ = ["keys"]
 
@@ -102,7 +103,9 @@ def rotate(alg: str, as_json: bool) -> None:
 
     async def job(storage: Storage) -> str:
         settings = storage.settings
-        keyring = Keyring(storage.engine, load_cipher(settings), MAX_TOKEN_LIFETIME + 60)
+        keyring = Keyring(
+            ServerKeyTable(storage.engine), load_cipher(settings), MAX_TOKEN_LIFETIME + 60
+        )
         await keyring.open()
         return await keyring.add(alg, retire_others=True)
 

@@ -92,13 +92,9 @@ class Application:
         return IssuedCode(user, code, granted, ttl)
 
     async def set_active(self, user: AppUser, active: bool) -> AppUser:
-        """(De)activate; deactivation ends the user's codes and grants in the same transaction
-        (as ``Delegation.set_active``)."""
-        async with self.storage.engine.begin() as conn:
-            changed = await self.users.set_active(self.client_id, user.oneup_user_id, active, conn)
-            if not active:
-                await self.grants.revoke_user(self.client_id, user.oneup_user_id, conn)
-        return changed
+        """(De)activate; deactivation ends the user's codes and grants in the same transaction."""
+        change = self.users.activate if active else self.users.deactivate
+        return await change(self.client_id, user.oneup_user_id)
 
     async def audit(self, event: str, user: AppUser) -> None:
         await self.storage.audit.record(

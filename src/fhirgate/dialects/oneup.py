@@ -31,8 +31,8 @@ from fhirgate.domain.clients import Client
 from fhirgate.domain.errors import Conflict, NotFound
 from fhirgate.oauth.delegation import Delegation, UserInactive, authenticate_application
 from fhirgate.oauth.errors import InvalidRequest, OAuthError, TooManyAttempts
+from fhirgate.oauth.forms import parse_form
 from fhirgate.oauth.scopes import ScopeError
-from fhirgate.oauth.server import parse_form
 from fhirgate.services import Services
 from fhirgate.web.token import source_address
 

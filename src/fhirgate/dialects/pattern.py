@@ -13,7 +13,7 @@ from starlette.responses import Response
 
 from fhirgate.config import Settings
 from fhirgate.domain.clients import AuthMethod
-from fhirgate.oauth.server import TokenPolicy
+from fhirgate.oauth.grants.base import TokenPolicy
 from fhirgate.oauth.tokens import IssuedToken
 from fhirgate.web.token import TokenDialect, assertion_rules, json_response
 

@@ -16,7 +16,7 @@ from starlette.responses import Response
 from fhirgate.config import Settings
 from fhirgate.domain.clients import AuthMethod
 from fhirgate.oauth.errors import OAuthError
-from fhirgate.oauth.server import TokenPolicy
+from fhirgate.oauth.grants.base import TokenPolicy
 from fhirgate.web.token import TokenDialect, assertion_rules, json_response
 
 __all__ = ["REDOX", "REDOX_ERROR_URI", "redox_description"]

@@ -30,10 +30,11 @@ from typing import Any
 from sqlalchemy import and_, delete, exists, false, insert, or_, select, true, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from fhirgate.domain.instants import as_datetime
 from fhirgate.fhir.errors import Forbidden, NotFound, PreconditionFailed
 from fhirgate.fhir.indexing import index
 from fhirgate.fhir.search import Binder, SearchRequest
-from fhirgate.storage.direct import Statements, as_datetime, as_json
+from fhirgate.storage.direct import Statements, as_json
 from fhirgate.storage.models import (
     FhirDateIndexRow,
     FhirPermissionRow,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fhirgate.fhir.resource_types import (
+from fhirgate.domain.resource_types import (
     DSTU2_RESOURCE_TYPES,
     R4_RESOURCE_TYPES,
     STU3_RESOURCE_TYPES,

@@ -15,8 +15,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from fhirgate.domain.clients import Client
+from fhirgate.domain.stores import ClientStore
 from fhirgate.oauth.keyset import ClientKey, JWKSetError, validate_jwks
-from fhirgate.storage.repos import ClientRepo
 
 __all__ = ["ClientDirectory", "RegisteredClient"]
 
@@ -42,7 +42,7 @@ def _registered(client: Client) -> RegisteredClient:
 class ClientDirectory:
     """Looks clients up by id through a short-lived cache."""
 
-    def __init__(self, repo: ClientRepo, ttl: float) -> None:
+    def __init__(self, repo: ClientStore, ttl: float) -> None:
         self._repo = repo
         self._ttl = ttl
         self._entries: OrderedDict[str, tuple[float, RegisteredClient | None]] = OrderedDict()

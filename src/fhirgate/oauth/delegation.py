@@ -17,19 +17,15 @@ import dataclasses
 import re
 import time
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
 from fhirgate.domain.app_users import AppUser
 from fhirgate.domain.clients import AuthMethod, Client
+from fhirgate.domain.stores import AppUserStore, GrantStore, OpaqueTokenStore
 from fhirgate.domain.tokens import OpaqueKind, Redemption
 from fhirgate.oauth.client_auth import ClientAuthenticator, SecretCredentials
 from fhirgate.oauth.errors import InsufficientScope, InvalidGrant, InvalidRequest, InvalidScope
 from fhirgate.oauth.id_tokens import IdTokenIssuer
 from fhirgate.oauth.scopes import IDENTITY_SCOPES, ScopeError, ScopeSet, narrow, parse_scopes
 from fhirgate.oauth.tokens import AccessTokenService, IssuedToken, Principal
-from fhirgate.storage.app_users import AppUserRepo
-from fhirgate.storage.opaque_tokens import OpaqueTokenRepo
-from fhirgate.storage.user_grants import GrantRepo
 
 __all__ = [
     "ALL_USERS",
@@ -81,16 +77,14 @@ class Delegation:
 
     def __init__(
         self,
-        engine: AsyncEngine,
-        users: AppUserRepo,
-        grants: GrantRepo,
-        opaque: OpaqueTokenRepo,
+        users: AppUserStore,
+        grants: GrantStore,
+        opaque: OpaqueTokenStore,
         tokens: AccessTokenService,
         id_tokens: IdTokenIssuer,
         *,
         code_ttl: int,
     ) -> None:
-        self._engine = engine
         self.users = users
         self.grants = grants
         self._opaque = opaque
@@ -129,11 +123,8 @@ class Delegation:
     async def set_active(self, client: Client, oneup_user_id: int, active: bool) -> AppUser:
         """(De)activate a user; deactivation also ends its codes and grants, in one
         transaction."""
-        async with self._engine.begin() as conn:
-            user = await self.users.set_active(client.client_id, oneup_user_id, active, conn)
-            if not active:
-                await self.grants.revoke_user(client.client_id, oneup_user_id, conn)
-        return user
+        change = self.users.activate if active else self.users.deactivate
+        return await change(client.client_id, oneup_user_id)
 
     async def revoke(self, client: Client, oneup_user_id: int) -> AppUser:
         """Revoke the application's grant for the user: its codes and every token end now; the

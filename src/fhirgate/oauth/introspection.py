@@ -19,12 +19,11 @@ import time
 from typing import Any
 
 from fhirgate.domain.clients import AuthMethod, Client
+from fhirgate.domain.stores import GrantStore, OpaqueTokenStore
 from fhirgate.domain.tokens import OpaqueKind, OpaqueToken
 from fhirgate.oauth.errors import InvalidToken
 from fhirgate.oauth.legacy import LegacyKeyService
 from fhirgate.oauth.tokens import AccessTokenService, Principal
-from fhirgate.storage.opaque_tokens import OpaqueTokenRepo
-from fhirgate.storage.user_grants import GrantRepo
 
 __all__ = ["INACTIVE", "TokenInspector"]
 
@@ -38,8 +37,8 @@ class TokenInspector:
         self,
         tokens: AccessTokenService,
         legacy: LegacyKeyService,
-        opaque: OpaqueTokenRepo,
-        grants: GrantRepo,
+        opaque: OpaqueTokenStore,
+        grants: GrantStore,
         issuer: str,
     ) -> None:
         self._tokens = tokens

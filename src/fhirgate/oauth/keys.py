@@ -19,22 +19,20 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import orjson
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from sqlalchemy import Row, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from fhirgate.config import Settings
+from fhirgate.domain.instants import as_datetime, instant_text
+from fhirgate.domain.stores import KeyRow, ServerKeyStore
 from fhirgate.oauth.jose import (
     CompactSigner,
     PrivateKey,
@@ -42,9 +40,7 @@ from fhirgate.oauth.jose import (
     jwk_from_public_key,
     public_key_from_jwk,
 )
-from fhirgate.storage.audit_chain import AuditKeys
-from fhirgate.storage.direct import as_datetime, instant_text
-from fhirgate.storage.models import ServerKeyRow
+from fhirgate.server_secret import derive_key, server_secret
 
 __all__ = [
     "KeyCipher",
@@ -52,10 +48,7 @@ __all__ = [
     "Keyring",
     "SecretMismatch",
     "SigningKey",
-    "audit_keys",
-    "derive_key",
     "load_cipher",
-    "server_secret",
 ]
 
 ACCESS_TOKEN_ALG = "ES256"  # noqa: S105 (an algorithm name)
@@ -69,16 +62,6 @@ log = logging.getLogger("fhirgate.keys")
 
 class SecretMismatch(RuntimeError):
     """Server keys are stored, but none of them is authentic under this server secret."""
-
-
-def derive_key(secret: bytes, purpose: bytes) -> bytes:
-    """A 256-bit key for one ``purpose`` from the server secret (HKDF-SHA256, RFC 5869 §2)."""
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose).derive(secret)
-
-
-def audit_keys(secret: bytes) -> AuditKeys:
-    """The audit log's row, chain and checkpoint keys under the server secret."""
-    return AuditKeys.derived(lambda label: derive_key(secret, label))
 
 
 class KeyCipher:
@@ -120,24 +103,6 @@ class KeyCipher:
         return self._aead.decrypt(blob[:12], blob[12:], associated)
 
 
-def server_secret(settings: Settings) -> bytes:
-    """``FHIRGATE_SECRET_KEY``; embedded on SQLite without one, a key file generated once."""
-    if settings.secret_key:
-        return settings.secret_key.encode("utf-8")
-    if not settings.is_sqlite:
-        raise RuntimeError(
-            "FHIRGATE_SECRET_KEY must be set when the database is shared (PostgreSQL): every "
-            "replica needs the same key to read the server's signing keys and check secrets"
-        )
-    path = Path(settings.var_dir) / "secret.key"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(secrets.token_urlsafe(48))
-    return path.read_text().strip().encode("utf-8")
-
-
 def load_cipher(settings: Settings) -> KeyCipher:
     """The cipher for server keys."""
     return KeyCipher(server_secret(settings))
@@ -171,8 +136,8 @@ class _KeyState:
 class Keyring:
     """The server's keys as this process knows them, reloaded from storage when they change."""
 
-    def __init__(self, engine: AsyncEngine, cipher: KeyCipher, publish_for: int) -> None:
-        self._engine = engine
+    def __init__(self, store: ServerKeyStore, cipher: KeyCipher, publish_for: int) -> None:
+        self._store = store
         self._cipher = cipher
         self._publish_for = publish_for
         self._state = _KeyState({}, {}, {"keys": []})
@@ -206,17 +171,9 @@ class Keyring:
 
     async def open(self) -> None:
         """Seal the rows stored before key rows had MACs, then load the keys."""
-        async with self._engine.begin() as conn:
-            unsealed = (
-                await conn.execute(select(ServerKeyRow).where(ServerKeyRow.row_mac.is_(None)))
-            ).all()
-            for row in unsealed:
-                if self._proves_itself(row._mapping):
-                    await conn.execute(
-                        update(ServerKeyRow)
-                        .where(ServerKeyRow.kid == row.kid, ServerKeyRow.row_mac.is_(None))
-                        .values(row_mac=self._cipher.row_mac(row._mapping))
-                    )
+        for row in await self._store.unsealed():
+            if self._proves_itself(row):
+                await self._store.seal(row["kid"], self._cipher.row_mac(row))
         await self.reload()
 
     async def ensure(self) -> None:
@@ -245,46 +202,32 @@ class Keyring:
             "created_at": created,
             "retired_at": None,
         }
-        async with self._engine.begin() as conn:
-            if retire_others:
-                await self._retire(conn, alg, created)
-            await conn.execute(
-                insert(ServerKeyRow).values(dict(row, row_mac=self._cipher.row_mac(row)))
-            )
+        row["row_mac"] = self._cipher.row_mac(row)
+        await self._store.add(row, self._retired(created) if retire_others else None)
         await self.reload()
         return kid
 
-    async def _retire(self, conn: AsyncConnection, alg: str, at: datetime) -> None:
-        """Retire the authentic active ``alg`` keys (a forged row is left as it is: re-sealing
-        it would make it authentic)."""
-        active = (
-            await conn.execute(
-                select(ServerKeyRow).where(
-                    ServerKeyRow.retired_at.is_(None), ServerKeyRow.alg == alg
-                )
-            )
-        ).all()
-        for row in active:
-            if self._cipher.authentic(row._mapping):
-                retired = dict(row._mapping, retired_at=at)
-                await conn.execute(
-                    update(ServerKeyRow)
-                    .where(ServerKeyRow.kid == row.kid)
-                    .values(retired_at=at, row_mac=self._cipher.row_mac(retired))
-                )
+    def _retired(self, at: datetime) -> Callable[[KeyRow], KeyRow | None]:
+        """What retiring an active key at ``at`` makes of its row: an authentic row retired and
+        re-sealed; a forged one left as it is (re-sealing it would make it authentic)."""
+
+        def retire(row: KeyRow) -> KeyRow | None:
+            if not self._cipher.authentic(row):
+                return None
+            retired = dict(row, retired_at=at)
+            return dict(retired, row_mac=self._cipher.row_mac(retired))
+
+        return retire
 
     async def reload(self) -> None:
         """Load the authentic keys; :class:`SecretMismatch` when keys are stored and none is."""
         async with self._lock:
             cutoff = datetime.now(UTC) - timedelta(seconds=self._publish_for)
-            async with self._engine.connect() as conn:
-                rows = (
-                    await conn.execute(select(ServerKeyRow).order_by(ServerKeyRow.created_at))
-                ).all()
-            authentic: list[Row[Any]] = []
-            forged: list[Row[Any]] = []
+            rows = await self._store.rows()
+            authentic: list[KeyRow] = []
+            forged: list[KeyRow] = []
             for row in rows:
-                (authentic if self._cipher.authentic(row._mapping) else forged).append(row)
+                (authentic if self._cipher.authentic(row) else forged).append(row)
             if forged and not authentic:
                 raise SecretMismatch(
                     f"none of the {len(rows)} stored server keys is authentic under this "
@@ -292,17 +235,17 @@ class Keyring:
                     "directory) is not the one they were stored under"
                 )
             for row in forged:
-                if row.kid not in self._refused:
-                    self._refused.add(row.kid)
+                if row["kid"] not in self._refused:
+                    self._refused.add(row["kid"])
                     log.warning(
                         "server key %s is not authentic under the server secret (written or "
                         "changed without it): it is neither published nor used",
-                        row.kid,
+                        row["kid"],
                     )
             self._state = self._build(authentic, cutoff)
             self._loaded_at = time.monotonic()
 
-    def _proves_itself(self, row: Mapping[Any, Any]) -> bool:
+    def _proves_itself(self, row: KeyRow) -> bool:
         """A row without a MAC whose private key decrypts under the secret and matches the
         public key it publishes (only the holder of the secret can have written it)."""
         if row["alg"] not in SIGNING_ALGS:
@@ -318,21 +261,21 @@ class Keyring:
             row["public_jwk"]
         )
 
-    def _build(self, rows: Any, cutoff: datetime) -> _KeyState:
+    def _build(self, rows: list[KeyRow], cutoff: datetime) -> _KeyState:
         signers: dict[str, SigningKey] = {}
         public: dict[str, PublicKey] = {}
         published = []
         for row in rows:
-            retired = row.retired_at
+            kid, retired, jwk = row["kid"], row["retired_at"], row["public_jwk"]
             if retired is not None and as_datetime(retired) < cutoff:
                 continue
-            public[row.kid] = public_key_from_jwk(row.public_jwk)
-            published.append(dict(row.public_jwk, use="sig"))
+            public[kid] = public_key_from_jwk(jwk)
+            published.append(dict(jwk, use="sig"))
             if retired is None:
-                der = self._cipher.decrypt(row.private_key, row.kid.encode())
+                der = self._cipher.decrypt(row["private_key"], kid.encode())
                 key = serialization.load_der_private_key(der, password=None)
                 assert isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey)
-                signers[row.alg] = SigningKey(row.kid, key)  # the newest active key signs
+                signers[row["alg"]] = SigningKey(kid, key)  # the newest active key signs
         return _KeyState(signers, public, {"keys": published})
 
 

@@ -13,13 +13,13 @@ from __future__ import annotations
 import time
 
 from fhirgate.domain.clients import AuthMethod, Client
+from fhirgate.domain.stores import OpaqueTokenStore
 from fhirgate.domain.tokens import IssuedPair, OpaqueKind, OpaqueToken
 from fhirgate.oauth.client_auth import ClientAuthenticator, SecretCredentials
 from fhirgate.oauth.clients import ClientDirectory
 from fhirgate.oauth.errors import InvalidGrant, InvalidToken
 from fhirgate.oauth.scopes import ScopeError, parse_scopes
 from fhirgate.oauth.tokens import Principal, bounded
-from fhirgate.storage.opaque_tokens import OpaqueTokenRepo
 
 __all__ = ["LegacyKeyService"]
 
@@ -33,7 +33,7 @@ class LegacyKeyService:
         self,
         authenticator: ClientAuthenticator,
         directory: ClientDirectory,
-        tokens: OpaqueTokenRepo,
+        tokens: OpaqueTokenStore,
         *,
         access_ttl: int,
         refresh_ttl: int,

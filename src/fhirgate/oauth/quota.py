@@ -13,7 +13,7 @@ import math
 import time
 from collections.abc import Callable
 
-from redis.asyncio import Redis
+from fhirgate.domain.stores import SharedCounters
 
 __all__ = ["CallQuota"]
 
@@ -25,7 +25,7 @@ class CallQuota:
         self,
         limit: int,
         window: int,
-        redis: Redis | None,
+        counters: SharedCounters | None,
         prefix: str,
         *,
         clock: Callable[[], float] = time.time,
@@ -33,7 +33,7 @@ class CallQuota:
     ) -> None:
         self.limit = limit
         self._window = window
-        self._redis = redis
+        self._shared = counters
         self._prefix = prefix
         self._clock = clock
         self._max_keys = max_keys
@@ -47,7 +47,7 @@ class CallQuota:
             return None
         now = self._clock()
         window = int(now // self._window)
-        count = await (self._count_in_redis if self._redis else self._count_locally)(key, window)
+        count = await (self._count_shared if self._shared else self._count_locally)(key, window)
         if count <= self.limit:
             return None
         return max(1, math.ceil((window + 1) * self._window - now))
@@ -64,11 +64,7 @@ class CallQuota:
         self._counts[key] = count
         return count
 
-    async def _count_in_redis(self, key: str, window: int) -> int:
-        assert self._redis is not None
-        name = f"{self._prefix}{window}:{key}"
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.incr(name)
-            pipe.expire(name, 2 * self._window)
-            count, _ = await pipe.execute()
-        return int(count)
+    async def _count_shared(self, key: str, window: int) -> int:
+        assert self._shared is not None
+        (count,) = await self._shared.increment([f"{self._prefix}{window}:{key}"], 2 * self._window)
+        return count

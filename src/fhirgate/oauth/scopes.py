@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
-from fhirgate.fhir.resource_types import R4_RESOURCE_TYPES
+from fhirgate.domain.resource_types import R4_RESOURCE_TYPES
 
 __all__ = [
     "CONTEXTS",

@@ -47,37 +47,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
-
-from fhirgate.storage.ttl_sets import digest
+from fhirgate.domain.stores import SharedCounters, digest
 
 __all__ = ["COUNTER_TTL", "WINDOW", "FailureLimiter", "Reservation", "Throttled", "failure_keys"]
 
 WINDOW = 60
 """Length of a counting window, in seconds."""
 COUNTER_TTL = 120
-"""Lifetime of a Redis counter: its window, plus slack for clocks that disagree a little."""
-
-#: KEYS: the counters of one attempt; ARGV: their limits, then the counters' lifetime. Counts the
-#: attempt (1) only if no counter holds its limit yet, else changes nothing (0).
-_RESERVE = """
-for i, key in ipairs(KEYS) do
-  if tonumber(redis.call('GET', key) or '0') >= tonumber(ARGV[i]) then return 0 end
-end
-for _, key in ipairs(KEYS) do
-  redis.call('INCR', key)
-  redis.call('EXPIRE', key, ARGV[#KEYS + 1])
-end
-return 1
-"""
-#: KEYS: the counters of one admitted attempt; each loses one, never going below zero (a counter
-#: that has expired is not brought back without its lifetime).
-_REFUND = """
-for _, key in ipairs(KEYS) do
-  if tonumber(redis.call('GET', key) or '0') > 0 then redis.call('DECR', key) end
-end
-return 0
-"""
+"""Lifetime of a shared counter: its window, plus slack for clocks that disagree a little."""
 
 
 class Throttled(Exception):
@@ -111,16 +88,16 @@ class FailureLimiter:
     §4.3.5, §5.1.4.2.3).
 
     ``limit`` 0 disables throttling. ``address_limit`` (default ``5 * limit``) applies to the
-    source address alone. ``redis`` shares the counters between replicas; without
+    source address alone. ``counters`` (Redis) share the counts between replicas; without
     it they live in this process. ``clock`` returns epoch seconds (windows must agree between
-    replicas). ``prefix`` namespaces the Redis counters. ``max_entries`` bounds each in-process
+    replicas). ``prefix`` namespaces the shared counters. ``max_entries`` bounds each in-process
     map (counters, blocked keys); at the bound the least recently used entry goes.
     """
 
     def __init__(
         self,
         limit: int,
-        redis: Redis | None = None,
+        counters: SharedCounters | None = None,
         *,
         clock: Callable[[], float] = time.time,
         prefix: str = "fhirgate:fail:",
@@ -133,7 +110,7 @@ class FailureLimiter:
             raise ValueError("max_entries must be positive")
         self.limit = limit
         self.address_limit = 5 * limit if address_limit is None else address_limit
-        self._redis = redis
+        self._shared = counters
         self._clock = clock
         self._prefix = prefix
         self._max_entries = max_entries
@@ -142,8 +119,6 @@ class FailureLimiter:
         # in-process counters of the window ``_window`` only: key digest -> failures
         self._counts: dict[str, int] = {}
         self._window = -1
-        self._reserve_script = redis.register_script(_RESERVE) if redis is not None else None
-        self._refund_script = redis.register_script(_REFUND) if redis is not None else None
 
     def check(self, source: str, client_id: str | None) -> int | None:
         """Seconds to wait (Retry-After) when this source, or this client id from this source, is
@@ -175,10 +150,10 @@ class FailureLimiter:
         now = self._clock()
         window = int(now // WINDOW)
         keys = failure_keys(source, client_id)
-        if self._redis is None:
+        if self._shared is None:
             counts = self._count_locally(keys, window)
         else:
-            counts = await self._count_in_redis(keys, window)
+            counts = await self._shared.increment(self._names(window, keys), COUNTER_TTL)
         until = float((window + 1) * WINDOW)
         crossed = False
         limits = (self.address_limit, self.limit)
@@ -200,11 +175,10 @@ class FailureLimiter:
             return Reservation(window, ())
         keys = failure_keys(source, client_id)
         limits = (self.address_limit, self.limit)[: len(keys)]
-        if self._reserve_script is None:
+        if self._shared is None:
             admitted = self._reserve_locally(keys, limits, window)
         else:
-            names = [f"{self._prefix}{window}:{key}" for key in keys]
-            admitted = bool(await self._reserve_script(keys=names, args=[*limits, COUNTER_TTL]))
+            admitted = await self._shared.reserve(self._names(window, keys), limits, COUNTER_TTL)
         if not admitted:
             raise Throttled(_retry_after(float((window + 1) * WINDOW), now))
         return Reservation(window, keys)
@@ -214,14 +188,17 @@ class FailureLimiter:
         propagate."""
         if not reservation.keys:
             return
-        if self._refund_script is None:
+        if self._shared is None:
             if reservation.window == self._window:  # else its counters are gone already
                 for key in reservation.keys:
                     if self._counts.get(key, 0) > 0:
                         self._counts[key] -= 1
             return
-        names = [f"{self._prefix}{reservation.window}:{key}" for key in reservation.keys]
-        await self._refund_script(keys=names)
+        await self._shared.refund(self._names(reservation.window, reservation.keys))
+
+    def _names(self, window: int, keys: Sequence[str]) -> list[str]:
+        """The shared counters' names of ``keys`` in ``window``."""
+        return [f"{self._prefix}{window}:{key}" for key in keys]
 
     def _reserve_locally(self, keys: Sequence[str], limits: Sequence[int], window: int) -> bool:
         self._start_window(window)
@@ -245,17 +222,6 @@ class FailureLimiter:
                 del self._counts[next(iter(self._counts))]
             counts.append(count)
         return counts
-
-    async def _count_in_redis(self, keys: Sequence[str], window: int) -> list[int]:
-        assert self._redis is not None
-        # MULTI/EXEC in one round trip: a counter never exists without its expiry
-        async with self._redis.pipeline(transaction=True) as pipe:
-            for key in keys:
-                name = f"{self._prefix}{window}:{key}"
-                pipe.incr(name)
-                pipe.expire(name, COUNTER_TTL)
-            replies = await pipe.execute()
-        return [int(count) for count in replies[0::2]]
 
     def _block(self, key: str, until: float, now: float) -> None:
         blocked = self._blocked

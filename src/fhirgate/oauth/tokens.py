@@ -18,13 +18,12 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from fhirgate.domain.clients import AuthMethod, Client
+from fhirgate.domain.stores import DenyList, GrantStore
 from fhirgate.domain.tokens import TokenStanding, UserGrant
 from fhirgate.oauth.errors import InvalidToken
 from fhirgate.oauth.jose import JWSError, parse_compact, verify_signature
 from fhirgate.oauth.keys import ACCESS_TOKEN_ALG, Keyring, KeySigner
 from fhirgate.oauth.scopes import ScopeError, ScopeSet, parse_scopes, within
-from fhirgate.storage.ttl_sets import TTLSet
-from fhirgate.storage.user_grants import GrantRepo
 
 __all__ = ["AccessTokenService", "IssuedToken", "Principal", "bounded"]
 
@@ -80,8 +79,8 @@ class AccessTokenService:
     def __init__(
         self,
         keyring: Keyring,
-        revoked: TTLSet,
-        grants: GrantRepo,
+        revoked: DenyList,
+        grants: GrantStore,
         *,
         issuer: str,
         audience: str,

@@ -19,6 +19,7 @@ from fhirgate.domain.app_users import MAX_USER_NUMBER, AppUser, UserPage, valida
 from fhirgate.domain.errors import Conflict, NotFound
 from fhirgate.storage.models import AppUserRow
 from fhirgate.storage.repos import now
+from fhirgate.storage.user_grants import end_user_grants
 
 __all__ = ["AppUser", "AppUserRepo", "UserPage", "validate_app_user_id"]
 
@@ -140,9 +141,21 @@ class AppUserRepo:
     async def set_active(
         self, client_id: str, oneup_user_id: int, active: bool, conn: AsyncConnection
     ) -> AppUser:
-        """Activate or deactivate, inside the caller's transaction (which also ends the
-        user's grants on deactivation: ``GrantRepo.deactivate``)."""
+        """Activate or deactivate, inside the caller's transaction (:meth:`deactivate` also
+        ends the user's grants in it)."""
         return await self._update(client_id, oneup_user_id, conn=conn, active=active)
+
+    async def activate(self, client_id: str, oneup_user_id: int) -> AppUser:
+        """Activate the user: it may be given codes again (its old tokens stay dead)."""
+        async with self._engine.begin() as conn:
+            return await self.set_active(client_id, oneup_user_id, True, conn)
+
+    async def deactivate(self, client_id: str, oneup_user_id: int) -> AppUser:
+        """Deactivate the user and end its codes, grants and tokens, in one transaction."""
+        async with self._engine.begin() as conn:
+            user = await self.set_active(client_id, oneup_user_id, False, conn)
+            await end_user_grants(conn, client_id, oneup_user_id)
+        return user
 
     async def _update(
         self,

@@ -35,7 +35,8 @@ import orjson
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from fhirgate.storage.direct import instant_text
+from fhirgate.domain.instants import instant_text
+from fhirgate.server_secret import derive_key
 from fhirgate.storage.models import AuditChainRow, AuditEventResourceRow, AuditEventRow
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "Checkpoint",
     "CheckpointFile",
     "Verification",
+    "audit_keys",
     "ids_digest",
     "row_mac",
 ]
@@ -80,6 +82,11 @@ class AuditKeys:
         """The keys ``derive(label)`` gives for each label (HKDF of the server secret)."""
         row, chain, checkpoint = (derive(label) for label in cls.LABELS)
         return cls(row, chain, checkpoint)
+
+
+def audit_keys(secret: bytes) -> AuditKeys:
+    """The audit log's row, chain and checkpoint keys under the server secret."""
+    return AuditKeys.derived(lambda label: derive_key(secret, label))
 
 
 def _canonical(fields: Sequence[Any]) -> str:

@@ -39,7 +39,6 @@ __all__ = [
     "PostgresStatements",
     "SqliteStatements",
     "Statements",
-    "as_datetime",
     "as_json",
     "statements_for",
 ]
@@ -87,19 +86,6 @@ class Statements(Protocol):
 
 async def _in_transaction(conn: AsyncConnection, sql: str, params: Mapping[str, Any]) -> Any:
     return await conn.execute(text(sql), dict(params))
-
-
-def as_datetime(value: datetime | str) -> datetime:
-    """A stored instant, aware and in UTC (SQLite hands back SQLAlchemy's text form)."""
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-def instant_text(value: datetime | str) -> str:
-    """A stored instant as canonical text (ISO 8601, aware, UTC), whatever form the driver
-    gave it: what MACs over stored rows cover."""
-    return as_datetime(value).isoformat()
 
 
 def as_json(value: Any) -> Any:

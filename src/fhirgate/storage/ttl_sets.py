@@ -13,9 +13,7 @@ every token request.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
-from typing import Protocol
 
 from redis.asyncio import Redis
 from redis.asyncio.connection import Connection
@@ -25,31 +23,7 @@ from fhirgate.storage.direct import Statements
 from fhirgate.storage.lease import Lease
 from fhirgate.storage.models import RevokedTokenRow, UsedJtiRow
 
-__all__ = ["RedisTTLSet", "SqlTTLSet", "TTLSet", "digest"]
-
-
-def digest(*parts: str) -> str:
-    """A fixed-length key for a tuple of strings: BLAKE2b-128 of them NUL-separated, in hex.
-
-    128 bits keep keys short (smaller indexes and Redis keys) and collisions out of reach.
-    """
-    return hashlib.blake2b("\x00".join(parts).encode("utf-8"), digest_size=16).hexdigest()
-
-
-class TTLSet(Protocol):
-    async def add(self, key: str, expires_at: int) -> bool:
-        """Add ``key`` until ``expires_at`` (epoch seconds); ``False`` if already present."""
-        ...
-
-    async def contains(self, key: str) -> bool: ...
-
-    async def purge(self) -> int:
-        """Drop expired keys; returns how many went (Redis expires them itself: 0)."""
-        ...
-
-    async def aclose(self) -> None:
-        """Release what the set holds itself (shared engines and clients are closed by owners)."""
-        ...
+__all__ = ["RedisTTLSet", "SqlTTLSet"]
 
 
 class SqlTTLSet:

@@ -23,13 +23,13 @@ from typing import Any
 from sqlalchemy import and_, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from fhirgate.domain.stores import TTLSet
 from fhirgate.domain.tokens import Redemption, TokenStanding, UserGrant
 from fhirgate.storage.grant_store import GrantStore, Spend, grant_store_for
 from fhirgate.storage.models import AuthorizationCodeRow, OpaqueTokenRow, UserGrantRow
 from fhirgate.storage.opaque_tokens import OpaqueTokenRepo, hash_token, new_token
-from fhirgate.storage.ttl_sets import TTLSet
 
-__all__ = ["GrantRepo", "Redemption", "TokenStanding", "UserGrant"]
+__all__ = ["GrantRepo", "end_user_grants"]
 
 
 _GRANT_COLUMNS = (
@@ -170,40 +170,13 @@ class GrantRepo:
     async def revoke_user(
         self, client_id: str, oneup_user_id: int, conn: AsyncConnection | None = None
     ) -> None:
-        """End everything ``client_id`` holds for the user: unused codes, grants and their
-        tokens. Codes go first: a redemption racing this either lost its code already or
-        produced a grant that the grant update below then sees (PostgreSQL row locks)."""
+        """End everything ``client_id`` holds for the user (:func:`end_user_grants`), in the
+        caller's transaction or in one of its own."""
         if conn is None:
             async with self._engine.begin() as own:
-                await self.revoke_user(client_id, oneup_user_id, own)
-            return
-        now = int(time.time())
-        await conn.execute(
-            update(AuthorizationCodeRow)
-            .where(
-                AuthorizationCodeRow.client_id == client_id,
-                AuthorizationCodeRow.oneup_user_id == oneup_user_id,
-                AuthorizationCodeRow.consumed_at.is_(None),
-            )
-            .values(consumed_at=now)
-        )
-        users_grants = select(UserGrantRow.grant_id).where(
-            UserGrantRow.client_id == client_id, UserGrantRow.oneup_user_id == oneup_user_id
-        )
-        await conn.execute(
-            update(OpaqueTokenRow)
-            .where(OpaqueTokenRow.family_id.in_(users_grants), OpaqueTokenRow.revoked_at.is_(None))
-            .values(revoked_at=now)
-        )
-        await conn.execute(
-            update(UserGrantRow)
-            .where(
-                UserGrantRow.client_id == client_id,
-                UserGrantRow.oneup_user_id == oneup_user_id,
-                UserGrantRow.revoked_at.is_(None),
-            )
-            .values(revoked_at=now)
-        )
+                await end_user_grants(own, client_id, oneup_user_id)
+        else:
+            await end_user_grants(conn, client_id, oneup_user_id)
 
     async def purge(self) -> int:
         """Drop codes and grants that ended a day ago (a reused code or refresh token is
@@ -218,3 +191,36 @@ class GrantRepo:
                 delete(UserGrantRow).where(UserGrantRow.expires_at < cutoff)
             )
         return int(codes.rowcount) + int(grants.rowcount) + await self._denied.purge()
+
+
+async def end_user_grants(conn: AsyncConnection, client_id: str, oneup_user_id: int) -> None:
+    """End everything ``client_id`` holds for the user: unused codes, grants and their
+    tokens. Codes go first: a redemption racing this either lost its code already or
+    produced a grant that the grant update below then sees (PostgreSQL row locks)."""
+    now = int(time.time())
+    await conn.execute(
+        update(AuthorizationCodeRow)
+        .where(
+            AuthorizationCodeRow.client_id == client_id,
+            AuthorizationCodeRow.oneup_user_id == oneup_user_id,
+            AuthorizationCodeRow.consumed_at.is_(None),
+        )
+        .values(consumed_at=now)
+    )
+    users_grants = select(UserGrantRow.grant_id).where(
+        UserGrantRow.client_id == client_id, UserGrantRow.oneup_user_id == oneup_user_id
+    )
+    await conn.execute(
+        update(OpaqueTokenRow)
+        .where(OpaqueTokenRow.family_id.in_(users_grants), OpaqueTokenRow.revoked_at.is_(None))
+        .values(revoked_at=now)
+    )
+    await conn.execute(
+        update(UserGrantRow)
+        .where(
+            UserGrantRow.client_id == client_id,
+            UserGrantRow.oneup_user_id == oneup_user_id,
+            UserGrantRow.revoked_at.is_(None),
+        )
+        .values(revoked_at=now)
+    )

@@ -1,7 +1,7 @@
 """Token endpoints: ``POST /oauth2/token`` (standard) and the dialects' paths over one core.
 
 The route is a raw ASGI app (no FastAPI middleware or dependency resolution on the hot path). It
-reads the body, runs :class:`~fhirgate.oauth.server.TokenEndpoint` and lets the dialect shape
+reads the body, runs :class:`~fhirgate.oauth.token_endpoint.TokenEndpoint` and lets the dialect shape
 the answer. Every rejection is logged with its check name and detail, never with the assertion.
 """
 
@@ -21,7 +21,8 @@ from fhirgate.domain.clients import AuthMethod
 from fhirgate.oauth.assertions import AssertionRules
 from fhirgate.oauth.client_auth import is_basic
 from fhirgate.oauth.errors import OAuthError, TooManyAttempts
-from fhirgate.oauth.server import ALL_GRANT_TYPES, KEEP_EMPTY_SCOPE, TokenPolicy, parse_form
+from fhirgate.oauth.forms import KEEP_EMPTY_SCOPE, parse_form
+from fhirgate.oauth.grants.base import ALL_GRANT_TYPES, TokenPolicy
 from fhirgate.oauth.tokens import IssuedToken
 from fhirgate.services import Services
 from fhirgate.web.failures import (

@@ -18,9 +18,10 @@ from starlette.types import ASGIApp
 
 from fhirgate.config import Settings
 from fhirgate.domain.clients import AuthMethod, Client
-from fhirgate.oauth.client_auth import detect_credentials, is_basic
+from fhirgate.oauth.client_auth import is_basic
 from fhirgate.oauth.errors import InvalidRequest, OAuthError
-from fhirgate.oauth.server import TokenPolicy, parse_form
+from fhirgate.oauth.forms import parse_form
+from fhirgate.oauth.grants.base import TokenPolicy
 from fhirgate.services import Services
 from fhirgate.web.token import (
     NO_STORE,
@@ -49,9 +50,13 @@ def _client_app(settings: Settings, path: str, action: Action) -> ASGIApp:
         services, authorization, source = request.services, request.authorization, request.source
         try:
             form = parse_form(request.body, request.content_type)
-            credentials = detect_credentials(form, authorization, policy.methods)
-            client = await services.authenticator.authenticate(
-                credentials, policy.rules, source, also=(AuthMethod.LEGACY_API_KEY,)
+            client = await services.authenticator.from_form(
+                form,
+                authorization,
+                policy.methods,
+                policy.rules,
+                source,
+                also=(AuthMethod.LEGACY_API_KEY,),
             )
             token = form.get("token")
             if token is None:  # RFC 7009 §2.1: the client is authenticated first

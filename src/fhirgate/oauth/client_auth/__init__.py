@@ -17,6 +17,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from fhirgate.domain.clients import AuthMethod, Client
+from fhirgate.domain.stores import AuditSink
 from fhirgate.oauth.assertions import AssertionRules
 from fhirgate.oauth.client_auth.client_secret import (
     SecretAuthenticator,
@@ -29,7 +30,6 @@ from fhirgate.oauth.client_auth.private_key_jwt import PrivateKeyJWTAuthenticato
 from fhirgate.oauth.clients import ClientDirectory
 from fhirgate.oauth.errors import InvalidClient, InvalidRequest, OAuthError, TooManyAttempts
 from fhirgate.oauth.throttle import FailureLimiter
-from fhirgate.storage.audit import AuditLog
 
 __all__ = [
     "JWT_BEARER",
@@ -125,7 +125,7 @@ class ClientAuthenticator:
         private_key_jwt: PrivateKeyJWTAuthenticator,
         secret: SecretAuthenticator,
         limiter: FailureLimiter,
-        audit: AuditLog,
+        audit: AuditSink,
         directory: ClientDirectory,
     ) -> None:
         self._directory = directory
@@ -133,6 +133,22 @@ class ClientAuthenticator:
         self._secret = secret
         self._limiter = limiter
         self._audit = audit
+
+    async def from_form(
+        self,
+        form: Mapping[str, str],
+        authorization: str | None,
+        methods: Collection[AuthMethod],
+        rules: AssertionRules | None,
+        source: str,
+        *,
+        also: Collection[str] = (),
+    ) -> Client:
+        """The client a form request authenticates as, by the one method it uses among
+        ``methods`` (:func:`detect_credentials`), verified by :meth:`authenticate`: the step
+        the token, introspection and revocation endpoints share."""
+        credentials = detect_credentials(form, authorization, methods)
+        return await self.authenticate(credentials, rules, source, also=also)
 
     async def authenticate(
         self,

@@ -25,7 +25,7 @@ from urllib.parse import unquote_plus
 from fhirgate.domain.clients import Client
 from fhirgate.oauth.clients import ClientDirectory
 from fhirgate.oauth.errors import InvalidClient, InvalidRequest
-from fhirgate.oauth.keys import derive_key
+from fhirgate.server_secret import derive_key
 
 __all__ = ["SecretAuthenticator", "SecretCredentials", "SecretHasher", "is_basic", "parse_basic"]
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from fhirgate.domain.clients import AuthMethod, Client
+from fhirgate.domain.stores import SingleUseStore, digest
 from fhirgate.oauth.assertions import (
     AssertionRules,
     check_claims,
@@ -28,7 +29,6 @@ from fhirgate.oauth.errors import InvalidClient
 from fhirgate.oauth.jose import ParsedJWS, PublicKey, verify_signature
 from fhirgate.oauth.jwks import JWKSFetcher, JWKSFetchError
 from fhirgate.oauth.keyset import ClientKey, match_key
-from fhirgate.storage.ttl_sets import TTLSet, digest
 
 __all__ = ["ClaimedAssertion", "PrivateKeyJWTAuthenticator"]
 
@@ -52,7 +52,9 @@ def _key_not_found(detail: str) -> InvalidClient:
 class PrivateKeyJWTAuthenticator:
     """Verifies a ``private_key_jwt`` client assertion and consumes its ``jti``."""
 
-    def __init__(self, clients: ClientDirectory, jwks: JWKSFetcher, used_jti: TTLSet) -> None:
+    def __init__(
+        self, clients: ClientDirectory, jwks: JWKSFetcher, used_jti: SingleUseStore
+    ) -> None:
         self._clients = clients
         self._jwks = jwks
         self._used_jti = used_jti

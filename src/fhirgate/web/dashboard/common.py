@@ -37,10 +37,10 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fhirgate.dashboard.sessions import ABSOLUTE_TIMEOUT, Session, SessionStore
+from fhirgate.domain.stores import digest
 from fhirgate.services import Services
 from fhirgate.storage.accounts import Membership
 from fhirgate.storage.opaque_tokens import new_token
-from fhirgate.storage.ttl_sets import digest
 
 __all__ = [
     "CSP",
