@@ -44,13 +44,14 @@ from fhirgate.storage.app_users import AppUserRepo
 from fhirgate.storage.audit import AuditLog, CheckpointFile
 from fhirgate.storage.audit_chain import audit_keys
 from fhirgate.storage.counters import RedisCounters
-from fhirgate.storage.db import create_engine, sqlite_path
-from fhirgate.storage.direct import SqliteStatements, Statements, statements_for
+from fhirgate.storage.database import Database
+from fhirgate.storage.db import sqlite_path
+from fhirgate.storage.direct import Statements
 from fhirgate.storage.invitations import InvitationRepo
 from fhirgate.storage.opaque_tokens import OpaqueTokenRepo
 from fhirgate.storage.repos import ClientRepo, OrganizationRepo
 from fhirgate.storage.server_keys import ServerKeyTable
-from fhirgate.storage.sqlite_inline import checkpoint, refresh_statistics
+from fhirgate.storage.sqlite_inline import checkpoint
 from fhirgate.storage.ttl_sets import RedisTTLSet, SqlTTLSet
 from fhirgate.storage.user_grants import GrantRepo
 
@@ -70,7 +71,7 @@ SIGN_IN_FAILURES = 10  # failed dashboard sign-ins a minute per (email, address)
 @dataclass
 class Services:
     settings: Settings
-    engine: AsyncEngine
+    database: Database
     redis: Redis | None
     organizations: OrganizationRepo
     clients: ClientRepo
@@ -91,7 +92,6 @@ class Services:
     delegation: Delegation
     user_management_quota: CallQuota
     fhir: dict[str, Interactions]
-    statements: Statements
     accounts: AccountRepo
     invitations: InvitationRepo
     sessions: SessionStore
@@ -100,11 +100,20 @@ class Services:
     #: Requests without a valid credential, per source address (the resource guard).
     bearer_failures: FailureLimiter
 
+    @property
+    def engine(self) -> AsyncEngine:
+        return self.database.engine
+
+    @property
+    def statements(self) -> Statements:
+        return self.database.statements
+
     @classmethod
     def build(cls, settings: Settings) -> Services:
-        engine = create_engine(settings.database_url)
+        database = Database(settings.database_url)
+        engine = database.engine
         redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
-        statements = statements_for(engine)
+        statements = database.statements
         counters = RedisCounters(redis) if redis is not None else None
         used_jti: TTLSet
         revoked: TTLSet
@@ -125,7 +134,7 @@ class Services:
         jwks = JWKSFetcher(settings)
         opaque = OpaqueTokenRepo(engine)
         grants = GrantRepo(
-            engine,
+            database,
             opaque,
             denied=revoked_in_database,
             family_ttl=settings.grant_lifetime,
@@ -168,7 +177,7 @@ class Services:
         )
         return cls(
             settings,
-            engine,
+            database,
             redis,
             OrganizationRepo(engine),
             clients,
@@ -201,7 +210,6 @@ class Services:
                 )
                 for v in VERSIONS
             },
-            statements,
             AccountRepo(engine),
             InvitationRepo(engine),
             SessionStore(engine, derive_key(secret, b"fhirgate dashboard csrf")),
@@ -257,9 +265,8 @@ class Services:
     async def refresh_statistics(self) -> None:
         """SQLite: the planner's statistics, gathered in a thread, then loaded by the inline
         connections (PostgreSQL's autovacuum keeps its own up to date)."""
-        if isinstance(self.statements, SqliteStatements):
-            await asyncio.to_thread(refresh_statistics, sqlite_path(self.settings.database_url))
-            await self.statements.reload_statistics()
+        if self.database.is_sqlite:
+            await self.database.analyze()
 
     async def aclose(self) -> None:
         try:
@@ -270,9 +277,7 @@ class Services:
             log.exception("could not write or seal the last audit events")
         await self.used_jti.aclose()
         await self.revoked.aclose()
-        await self.grants.aclose()
-        await self.statements.aclose()
         await self.jwks.aclose()
         if self.redis is not None:
             await self.redis.aclose()
-        await self.engine.dispose()
+        await self.database.aclose()

@@ -19,10 +19,9 @@ from fhirgate.oauth.keys import SecretMismatch
 from fhirgate.server_secret import server_secret
 from fhirgate.storage.audit import AuditLog, CheckpointFile
 from fhirgate.storage.audit_chain import audit_keys
-from fhirgate.storage.db import create_engine, sqlite_path, upgrade
-from fhirgate.storage.direct import statements_for
+from fhirgate.storage.database import Database
+from fhirgate.storage.db import upgrade
 from fhirgate.storage.repos import ClientRepo, OrganizationRepo
-from fhirgate.storage.sqlite_inline import refresh_statistics
 
 __all__ = ["Storage", "emit", "load_settings", "run_storage"]
 
@@ -34,10 +33,11 @@ class Storage:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.engine = create_engine(settings.database_url)
+        self.database = Database(settings.database_url)
+        self.engine = self.database.engine
+        self.statements = self.database.statements
         self.organizations = OrganizationRepo(self.engine)
         self.clients = ClientRepo(self.engine)
-        self.statements = statements_for(self.engine)
 
     @functools.cached_property
     def audit(self) -> AuditLog:
@@ -51,10 +51,7 @@ class Storage:
     async def analyze(self) -> None:
         """Refresh the query planner's statistics (``ANALYZE``) after a bulk load, so that the
         first searches are planned for the data rather than for empty tables."""
-        if self.engine.dialect.name == "sqlite":
-            await asyncio.to_thread(refresh_statistics, sqlite_path(self.settings.database_url))
-        else:
-            await self.statements.execute("ANALYZE", {})
+        await self.database.analyze()
 
     def hasher(self) -> SecretHasher:
         """The client-secret hasher under the server secret (the same on every replica)."""
@@ -80,8 +77,7 @@ def run_storage(job: Callable[[Storage], Awaitable[_T]]) -> _T:
         try:
             return await job(storage)
         finally:
-            await storage.statements.aclose()
-            await storage.engine.dispose()
+            await storage.database.aclose()
 
     try:
         upgrade(settings.database_url)

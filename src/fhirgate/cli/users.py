@@ -118,7 +118,7 @@ async def _application(storage: Storage, client_id: str) -> Application:
         )
     settings = storage.settings
     grants = GrantRepo(
-        storage.engine,
+        storage.database,
         OpaqueTokenRepo(storage.engine),
         denied=SqlTTLSet.revoked_tokens(storage.statements),
         family_ttl=settings.grant_lifetime,

@@ -21,10 +21,10 @@ from __future__ import annotations
 import asyncio
 import re
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import asyncpg
 import orjson
@@ -49,6 +49,7 @@ _MAX_CACHED_TEXTS = 2000
 _NAMED = re.compile(r"(?<![:\w]):([a-z_][a-z0-9_]*)")
 
 Row = Sequence[Any]
+_T = TypeVar("_T")
 
 
 class Statements(Protocol):
@@ -109,6 +110,11 @@ class SqliteStatements:
 
     def __init__(self, path: str | Path) -> None:
         self._db = InlineSqlite(path)
+
+    async def run(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        """``work`` on this runner's connections (:meth:`InlineSqlite.run`): what the grant
+        store's transactions run on."""
+        return await self._db.run(work)
 
     async def fetchrow(
         self, sql: str, params: Mapping[str, Any], conn: AsyncConnection | None = None

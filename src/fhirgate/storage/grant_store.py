@@ -7,13 +7,13 @@ Refreshing is the write every long-running application makes again and again, so
 plain SQL per backend instead of SQLAlchemy's expression layer (docs/benchmarks.md):
 
 * PostgreSQL: one autocommit statement whose data-modifying CTEs do every step — atomic, one
-  round trip — on a small asyncpg pool of its own.
-* SQLite (embedded): the same steps in one ``BEGIN IMMEDIATE`` transaction on a dedicated
-  ``sqlite3`` connection, inline on the event loop (microseconds, no thread hop), never waiting
-  there for the write lock (:mod:`fhirgate.storage.sqlite_inline`).
+  round trip — on the direct statements' asyncpg connections.
+* SQLite (embedded): the same steps in one ``BEGIN IMMEDIATE`` transaction on the direct
+  statements' ``sqlite3`` connection, inline on the event loop (microseconds, no thread hop),
+  never waiting there for the write lock (:mod:`fhirgate.storage.sqlite_inline`).
 
 Each spend is a conditional ``UPDATE … WHERE consumed_at IS NULL``: of concurrent spends exactly
-one wins. The spend and the inserts commit together or not at all (issue 4, crash consistency).
+one wins. The spend and the inserts commit together or not at all (crash consistency).
 A code or token that cannot be spent, or whose user or grant is no longer live, gives ``None``;
 :class:`~fhirgate.storage.user_grants.GrantRepo` then tells reuse from error.
 """
@@ -23,22 +23,20 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, astuple, dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 import asyncpg
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from fhirgate.storage.direct import PostgresStatements
-from fhirgate.storage.sqlite_inline import InlineSqlite, in_transaction
+from fhirgate.storage.direct import PostgresStatements, SqliteStatements
+from fhirgate.storage.sqlite_inline import in_transaction
 
 __all__ = [
     "ASYNCPG_ERRORS",
-    "GrantStore",
-    "PostgresGrantStore",
+    "GrantStatements",
+    "PostgresGrantStatements",
     "Spend",
-    "SqliteGrantStore",
-    "grant_store_for",
+    "SqliteGrantStatements",
+    "grant_statements_for",
 ]
 
 #: (grant_id, client_id, oneup_user_id, scope, auth_time, grant expires_at, refresh expires_at)
@@ -119,7 +117,7 @@ _PG_REDEEM = _postgres(
 )
 #: The grant of ``:family`` if live, and whether access token ``:jti`` of it is deny-listed: a
 #: user token's deny-list entry is kept beside its grant (never in Redis) so that both are one
-#: lookup (:meth:`GrantStore.live`).
+#: lookup (:meth:`GrantStatements.live`).
 _LIVE_TOKEN = f"""
     SELECT {_GRANT_COLUMNS},
         EXISTS (SELECT 1 FROM revoked_tokens r WHERE r.jti = :jti AND r.expires_at >= :now)
@@ -150,7 +148,7 @@ class Spend:
     family_ttl: int = 0
 
 
-class GrantStore(Protocol):
+class GrantStatements(Protocol):
     async def redeem(self, spend: Spend) -> Issued | None:
         """Spend the code and, if its user is active, open the grant with its refresh token."""
         ...
@@ -165,15 +163,13 @@ class GrantStore(Protocol):
         every request with a user's token."""
         ...
 
-    async def aclose(self) -> None: ...
 
-
-class PostgresGrantStore:
-    """One autocommit statement per operation on an asyncpg pool of its own
+class PostgresGrantStatements:
+    """One autocommit statement per operation, on the direct statements' asyncpg connections
     (:class:`~fhirgate.storage.direct.PostgresStatements`)."""
 
-    def __init__(self, url: str) -> None:
-        self._db = PostgresStatements(url)
+    def __init__(self, statements: PostgresStatements) -> None:
+        self._db = statements
 
     async def redeem(self, spend: Spend) -> Issued | None:
         return await self._db.fetchrow_args(_PG_REDEEM, astuple(spend))
@@ -184,19 +180,16 @@ class PostgresGrantStore:
     async def live(self, grant_id: str, now: int, jti: str = "") -> Issued | None:
         return await self._db.fetchrow_args(_PG_LIVE, (now, grant_id, jti))
 
-    async def aclose(self) -> None:
-        await self._db.aclose()
-
 
 Steps = Callable[[sqlite3.Connection, dict[str, Any]], Issued | None]
 
 
-class SqliteGrantStore:
-    """One ``BEGIN IMMEDIATE`` transaction per operation, inline when the write lock is free
-    (:class:`InlineSqlite`)."""
+class SqliteGrantStatements:
+    """One ``BEGIN IMMEDIATE`` transaction per operation on the direct statements' connections,
+    inline when the write lock is free (:class:`~fhirgate.storage.sqlite_inline.InlineSqlite`)."""
 
-    def __init__(self, path: str | Path) -> None:
-        self._db = InlineSqlite(path)
+    def __init__(self, statements: SqliteStatements) -> None:
+        self._db = statements
 
     async def redeem(self, spend: Spend) -> Issued | None:
         return await self._transaction(_redeem, spend)
@@ -214,9 +207,6 @@ class SqliteGrantStore:
     async def _transaction(self, steps: Steps, spend: Spend) -> Issued | None:
         named = asdict(spend)
         return await self._db.run(lambda db: _in_transaction(db, steps, named))
-
-    async def aclose(self) -> None:
-        self._db.close()
 
 
 def _in_transaction(db: sqlite3.Connection, steps: Steps, named: dict[str, Any]) -> Issued | None:
@@ -246,9 +236,10 @@ def _redeem(db: sqlite3.Connection, named: dict[str, Any]) -> Issued | None:
     return None if grant is None else _issue_refresh(db, named, grant)
 
 
-def grant_store_for(engine: AsyncEngine) -> GrantStore:
-    """The store for ``engine``'s backend (a path for SQLite, a URL for asyncpg)."""
-    if engine.dialect.name == "sqlite":
-        return SqliteGrantStore(str(engine.url.database))
-    url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-    return PostgresGrantStore(url)
+def grant_statements_for(
+    statements: SqliteStatements | PostgresStatements,
+) -> GrantStatements:
+    """The grant operations on the connections of ``statements``' backend."""
+    if isinstance(statements, SqliteStatements):
+        return SqliteGrantStatements(statements)
+    return PostgresGrantStatements(statements)

@@ -21,11 +21,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import and_, delete, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fhirgate.domain.stores import TTLSet
 from fhirgate.domain.tokens import Redemption, TokenStanding, UserGrant
-from fhirgate.storage.grant_store import GrantStore, Spend, grant_store_for
+from fhirgate.storage.database import Database
+from fhirgate.storage.grant_store import Spend
 from fhirgate.storage.models import AuthorizationCodeRow, OpaqueTokenRow, UserGrantRow
 from fhirgate.storage.opaque_tokens import OpaqueTokenRepo, hash_token, new_token
 
@@ -58,23 +59,19 @@ class GrantRepo:
 
     def __init__(
         self,
-        engine: AsyncEngine,
+        database: Database,
         opaque: OpaqueTokenRepo,
         *,
         denied: TTLSet,
         family_ttl: int,
         refresh_ttl: int,
     ) -> None:
-        self._engine = engine
+        self._engine = database.engine
+        self._store = database.grants
         self._opaque = opaque
         self._denied = denied
         self._family_ttl = family_ttl
         self._refresh_ttl = refresh_ttl
-        self._store: GrantStore | None = None
-
-    async def aclose(self) -> None:
-        if self._store is not None:
-            await self._store.aclose()
 
     async def issue_code(self, client_id: str, oneup_user_id: int, scope: str, ttl: int) -> str:
         """A new single-use code for ``client_id`` acting as ``oneup_user_id``."""
@@ -98,7 +95,7 @@ class GrantRepo:
         application's, expired or spent (then the grant it produced is revoked), or its user is
         inactive."""
         now, token, spent = int(time.time()), new_token(), hash_token(code)
-        issued = await self._grant_store().redeem(
+        issued = await self._store.redeem(
             Spend(
                 client_id,
                 spent,
@@ -119,11 +116,6 @@ class GrantRepo:
             return None
         return Redemption(_grant(issued[:6]), token, int(issued[6]))
 
-    def _grant_store(self) -> GrantStore:
-        if self._store is None:
-            self._store = grant_store_for(self._engine)
-        return self._store
-
     async def _revoke_reused_code(self, conn: AsyncConnection, mine: Any, now: int) -> None:
         spent = (
             await conn.execute(
@@ -140,7 +132,7 @@ class GrantRepo:
         round trip (:mod:`fhirgate.storage.grant_store`); ``None`` when it cannot be spent
         (then, if it is being reused, its family is revoked) or its grant is no longer live."""
         now, token, spent = int(time.time()), new_token(), hash_token(refresh_token)
-        renewed = await self._grant_store().renew(
+        renewed = await self._store.renew(
             Spend(client_id, spent, hash_token(token), now, self._refresh_ttl)
         )
         if renewed is None:
@@ -151,14 +143,14 @@ class GrantRepo:
 
     async def live(self, grant_id: str) -> UserGrant | None:
         """The grant, if it is neither revoked nor expired and its user is active."""
-        row = await self._grant_store().live(grant_id, int(time.time()))
+        row = await self._store.live(grant_id, int(time.time()))
         return None if row is None else _grant(row[:6])
 
     async def token_standing(self, grant_id: str, jti: str) -> TokenStanding:
         """Whether access token ``jti`` of grant ``grant_id`` may be used: its grant live and
         the token not deny-listed — one round trip through the grant store, made on every
         request with a user's token."""
-        row = await self._grant_store().live(grant_id, int(time.time()), jti)
+        row = await self._store.live(grant_id, int(time.time()), jti)
         if row is None:
             return TokenStanding.GRANT_ENDED
         return TokenStanding.REVOKED if row[6] else TokenStanding.LIVE

@@ -1,8 +1,9 @@
 """Token endpoints: ``POST /oauth2/token`` (standard) and the dialects' paths over one core.
 
-The route is a raw ASGI app (no FastAPI middleware or dependency resolution on the hot path). It
-reads the body, runs :class:`~fhirgate.oauth.token_endpoint.TokenEndpoint` and lets the dialect shape
-the answer. Every rejection is logged with its check name and detail, never with the assertion.
+The route is a raw ASGI app (no FastAPI middleware or dependency resolution on the hot path).
+It reads the body, runs :class:`~fhirgate.oauth.token_endpoint.TokenEndpoint` and lets the
+dialect shape the answer. Every rejection is logged with its check name and detail, never
+with the assertion.
 """
 
 from __future__ import annotations
