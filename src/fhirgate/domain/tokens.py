@@ -5,7 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum, StrEnum
 
-__all__ = ["IssuedPair", "OpaqueKind", "OpaqueToken", "Redemption", "TokenStanding", "UserGrant"]
+__all__ = [
+    "IssuedPair",
+    "OpaqueKind",
+    "OpaqueToken",
+    "Redemption",
+    "TokenStanding",
+    "UserGrant",
+    "is_jwt",
+]
 
 
 class OpaqueKind(StrEnum):
@@ -67,3 +75,10 @@ class TokenStanding(Enum):
     LIVE = "live"
     REVOKED = "revoked"
     GRANT_ENDED = "grant_ended"
+
+
+def is_jwt(token: str) -> bool:
+    """Whether a presented token is a JWT (fhirgate's access tokens) rather than an opaque one:
+    a JWS compact serialization has dots between its parts (RFC 7515 §7.1); opaque tokens are
+    base64url (RFC 4648 §5), which has none."""
+    return "." in token

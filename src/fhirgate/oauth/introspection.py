@@ -20,7 +20,7 @@ from typing import Any
 
 from fhirgate.domain.clients import AuthMethod, Client
 from fhirgate.domain.stores import GrantStore, OpaqueTokenStore
-from fhirgate.domain.tokens import OpaqueKind, OpaqueToken
+from fhirgate.domain.tokens import OpaqueKind, OpaqueToken, is_jwt
 from fhirgate.oauth.errors import InvalidToken
 from fhirgate.oauth.legacy import LegacyKeyService
 from fhirgate.oauth.tokens import AccessTokenService, Principal
@@ -67,7 +67,7 @@ class TokenInspector:
         """RFC 7662 §2.2 response for ``token`` as ``caller`` may see it."""
         if not caller.active:
             return INACTIVE
-        if "." in token:
+        if is_jwt(token):
             principal = await self._own_jwt(token, caller)
             if principal is None:
                 return INACTIVE
@@ -120,7 +120,7 @@ class TokenInspector:
 
     async def revoke(self, token: str, caller: Client) -> None:
         """RFC 7009 §2.1: revoke ``token`` if it is the caller's; otherwise do nothing."""
-        if "." in token:
+        if is_jwt(token):
             principal = await self._own_jwt(token, caller)
             if principal is not None:
                 await self._tokens.revoke(principal)

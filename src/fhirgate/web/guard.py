@@ -25,6 +25,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from starlette.responses import JSONResponse, Response
 
+from fhirgate.domain.tokens import is_jwt
 from fhirgate.oauth.delegation import authenticate_application
 from fhirgate.oauth.errors import (
     InsufficientScope,
@@ -140,7 +141,7 @@ async def _refused(services: Services, source: str, refused: BearerError) -> Bea
 async def _bearer_principal(request: Request, services: Services) -> Principal:
     token = _bearer_token(request)
     try:
-        if "." not in token:  # opaque: a legacy API key's access token
+        if not is_jwt(token):  # opaque: a legacy API key's access token
             return await services.legacy.verify(token)
         principal = await services.tokens.verify(token)
         registered = await services.directory.get(principal.client_id)
