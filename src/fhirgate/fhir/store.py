@@ -25,6 +25,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import Enum
 from typing import Any
 
 from sqlalchemy import and_, delete, exists, false, insert, or_, select, true, update
@@ -45,10 +46,25 @@ from fhirgate.storage.models import (
     FhirVersionRow,
 )
 
-__all__ = ["MAX_INCLUDED", "Partition", "ResourceStore", "StoredResource"]
+__all__ = ["MAX_INCLUDED", "Partition", "Reach", "ResourceStore", "StoredResource"]
 
 #: The most resources one ``_include`` or ``_revinclude`` adds to a page.
 MAX_INCLUDED = 1000
+
+
+class Reach(Enum):
+    """How far a partition reaches in its environment: the one statement of the sharing rule,
+    which :meth:`Partition.visible` and :meth:`Partition.visible_sql` render for SQLAlchemy and
+    for the direct statements."""
+
+    #: A system principal: every resource of the environment, read and written.
+    ENVIRONMENT = "environment"
+    #: An application over all its users (``x-oneup-user-id: client``): its resources, read
+    #: only.
+    APPLICATION = "application"
+    #: An application acting for one user: that user's resources, read and written, and the
+    #: application's resources shared with the user, read only.
+    USER = "user"
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,13 +75,20 @@ class Partition:
     application_id: str | None = None  # None: the whole environment (a system principal)
     user_id: int | None = None  # with an application: one user; None: all its users
 
-    def visible(self, *, for_writing: bool = False) -> Any:
-        """The SQL condition that keeps a resource row inside this partition."""
-        row = FhirResourceRow
+    @property
+    def reach(self) -> Reach:
         if self.application_id is None:
+            return Reach.ENVIRONMENT
+        return Reach.APPLICATION if self.user_id is None else Reach.USER
+
+    def visible(self, *, for_writing: bool = False) -> Any:
+        """The SQL condition that keeps a resource row inside this partition (:class:`Reach`)."""
+        row = FhirResourceRow
+        reach = self.reach
+        if reach is Reach.ENVIRONMENT:
             return true()
         mine = row.application_id == self.application_id
-        if self.user_id is None:
+        if reach is Reach.APPLICATION:
             return false() if for_writing else mine
         owned = and_(mine, row.owner_user_id == self.user_id)
         if for_writing:
@@ -79,10 +102,11 @@ class Partition:
     def visible_sql(self) -> tuple[str, dict[str, Any]]:
         """:meth:`visible` (for reading) as SQL text over ``fhir_resources`` and its
         parameters, for the single statements of :mod:`fhirgate.storage.direct`."""
-        if self.application_id is None:
+        reach = self.reach
+        if reach is Reach.ENVIRONMENT:
             return "", {}
         mine = " AND fhir_resources.application_id = :application_id"
-        if self.user_id is None:
+        if reach is Reach.APPLICATION:
             return mine, {"application_id": self.application_id}
         owned_or_shared = (
             " AND (fhir_resources.owner_user_id = :user_id OR EXISTS (SELECT 1"

@@ -59,7 +59,8 @@ class Principal:
     user_id: int | None = None
     #: The user grant the token was issued under (checked live on every request).
     grant_id: str | None = None
-    #: ``x-oneup-user-id: client``: every user of the application, reads only.
+    #: ``x-oneup-user-id: client``: every user of the application (the FHIR store's
+    #: application-wide reach, which reads only).
     all_users: bool = False
 
 
