@@ -1,10 +1,10 @@
 """Dashboard passwords: argon2id (RFC 9106), and the rules a new password must meet.
 
-Only the dashboard's people have passwords; API clients use secrets or keys, whose checks must
-cost microseconds (DESIGN.md). argon2-cffi's defaults are RFC 9106's second recommended option
-(argon2id, t=3, 64 MiB, p=4). NIST SP 800-63B §5.1.1.2 shapes the rules: a length floor, a
-generous ceiling (which also bounds the hashing work an attacker can ask for), no composition
-rules.
+Only the dashboard's people have passwords; API clients use secrets or keys, whose checks must cost
+microseconds (docs/security.md#client-secrets-rfc-6749-231). argon2-cffi's defaults are RFC 9106's
+second recommended option (argon2id, t=3, 64 MiB, p=4). NIST SP 800-63B §5.1.1.2 shapes the rules: a
+length floor, a generous ceiling (which also bounds the hashing work an attacker can ask for), no
+composition rules.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """1upHealth's user-management API (``/user-management/v1``), over :mod:`fhirgate.oauth.delegation`.
 
-Shapes as 1upHealth documents them (research/vendors.md §2): ``POST /user`` → ``{"success": true,
+Shapes as 1upHealth documents them (docs/oneup.md): ``POST /user`` → ``{"success": true,
 "code", "oneup_user_id", "app_user_id", "active": true}``, an existing user → 400 ``{"error":
 "this user already exists"}``; ``GET /user`` (filtered, paginated; no match for a filter → 400
 ``{"error": "Could not find a user matching this query"}``); ``PUT /user`` → ``{"oneUpUserId",

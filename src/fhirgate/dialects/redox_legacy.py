@@ -1,6 +1,6 @@
 """Redox legacy API keys over HTTP: ``POST /auth/authenticate`` and ``POST /auth/refreshToken``.
 
-Shapes as Redox documents them (vendors.md, R6): JSON ``{"apiKey", "secret"}`` or
+Shapes as Redox documents them (docs/redox.md#legacy-api-keys): JSON ``{"apiKey", "secret"}`` or
 ``{"apiKey", "refreshToken"}`` in; ``{"accessToken", "expires", "refreshToken"}`` out, with
 ``expires`` in ISO 8601 UTC with milliseconds (``2015-03-25T20:52:35.000Z``). Redox answers
 failures with a plain-text reason and 401 ("Invalid source secret"); here every credential

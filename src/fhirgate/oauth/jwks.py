@@ -1,7 +1,7 @@
 """Fetching a client's JWKS URL (SMART client-confidential-asymmetric §registering-a-client).
 
 A JWKS URL is a request the server makes on a client's behalf, so it is treated as hostile
-(security-rules.md, SSRF):
+(server-side request forgery, RFC 9700 §4.17; docs/security.md#jwks-urls):
 
 * ``https`` only; ``FHIRGATE_ALLOW_INSECURE_JWKS=true`` (local testing) also admits ``http``
   and loopback addresses.

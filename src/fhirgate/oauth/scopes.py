@@ -5,11 +5,12 @@ Grammar (SMART App Launch 2.x, scopes-and-launch-context §fhir-resource-scope-s
     ( patient | user | system ) "/" ( <FHIR resource type> | "*" ) "." <permissions>
         [ "?" param=value ( "&" param=value )* ]
 
-Permissions are SMART v2 ``c r u d s`` (a non-empty subset, in that order) or SMART v1
-``read`` (⇒ ``rs``), ``write`` (⇒ ``cud``) or ``*`` (⇒ ``cruds``). ``?param=value`` restrictions
-are v2 only. A scope is kept as the client wrote it, so the v1 or v2 syntax a client used is the
-syntax it gets back (smart-spec.md §7.7). Scope tokens follow RFC 6749 §3.3: printable ASCII
-without space, ``"`` or ``\\``; runs of spaces between them are tolerated.
+Permissions are SMART v2 ``c r u d s`` (a non-empty subset, in that order) or SMART v1 ``read`` (⇒
+``rs``), ``write`` (⇒ ``cud``) or ``*`` (⇒ ``cruds``). ``?param=value`` restrictions are v2 only. A
+scope is kept as the client wrote it, so the v1 or v2 syntax a client used is the syntax it gets
+back (SMART App Launch 2.x, "Scopes and Launch Context": v1 and v2 scope syntax). Scope tokens
+follow RFC 6749 §3.3: printable ASCII without space, ``"`` or ``\\``; runs of spaces between them
+are tolerated.
 
 Coverage is the union of scopes (``Observation.rs`` ≡ ``Observation.r Observation.s``); a
 restricted scope covers only requests restricted at least as much.

@@ -1,10 +1,11 @@
 """Opaque tokens — legacy access tokens and refresh tokens (legacy API keys and user grants) —
 stored only as SHA-256 hashes.
 
-A token is 256 random bits, so a plain SHA-256 is enough to make a stolen table useless (no
-guessing is possible; DESIGN.md). Tokens issued together share a family; refresh rotation is
-one conditional ``UPDATE … WHERE consumed_at IS NULL``, so of any number of concurrent
-refreshes with one token exactly one wins, on SQLite and PostgreSQL alike (RFC 6819 §5.2.2.3).
+A token is 256 random bits, so a plain SHA-256 is enough to make a stolen table useless (no guessing
+is possible; docs/security.md#opaque-tokens-legacy-api-keys-and-refresh-tokens). Tokens issued
+together share a family; refresh rotation is one conditional ``UPDATE … WHERE consumed_at IS NULL``,
+so of any number of concurrent refreshes with one token exactly one wins, on SQLite and PostgreSQL
+alike (RFC 6819 §5.2.2.3).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Faults that are not the client's: oversized bodies, storage outages, unexpected errors.
 
-Fail closed: when the database or Redis cannot answer, the answer is 503 with a generic body —
-never a token, never a misleading ``invalid_client`` (DESIGN.md). Internals are logged with a
-request id and never echoed.
+Fail closed: when the database or Redis cannot answer, the answer is 503 with a generic body — never
+a token, never a misleading ``invalid_client`` (docs/security.md#faults). Internals are logged with
+a request id and never echoed.
 """
 
 from __future__ import annotations

@@ -667,10 +667,10 @@ def _choose(
 async def _audited(
     request: Request, route: _Route, handler: Handler, params: dict[str, str]
 ) -> Response:
-    """The handler's answer — success or error — audited before it leaves (issue 5: no health
-    data without its audit row). If the audit row cannot be written, the answer is a 503
-    OperationOutcome instead. A write and its audit row are one transaction: they commit
-    together, or neither does. ``X-Request-Id`` ties the answer to its row."""
+    """The handler's answer — success or error — audited before it leaves (no health data
+    without its audit row: docs/security.md#audit-log). If the audit row cannot be written, the
+    answer is a 503 OperationOutcome instead. A write and its audit row are one transaction: they
+    commit together, or neither does. ``X-Request-Id`` ties the answer to its row."""
     request_id = request.state.request_id = secrets.token_hex(8)
     audited = False
     try:

@@ -1,5 +1,5 @@
 """The Platform API: API keys managed by program, in Redox's Platform API shapes
-(research/vendors.md R7-R9; docs/platform-api.md).
+(docs/platform-api.md).
 
 * Authentication: ``Authorization: Bearer <token>`` (RFC 6750 §2.1) where the token comes from
   a **user-level** API key (Redox R8) through the ordinary client-credentials flow with a
@@ -9,7 +9,7 @@
   (:mod:`fhirgate.dashboard.api_keys` enforces them, as for the dashboard).
 * Success: ``{"meta": {"version": "1.0.0"}, "payload": {...}}``. Errors:
   ``{"meta": {"version": "1.0.0"}, "errors": [{"code", "message", "field"?}]}`` (plus
-  ``requestId`` on a 5xx) — the same envelope, with Redox's ``Meta.Errors[]`` idea (R13) in
+  ``requestId`` on a 5xx) — the same envelope, with Redox's ``Meta.Errors[]`` idea in
   place of the payload. 400 malformed JSON; 401 no/invalid token (with an RFC 6750
   challenge); 403 role or scope; 404 unknown or foreign id; 405; 409 concurrent change; 415
   not JSON; 422 well-formed but invalid input; 429; 503 storage down; 500 with a request id.

@@ -1,13 +1,13 @@
 """Client authentication by shared secret: ``client_secret_basic`` and ``client_secret_post``
 (RFC 6749 §2.3.1), and Redox legacy API keys (``apiKey`` + ``secret``).
 
-Secrets are server-generated, 256 random bits, and stored only as HMAC-SHA256 under a key
-derived from the server secret (DESIGN.md: a memory-hard hash would cap the token endpoint at a
-few grants per second, and a 256-bit random secret cannot be guessed offline anyway). Every
-attempt costs the same: the presented secret is hashed once and compared in constant time
-(``hmac.compare_digest``) against two stored hashes — the current one and the previous one in
-its grace period, or a fixed dummy — whether the client exists, is revoked, uses another method
-or not. Every failure is the same ``invalid_client``; only the server log says why.
+Secrets are server-generated, 256 random bits, and stored only as HMAC-SHA256 under a key derived
+from the server secret (docs/security.md#client-secrets-rfc-6749-231: a memory-hard hash would cap
+the token endpoint at a few grants per second, and a 256-bit random secret cannot be guessed offline
+anyway). Every attempt costs the same: the presented secret is hashed once and compared in constant
+time (``hmac.compare_digest``) against two stored hashes — the current one and the previous one in
+its grace period, or a fixed dummy — whether the client exists, is revoked, uses another method or
+not. Every failure is the same ``invalid_client``; only the server log says why.
 """
 
 from __future__ import annotations
