@@ -8,7 +8,6 @@ import httpx
 import pytest
 from tests.support import MakeClient
 
-from fhirgate.domain.resource_types import R4_RESOURCE_TYPES
 from fhirgate.oauth.scopes import (
     MAX_SCOPE_CHARS,
     MAX_SCOPE_TOKENS,
@@ -324,61 +323,6 @@ def test_is_empty() -> None:
     assert ScopeSet((), (), ()).is_empty
     assert not parse_scopes("openid").is_empty
     assert not parse_scopes("system/Patient.rs").is_empty
-
-
-@pytest.mark.parametrize(
-    ("context", "resource_type", "permission"),
-    [
-        ("system", "Patient", "r"),
-        ("system", "Patient", "s"),
-        ("system", "Encounter", "c"),  # via system/*.c
-        ("system", "Patient", "c"),  # via system/*.c
-        ("user", "Observation", "u"),
-    ],
-)
-def test_allows_what_an_unrestricted_scope_grants(
-    context: str, resource_type: str, permission: str
-) -> None:
-    scopes = parse_scopes("system/Patient.read system/*.c user/Observation.u")
-    assert scopes.allows(context, resource_type, permission)
-
-
-@pytest.mark.parametrize(
-    ("context", "resource_type", "permission"),
-    [
-        ("system", "Patient", "u"),  # permission not granted
-        ("system", "Patient", "d"),
-        ("system", "Encounter", "r"),  # type not granted
-        ("patient", "Patient", "r"),  # another context
-        ("user", "Patient", "r"),
-        ("patient", "Encounter", "c"),  # the wildcard is per context
-        ("user", "Observation", "r"),
-    ],
-)
-def test_does_not_allow_other_permissions_types_or_contexts(
-    context: str, resource_type: str, permission: str
-) -> None:
-    scopes = parse_scopes("system/Patient.read system/*.c user/Observation.u")
-    assert not scopes.allows(context, resource_type, permission)
-
-
-def test_wildcard_allows_every_type() -> None:
-    scopes = parse_scopes("system/*.rs")
-    assert all(scopes.allows("system", name, "r") for name in R4_RESOURCE_TYPES)
-    assert not scopes.allows("system", "Patient", "c")
-
-
-def test_restricted_scopes_do_not_count_for_allows() -> None:
-    scopes = parse_scopes(f"system/Observation.rs?category={LAB} system/*.c?_tag=x")
-    assert not scopes.allows("system", "Observation", "r")
-    assert not scopes.allows("system", "Observation", "s")
-    assert not scopes.allows("system", "Patient", "c")
-
-
-def test_other_scopes_allow_nothing() -> None:
-    scopes = parse_scopes("openid fhirUser launch/patient offline_access")
-    assert not scopes.allows("patient", "Patient", "r")
-    assert not scopes.allows("system", "Patient", "r")
 
 
 # --- coverage and narrow() -----------------------------------------------------------------

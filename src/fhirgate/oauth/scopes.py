@@ -153,14 +153,6 @@ class ScopeSet:
             for permission in scope.permissions
         )
 
-    def allows(self, context: str, resource_type: str, permission: str) -> bool:
-        """Whether an unrestricted scope grants ``permission`` on ``resource_type``."""
-        return any(
-            permission in scope.permissions and not scope.restrictions
-            for scope in self.resource_scopes
-            if scope.matches(context, resource_type)
-        )
-
 
 def _scope_set(parsed: Iterable[ResourceScope | str]) -> ScopeSet:
     resources: dict[str, ResourceScope] = {}

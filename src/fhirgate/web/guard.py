@@ -19,7 +19,6 @@ looked up on every request, with the token's deny-list entry, in one round trip
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -28,7 +27,6 @@ from starlette.responses import JSONResponse, Response
 from fhirgate.domain.tokens import is_jwt
 from fhirgate.oauth.delegation import authenticate_application
 from fhirgate.oauth.errors import (
-    InsufficientScope,
     InvalidRequest,
     InvalidToken,
     OAuthError,
@@ -44,7 +42,6 @@ __all__ = [
     "authenticate",
     "bearer_error_parts",
     "bearer_error_response",
-    "require_scope",
 ]
 
 REALM = "fhirgate"
@@ -193,17 +190,3 @@ def _utf8_header(value: str | None) -> str | None:
 
 
 CurrentPrincipal = Annotated[Principal, Depends(authenticate)]
-
-
-def require_scope(
-    context: str, resource_type: str, permission: str
-) -> Callable[[Principal], Awaitable[Principal]]:
-    """A dependency that demands a scope allowing ``permission`` on ``resource_type``."""
-    needed = f"{context}/{resource_type}.{permission}"
-
-    async def dependency(principal: CurrentPrincipal) -> Principal:
-        if not principal.scopes.allows(context, resource_type, permission):
-            raise BearerError(InsufficientScope(check="scope"), scope=needed)
-        return principal
-
-    return dependency
