@@ -172,6 +172,7 @@ class Services:
             authenticator,
             directory,
             opaque,
+            audit,
             access_ttl=settings.legacy_token_ttl,
             refresh_ttl=settings.legacy_refresh_ttl,
         )
@@ -197,6 +198,7 @@ class Services:
                     AuthorizationCodeGrant(delegation, audit),
                     RefreshTokenGrant(delegation, audit),
                 ),
+                audit,
             ),
             opaque,
             grants,

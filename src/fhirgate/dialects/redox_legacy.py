@@ -96,12 +96,6 @@ async def _exchange(request: Request, second: str, exchange: Exchange, failure: 
         "legacy token issued",
         extra={"endpoint": request.url.path, "client_id": fields[0], "family": pair.family_id},
     )
-    await services.audit.issued(  # stored before the token leaves
-        "token.issued",
-        client_id=fields[0],
-        source=source,
-        detail=f"family={pair.family_id[:36]} dialect=redox-legacy grant={second}",
-    )
     return _pair(pair)
 
 

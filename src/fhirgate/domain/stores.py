@@ -163,7 +163,7 @@ class AppUserStore(Protocol):
 
 
 class AuditSink(Protocol):
-    """Where the core reports what it refused (the audit log)."""
+    """Where the core reports what it refused and the tokens it issued (the audit log)."""
 
     def enqueue(
         self,
@@ -174,6 +174,11 @@ class AuditSink(Protocol):
         detail: str = "",
     ) -> None:
         """Queue one event to be written with the next batch."""
+        ...
+
+    async def issued(self, event: str, *, client_id: str, source: str, detail: str) -> None:
+        """Store the event of a token issued before the token leaves (if it cannot be stored,
+        this raises and the token is never sent)."""
         ...
 
 

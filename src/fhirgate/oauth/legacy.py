@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 
 from fhirgate.domain.clients import AuthMethod, Client
-from fhirgate.domain.stores import OpaqueTokenStore
+from fhirgate.domain.stores import AuditSink, OpaqueTokenStore
 from fhirgate.domain.tokens import IssuedPair, OpaqueKind, OpaqueToken
 from fhirgate.oauth.client_auth import ClientAuthenticator, SecretCredentials
 from fhirgate.oauth.clients import ClientDirectory
@@ -34,6 +34,7 @@ class LegacyKeyService:
         authenticator: ClientAuthenticator,
         directory: ClientDirectory,
         tokens: OpaqueTokenStore,
+        audit: AuditSink,
         *,
         access_ttl: int,
         refresh_ttl: int,
@@ -41,6 +42,7 @@ class LegacyKeyService:
         self._authenticator = authenticator
         self._directory = directory
         self._tokens = tokens
+        self._audit = audit
         self._access_ttl = access_ttl
         self._refresh_ttl = refresh_ttl
 
@@ -49,7 +51,9 @@ class LegacyKeyService:
         presented = SecretCredentials(api_key, secret, AuthMethod.LEGACY_API_KEY)
         client = await self._authenticator.authenticate(presented, None, source)
         ttl = self.lifetime(client)
-        return await self._tokens.issue_pair(client.client_id, client.scope, ttl, self._refresh_ttl)
+        pair = await self._tokens.issue_pair(client.client_id, client.scope, ttl, self._refresh_ttl)
+        await self._issued(client.client_id, pair, source, "secret")
+        return pair
 
     def lifetime(self, client: Client) -> int:
         """The lifetime of the client's access tokens: its own, else ``access_ttl``."""
@@ -70,7 +74,17 @@ class LegacyKeyService:
             error = InvalidGrant(check="refresh_token_invalid")
             await self._authenticator.failed(error, source, api_key)
             raise error
+        await self._issued(api_key, pair, source, "refreshToken")
         return pair
+
+    async def _issued(self, client_id: str, pair: IssuedPair, source: str, grant: str) -> None:
+        """Store the pair's audit row before it leaves."""
+        await self._audit.issued(
+            "token.issued",
+            client_id=client_id,
+            source=source,
+            detail=f"family={pair.family_id[:36]} dialect=redox-legacy grant={grant}",
+        )
 
     async def verify(self, token: str) -> Principal:
         """A live legacy access token's principal (the resource guard); else ``invalid_token``."""

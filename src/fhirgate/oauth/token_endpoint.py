@@ -10,10 +10,10 @@ error a bad request gets, so it is part of the behaviour:
    RFC 7523 §3);
 5. check the client may use the grant type (``unauthorized_client``, RFC 6749 §5.2, before any
    code or refresh token is looked at);
-6. exchange: the grant issues the token (:mod:`fhirgate.oauth.grants`).
+6. exchange: the grant issues the token (:mod:`fhirgate.oauth.grants`);
+7. audit: the token's row is stored before the token leaves.
 
-Each step raises a typed :class:`~fhirgate.oauth.errors.OAuthError`; the web layer renders it
-and writes the success to the audit log before the token leaves.
+Each step raises a typed :class:`~fhirgate.oauth.errors.OAuthError`; the web layer renders it.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from fhirgate.domain.clients import AuthMethod, Client
+from fhirgate.domain.stores import AuditSink
 from fhirgate.oauth.client_auth import ClientAuthenticator
 from fhirgate.oauth.errors import InvalidRequest, UnauthorizedClient, UnsupportedGrantType
 from fhirgate.oauth.grants.base import (
@@ -49,9 +50,12 @@ class TokenEndpoint:
     a URL accepts them, the ``authorization_code`` and ``refresh_token`` grants of application
     users."""
 
-    def __init__(self, authenticator: ClientAuthenticator, grants: Iterable[Grant]) -> None:
+    def __init__(
+        self, authenticator: ClientAuthenticator, grants: Iterable[Grant], audit: AuditSink
+    ) -> None:
         self._authenticator = authenticator
         self._grants = {grant.grant_type: grant for grant in grants}
+        self._audit = audit
 
     async def handle(
         self, form: Mapping[str, str], authorization: str | None, policy: TokenPolicy, source: str
@@ -62,7 +66,14 @@ class TokenEndpoint:
             form, authorization, policy.methods, policy.rules, source
         )
         _check_grant_type_allowed(client, grant.grant_type)
-        return await grant.exchange(client, request, source)
+        issued = await grant.exchange(client, request, source)
+        await self._audit.issued(  # stored before the token leaves
+            "token.issued",
+            client_id=issued.client_id,
+            source=source,
+            detail=f"jti={issued.jti} dialect={policy.dialect}",
+        )
+        return issued
 
     def _grant(self, form: Mapping[str, str], policy: TokenPolicy) -> Grant:
         """The grant ``grant_type`` names, if this URL accepts it (RFC 6749 §5.2)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import orjson
 from starlette.requests import Request
@@ -114,7 +114,7 @@ class TokenDialect:
 
 def token_app(dialect: TokenDialect, settings: Settings) -> ASGIApp:
     """A raw ASGI app serving ``POST`` at ``dialect``'s token URL (see :func:`form_app`)."""
-    policy = dialect.policy(settings)
+    policy = replace(dialect.policy(settings), dialect=dialect.name)
     limit = settings.request_body_limit
     basic_only = policy.methods == {AuthMethod.CLIENT_SECRET_BASIC}
 
@@ -143,12 +143,6 @@ def token_app(dialect: TokenDialect, settings: Settings) -> ASGIApp:
             dialect.name,
             issued.client_id,
             issued.jti,
-        )
-        await services.audit.issued(  # stored before the token leaves
-            "token.issued",
-            client_id=issued.client_id,
-            source=source,
-            detail=f"jti={issued.jti} dialect={dialect.name}",
         )
         return dialect.render_success(issued)
 

@@ -46,6 +46,8 @@ class TokenPolicy:
         {AuthMethod.PRIVATE_KEY_JWT, AuthMethod.CLIENT_SECRET_BASIC, AuthMethod.CLIENT_SECRET_POST}
     )
     grant_types: frozenset[str] = frozenset({CLIENT_CREDENTIALS})
+    #: The dialect the URL speaks, named in the audit row of every token it issues.
+    dialect: str = "standard"
 
 
 @dataclass(frozen=True, slots=True)
