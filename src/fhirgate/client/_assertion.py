@@ -19,7 +19,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from fhirgate.oauth.jose import JWSError, PrivateKey, b64url_decode, key_fits_alg, sign_compact
+from fhirgate.client._jws import PrivateKey, b64url_decode, key_fits_alg, sign_compact
 
 __all__ = [
     "JWT_BEARER",
@@ -95,7 +95,7 @@ def _int(jwk: Mapping[str, Any], name: str) -> int:
         raise ValueError(f"private JWK member {name!r} is missing")
     try:
         return int.from_bytes(b64url_decode(value), "big")
-    except JWSError:
+    except ValueError:
         raise ValueError(f"private JWK member {name!r} is not base64url") from None
 
 
@@ -129,7 +129,7 @@ def check_signer(key: PrivateKey, alg: str, kid: str) -> None:
         raise ValueError("kid is required")
     if alg not in SIGNING_ALGORITHMS:
         raise ValueError(f"alg must be one of {', '.join(sorted(SIGNING_ALGORITHMS))}")
-    if not key_fits_alg(key.public_key(), alg):
+    if not key_fits_alg(key, alg):
         raise ValueError(f"a {type(key).__name__} (or its curve) cannot sign {alg}")
 
 
