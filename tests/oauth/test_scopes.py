@@ -14,7 +14,6 @@ from fhirgate.oauth.scopes import (
     OTHER_SCOPES,
     ResourceScope,
     ScopeError,
-    ScopeSet,
     narrow,
     parse_scope,
     parse_scopes,
@@ -317,12 +316,6 @@ def test_equivalent_v1_and_v2_spellings_are_both_kept() -> None:
     assert str(parse_scopes("system/Patient.read system/Patient.rs")) == (
         "system/Patient.read system/Patient.rs"
     )
-
-
-def test_is_empty() -> None:
-    assert ScopeSet((), (), ()).is_empty
-    assert not parse_scopes("openid").is_empty
-    assert not parse_scopes("system/Patient.rs").is_empty
 
 
 # --- coverage and narrow() -----------------------------------------------------------------

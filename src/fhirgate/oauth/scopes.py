@@ -140,10 +140,6 @@ class ScopeSet:
     def __str__(self) -> str:
         return " ".join(self.texts)
 
-    @property
-    def is_empty(self) -> bool:
-        return not self.texts
-
     def covers(self, scope: ResourceScope | str) -> bool:
         """Whether the union of these scopes grants all that ``scope`` grants."""
         if isinstance(scope, str):
